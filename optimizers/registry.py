@@ -1,0 +1,45 @@
+"""The one place optimizers are registered and built from a config.
+
+An optimizer module registers its class once with ``@register("name")``. The runner builds any
+optimizer with :func:`build`, which knows nothing of the optimizer's internals: a class that needs
+more than ``model.parameters()`` (a wrapped base optimizer, parameter blocks, a window measured in
+epochs) defines a classmethod ``from_model(model, *, steps_per_epoch, **cfg)`` and does it there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {}
+
+
+def register(name: str) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable as ``optimizer=<name>``."""
+
+    def deco(cls: type) -> type:
+        if name in OPTIMIZERS and OPTIMIZERS[name] is not cls:
+            raise ValueError(f"optimizer name {name!r} is registered twice")
+        OPTIMIZERS[name] = cls
+        return cls
+
+    return deco
+
+
+def build(cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1) -> torch.optim.Optimizer:
+    """Build the optimizer that ``cfg`` names (``cfg["name"]``) for ``model``.
+
+    Every other key of ``cfg`` is a constructor argument. Classes with a ``from_model`` classmethod
+    receive the model and ``steps_per_epoch``; the others receive ``model.parameters()``.
+    """
+    kwargs = dict(cfg)
+    name = kwargs.pop("name", None)
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer.name={name!r} is not one of {sorted(OPTIMIZERS)}")
+    cls = OPTIMIZERS[name]
+    from_model = getattr(cls, "from_model", None)
+    if from_model is not None:
+        return from_model(model, steps_per_epoch=steps_per_epoch, **kwargs)
+    return cls(model.parameters(), **kwargs)
