@@ -28,7 +28,9 @@ def register(name: str) -> Callable[[type], type]:
     return deco
 
 
-def build(cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1) -> torch.optim.Optimizer:
+def build(
+    cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1
+) -> torch.optim.Optimizer:
     """Build the optimizer that ``cfg`` names (``cfg["name"]``) for ``model``.
 
     Every other key of ``cfg`` is a constructor argument. Classes with a ``from_model`` classmethod
