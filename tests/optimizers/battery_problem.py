@@ -16,7 +16,7 @@ import yaml
 import optimizers
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
-N, D, K, BATCH = 256, 12, 4, 16
+N, D, K, BATCH = 1024, 12, 4, 16  # 64 steps per epoch: long enough for epoch-based windows (TLR)
 
 
 def data() -> tuple[torch.Tensor, torch.Tensor]:

@@ -62,17 +62,47 @@ def test_builds_and_exposes_finite_diagnostics(path):
 
 
 def _initial_lr_values(path: Path, arg: str) -> dict[str, float]:
-    """1e-6, and a value 100x too large: 100x the default, or 1.0 where the default is a tiny seed value."""
+    """1e-6, and a value 100x too large: 100x the default, or 1.0 where the default is a tiny seed value.
+
+    A default below 1e-5 is the seed of an adaptive estimate (D-Adapt's d0, DoG's reps_rel, MetaOptimize's
+    alpha0), not a learning rate: there 1.0 is the "far too large" start.
+    """
     node = load_config(path)
     for key in arg.split("."):
         node = node.get(key) if isinstance(node, dict) else None
     default = node if isinstance(node, float | int) else None
-    large = 100.0 * default if default is not None and default >= 1e-3 else 1.0
+    large = 100.0 * default if default is not None and default > 1e-5 else 1.0
     return {"tiny": 1e-6, "large": large}
 
 
-@pytest.mark.parametrize("scale", ["tiny", "large"])
-@pytest.mark.parametrize("path", CONFIGS, ids=IDS)
+# Findings, not bugs: the authors' packages give the same trajectories (tests/optimizers/test_<name>.py).
+# D-Adaptation's d is a monotone lower bound on D, so a d0 above the D it would learn (about 0.2 and 0.07
+# here) is never corrected: the method runs as Adam at step 1.0 and the loss oscillates upwards.
+# MetaOptimize from alpha0=1.0 (AdamW base): the first steps throw the weights far out, then the
+# meta-gradient drives alpha to ~4e-11 and the loss stays above its start (1.56 -> 1.82 after 4000 steps);
+# from alpha0=0.1 it recovers (1.56 -> 0.29).
+# strict=True: if one of these starts passing, the mark must go.
+KNOWN_FAILURES = {
+    ("dadapt_adam", "large"): "d is a monotone lower bound: a d0 of 1.0 above the learned d is never undone",
+    ("prodigy", "large"): "d is a monotone lower bound: a d0 of 1.0 above the learned d is never undone",
+    ("metaoptimize", "large"): "alpha0=1.0 overshoots, then alpha collapses to ~4e-11 first",
+}
+
+
+def _cases() -> list:
+    return [
+        pytest.param(path, scale, id=f"{path.stem}-{scale}", marks=_known_failure(path.stem, scale))
+        for path in CONFIGS
+        for scale in ("tiny", "large")
+    ]
+
+
+def _known_failure(name: str, scale: str) -> list:
+    reason = KNOWN_FAILURES.get((name, scale))
+    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+
+
+@pytest.mark.parametrize(("path", "scale"), _cases())
 def test_brings_convex_loss_down_from_bad_initial_lr(path, scale):
     _, probe = ours_only(path)
     arg = type(probe).initial_lr_arg

@@ -1,0 +1,249 @@
+"""D-Adaptation AdaGrad (Defazio & Mishchenko, ICML 2023, AdaGrad variant), as ``dadaptation`` 3.2.
+
+Exact rule: specs/optimizers.md §2.3.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from optimizers._common import (
+    all_finite,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    grads_with_params,
+)
+from optimizers.dadapt_sgd import check_growth_rate, host_floats
+from optimizers.registry import register
+
+log = logging.getLogger(__name__)
+
+
+def _sparse_values(g: torch.Tensor) -> torch.Tensor:
+    return g.coalesce()._values() if g.is_sparse else g
+
+
+@register("dadapt_adagrad")
+class DAdaptAdaGrad(torch.optim.Optimizer):
+    """AdaGrad with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdaGrad`` 3.2.
+
+    Per coordinate (§2.3), with ``lambda = d * lr`` (lr of group 0): ``a <- a + g^2`` (a starts at 1e-6),
+    ``s <- s + lambda g``; running totals ``Q = sum s^2 / (sqrt(a) + eps)`` (kept, as in the package, by
+    per-step differences), ``Gw += lambda^2 sum g^2 / (sqrt(a) + eps)`` and ``||s||_1``;
+    ``d_hat = (Q - Gw) / ||s||_1``, ``d <- max(d, min(d_hat, d growth_rate))``;
+    ``z = x0 - s / (sqrt(a) + eps)``, ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum).
+    The step uses the old d. Coupled weight decay is written into ``p.grad`` (dense gradients only, as
+    the package). Sparse gradients follow the package's sparse path (per tensor, its
+    ``sqrt(a + eps)`` denominator included). Scalars ``d``, ``k``, ``gsq_weighted``, ``sksq_weighted``,
+    ``skl1`` live in every group; per-parameter state is ``alphak``, ``sk``, ``x0`` (and ``weighted_sk``
+    for sparse gradients).
+
+    Non-finite gradients: the whole step is skipped (no parameter or state change, k not incremented)
+    and ``param_groups[i]["skipped_steps"]`` counts it. When ``||s||_1 = 0`` the step returns after the
+    accumulator updates, without moving and without incrementing k, exactly as the package.
+
+    Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
+    initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
+    multiplier that LR schedules may scale.
+    """
+
+    initial_lr_arg = "d0"
+    lr_schedule_compatible = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        momentum: float = 0,
+        log_every: int = 0,
+        weight_decay: float = 0.0,
+        eps: float = 1e-6,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+    ) -> None:
+        check_positive("lr", lr)
+        check_unit_interval("momentum", momentum)
+        check_nonnegative("log_every", log_every)
+        check_nonnegative("weight_decay", weight_decay)
+        check_positive("eps", eps)
+        check_positive("d0", d0)
+        check_growth_rate(growth_rate)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            eps=eps,
+            weight_decay=weight_decay,
+            gsq_weighted=0.0,
+            log_every=log_every,
+            d=d0,
+            growth_rate=growth_rate,
+            k=0,
+            sksq_weighted=0.0,
+            skl1=0.0,
+            skipped_steps=0,
+        )
+        super().__init__(params, defaults)
+
+    def diagnostics(self) -> dict[str, float]:
+        """§8: ``d`` and ``d_lr = d * lr`` (lr of group 0, the one the package uses)."""
+        g = self.param_groups[0]
+        return {
+            "d": float(g["d"]),
+            "d_lr": float(g["d"] * g["lr"]),
+            "skipped_steps": float(g.get("skipped_steps", 0)),
+        }
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self.param_groups
+        pgs = [grads_with_params(group["params"]) for group in groups]
+        for ps, _ in pgs:
+            if any(hasattr(p, "_fsdp_flattened") for p in ps):
+                raise RuntimeError(
+                    "D-Adapt AdaGrad doesn't currently support fully-sharded data parallel. "
+                    "Use D-Adapt Adam instead"
+                )
+        if not all_finite([_sparse_values(g) for _, gs in pgs for g in gs]):
+            for group in groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+
+        g0 = groups[0]
+        lr, momentum, log_every, growth_rate = g0["lr"], g0["momentum"], g0["log_every"], g0["growth_rate"]
+        ck = 1 - momentum
+        gsq_weighted, sksq_weighted, skl1, d = g0["gsq_weighted"], g0["sksq_weighted"], g0["skl1"], g0["d"]
+        k = g0["k"]
+        dlr = d * lr
+
+        # Per parameter, in order: g_sq term, old and new sum s^2/(sqrt(a)+eps), old and new ||s||_1.
+        terms: list[list[torch.Tensor]] = [[], [], [], [], []]
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            eps, decay = group["eps"], group["weight_decay"]
+            for p, g in zip(ps, gs, strict=True):
+                state = self.state[p]
+                if "alphak" not in state:
+                    state["alphak"] = torch.full_like(p, fill_value=1e-6).detach()
+                    state["sk"] = torch.zeros_like(p).detach()
+                    state["x0"] = p.detach().clone()
+                    if g.is_sparse:
+                        state["weighted_sk"] = torch.zeros_like(p).detach()
+                if g.is_sparse:
+                    for t, v in zip(terms, self._sparse_terms(p, g, dlr, eps), strict=True):
+                        t.append(v)
+            dense = [(p, g) for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
+            if not dense:
+                continue
+            dps, dgs = [p for p, _ in dense], [g for _, g in dense]
+            states = [self.state[p] for p in dps]
+            alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
+            if decay != 0:
+                torch._foreach_add_(dgs, dps, alpha=decay)
+            old_denom = torch._foreach_sqrt(alphas)
+            torch._foreach_add_(old_denom, eps)
+            # The sums below are of non-negative terms, so the l1 norm is the plain sum.
+            old_sksq = torch._foreach_norm(torch._foreach_div(torch._foreach_mul(sks, sks), old_denom), 1)
+            old_l1 = torch._foreach_norm(sks, 1)
+            gg = torch._foreach_mul(dgs, dgs)
+            torch._foreach_add_(alphas, gg)
+            denom = torch._foreach_sqrt(alphas)
+            torch._foreach_add_(denom, eps)
+            gsq = torch._foreach_norm(torch._foreach_div(gg, denom), 1)
+            torch._foreach_add_(sks, dgs, alpha=dlr)
+            new_sksq = torch._foreach_norm(torch._foreach_div(torch._foreach_mul(sks, sks), denom), 1)
+            new_l1 = torch._foreach_norm(sks, 1)
+            for t, vs in zip(terms, (gsq, old_sksq, new_sksq, old_l1, new_l1), strict=True):
+                t.extend(vs)
+
+        n = len(terms[0])
+        values = host_floats([v for t in terms for v in t])
+        g_sq, sksq_change, skl1_change = 0.0, 0.0, 0.0
+        for i in range(n):
+            gs_i, old_q, new_q, old_l, new_l = (values[j * n + i] for j in range(5))
+            g_sq += gs_i
+            sksq_change += new_q - old_q
+            skl1_change += new_l - old_l
+        sksq_weighted = sksq_weighted + sksq_change
+        skl1 = skl1 + skl1_change
+        if skl1 == 0:
+            return loss
+
+        gsq_weighted = gsq_weighted + dlr * dlr * g_sq
+        d_hat = d
+        if lr > 0.0:
+            d_hat = (sksq_weighted - gsq_weighted) / skl1
+            d = max(d, min(d_hat, d * growth_rate))
+
+        if log_every > 0 and k % log_every == 0:
+            log.info(
+                f"d_hat: {d_hat}, d: {d}. sksq_weighted={sksq_weighted:1.1e} skl1={skl1:1.1e} "
+                f"gsq_weighted={gsq_weighted:1.1e} lr={lr}"
+            )
+
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            group["gsq_weighted"] = gsq_weighted
+            group["skl1"] = skl1
+            group["sksq_weighted"] = sksq_weighted
+            group["d"] = d
+            eps = group["eps"]
+            dense = [p for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
+            for p, g in zip(ps, gs, strict=True):
+                if g.is_sparse:
+                    self._sparse_move(p, g, eps)
+            if dense:
+                states = [self.state[p] for p in dense]
+                denom = torch._foreach_sqrt([st["alphak"] for st in states])
+                torch._foreach_add_(denom, eps)
+                z = torch._foreach_div([st["sk"] for st in states], denom)
+                torch._foreach_neg_(z)
+                torch._foreach_add_(z, [st["x0"] for st in states])  # z = x0 - s / (sqrt(a) + eps)
+                if momentum != 0:
+                    torch._foreach_mul_(dense, 1 - ck)
+                    torch._foreach_add_(dense, z, alpha=ck)
+                else:
+                    torch._foreach_copy_(dense, z)
+            group["k"] = group["k"] + 1
+        return loss
+
+    def _sparse_terms(
+        self, p: torch.Tensor, grad: torch.Tensor, dlr: float, eps: float
+    ) -> tuple[torch.Tensor, ...]:
+        """The package's sparse path for one tensor (no weight decay; denominator ``sqrt(a + eps)``)."""
+        state = self.state[p]
+        sk, alphak, weighted_sk = state["sk"], state["alphak"], state["weighted_sk"]
+        grad = grad.coalesce()
+        grad_vals = grad._values()
+        vk_vals = grad_vals * grad_vals
+        old_l1 = sk.sparse_mask(grad).coalesce()._values().abs().sum()
+        sk.add_(grad, alpha=dlr)
+        sk_vals = sk.sparse_mask(grad).coalesce()._values()
+        weighted_sk_vals = weighted_sk.sparse_mask(grad).coalesce()._values()
+        alphak_vals = alphak.sparse_mask(grad).coalesce()._values()
+        alphakp1_vals = alphak_vals + vk_vals
+        alphak.add_(torch.sparse_coo_tensor(grad.indices(), alphakp1_vals - alphak_vals, grad.shape))
+        denominator = torch.sqrt(alphakp1_vals + eps)
+        g_sq = (grad_vals * grad_vals).div(denominator).sum()
+        weighted_skp1_vals = (sk_vals * sk_vals).div(denominator)
+        new_q, old_q = weighted_skp1_vals.sum(), weighted_sk_vals.sum()
+        delta = weighted_skp1_vals - weighted_sk_vals
+        weighted_sk.add_(torch.sparse_coo_tensor(grad.indices(), delta, grad.shape))
+        return g_sq, old_q, new_q, old_l1, sk_vals.abs().sum()
+
+    def _sparse_move(self, p: torch.Tensor, grad: torch.Tensor, eps: float) -> None:
+        """The package's sparse parameter update: only the coordinates in the gradient move."""
+        state = self.state[p]
+        grad = grad.coalesce()
+        sk_vals = state["sk"].sparse_mask(grad).coalesce()._values()
+        alphak_vals = state["alphak"].sparse_mask(grad).coalesce()._values()
+        x0_vals = state["x0"].sparse_mask(grad).coalesce()._values()
+        p_vals = p.sparse_mask(grad).coalesce()._values()
+        loc_vals = x0_vals - sk_vals.div(torch.sqrt(alphak_vals + eps))
+        p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))

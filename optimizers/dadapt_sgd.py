@@ -1,0 +1,225 @@
+"""D-Adaptation SGD (Defazio & Mishchenko, ICML 2023, SGD variant of Algorithm 1), as ``dadaptation`` 3.2.
+
+Exact rule: specs/optimizers.md §2.1. The module also holds the small helpers the D-Adaptation and
+Prodigy modules share (per-tensor inner products with one host sync, the growth-rate check, the
+sharded-training all-reduce of §10).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from optimizers._common import (
+    all_finite,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    grads_with_params,
+)
+from optimizers.registry import register
+
+log = logging.getLogger(__name__)
+
+
+def check_growth_rate(value: float) -> None:
+    """Raise ValueError naming ``growth_rate`` unless it is a number >= 1 (``inf`` allowed)."""
+    if not isinstance(value, int | float) or math.isnan(value) or value < 1.0:
+        raise ValueError(f"growth_rate must be a number >= 1 (inf allowed), got {value!r}")
+
+
+def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor inner products ``<a_i, b_i>`` as 0-dim tensors (no host sync)."""
+    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+
+
+def host_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """0-dim tensors as Python floats (float64), with a single host sync for the whole list."""
+    if not tensors:
+        return []
+    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
+
+
+def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
+    """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do (§10)."""
+    return flag or any(hasattr(p, "_fsdp_flattened") for ps in groups for p in ps)
+
+
+def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
+    """SUM-all-reduce Python scalars across ranks (§10), in float64 on the parameters' device."""
+    buf = torch.tensor(list(values), dtype=torch.float64, device=device)
+    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+    return buf.tolist()
+
+
+@register("dadapt_sgd")
+class DAdaptSGD(torch.optim.Optimizer):
+    """SGD with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptSGD`` 3.2.
+
+    Per step (§2.1): ``lambda_k = d_k * lr / ||g_0||`` (``||g_0||`` without weight decay);
+    ``numerator += lambda_k <g_k, s_k>``; ``s += lambda_k g_k``; ``d_hat = 2 numerator / ||s||``,
+    ``d <- max(d, min(d_hat, d * growth_rate))``; ``z = x0 - s``; ``x <- momentum x + (1 - momentum) z``.
+    The step uses the old d. Weight decay is coupled and written into ``p.grad`` as the package does;
+    ``weight_decay``, ``momentum``, ``growth_rate`` come from group 0; every group's lr must equal the
+    largest lr or be 0. The scalar state (``d``, ``k``, ``numerator_weighted``, ``g0_norm``) lives in
+    every param group, per-parameter state is ``z``, ``s``, ``x0``.
+
+    Non-finite gradients: the whole step is skipped (no parameter or state change, k not incremented)
+    and ``param_groups[i]["skipped_steps"]`` counts it. When ``||s|| = 0`` (no gradient yet, all groups
+    at lr 0, or ``||g_0|| = 0``) the step returns without moving and without incrementing k, as the
+    package's early return; there the package itself raises (ZeroDivisionError or UnboundLocalError).
+
+    Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
+    initial distance estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
+    multiplier that LR schedules may scale.
+    """
+
+    initial_lr_arg = "d0"
+    lr_schedule_compatible = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0,
+        log_every: int = 0,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+    ) -> None:
+        check_positive("lr", lr)
+        check_unit_interval("momentum", momentum)
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("log_every", log_every)
+        check_positive("d0", d0)
+        check_growth_rate(growth_rate)
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            k=0,
+            log_every=log_every,
+            numerator_weighted=0.0,
+            d=d0,
+            growth_rate=growth_rate,
+            fsdp_in_use=fsdp_in_use,
+            skipped_steps=0,
+        )
+        super().__init__(params, defaults)
+
+    def diagnostics(self) -> dict[str, float]:
+        """§8: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is ``d_lr / g0_norm``)."""
+        g = self.param_groups[0]
+        lr = max(group["lr"] for group in self.param_groups)
+        return {
+            "d": float(g["d"]),
+            "d_lr": float(g["d"] * lr),
+            "skipped_steps": float(g.get("skipped_steps", 0)),
+        }
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self.param_groups
+        pgs = [grads_with_params(group["params"]) for group in groups]
+        if not all_finite([g for _, gs in pgs for g in gs]):
+            for group in groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+
+        g0 = groups[0]
+        lr = max(group["lr"] for group in groups)
+        for group in groups:
+            if group["lr"] not in [lr, 0.0]:
+                raise RuntimeError(
+                    "Setting different lr values in different parameter groups is only supported for "
+                    "values of 0"
+                )
+        decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
+        growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
+        numerator = g0["numerator_weighted"]
+        ck = 1 - momentum
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        device = next((ps[0].device for ps, _ in pgs if ps), torch.device("cpu"))
+
+        if k == 0:
+            # ||g_0|| over groups with lr > 0, before weight decay (the package's add is not in place).
+            g_sq = sum(
+                host_floats(
+                    [
+                        t
+                        for (_, gs), grp in zip(pgs, groups, strict=True)
+                        if grp["lr"] > 0
+                        for t in foreach_dot(gs, gs)
+                    ]
+                )
+            )
+            if fsdp:
+                (g_sq,) = all_reduce_sum([g_sq], device)
+            g0_norm = math.sqrt(g_sq)
+        else:
+            g0_norm = g0["g0_norm"]
+        if g0_norm == 0:
+            return loss
+        dlr = d * lr / g0_norm
+
+        dots: list[torch.Tensor] = []
+        sqs: list[torch.Tensor] = []
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            for p in ps:
+                state = self.state[p]
+                if "z" not in state:
+                    state["z"] = p.detach().clone()
+                    state["s"] = torch.zeros_like(p).detach()
+                    state["x0"] = p.detach().clone()
+            if decay != 0:
+                torch._foreach_add_(gs, ps, alpha=decay)
+            if group["lr"] > 0.0:
+                ss = [self.state[p]["s"] for p in ps]
+                dots += foreach_dot(gs, ss)  # <g_k, s_k> with s before the update
+                torch._foreach_add_(ss, gs, alpha=dlr)
+                sqs += foreach_dot(ss, ss)
+        values = host_floats(dots + sqs)
+        for v in values[: len(dots)]:
+            numerator += dlr * v
+        sk_sq = sum(values[len(dots) :])
+
+        d_hat = d
+        if fsdp:
+            sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], device)
+        else:
+            global_numerator = numerator
+        if sk_sq == 0:
+            return loss
+        if lr > 0.0:
+            d_hat = 2 * global_numerator / math.sqrt(sk_sq)
+            d = max(d, min(d_hat, d * growth_rate))
+
+        if log_every > 0 and k % log_every == 0:
+            log.info(
+                f"(k={k}) dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
+                f"numerator_weighted={global_numerator} g0_norm={g0_norm}"
+            )
+
+        for group, (ps, _) in zip(groups, pgs, strict=True):
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            group["g0_norm"] = g0_norm
+            if ps:
+                states = [self.state[p] for p in ps]
+                zs = [st["z"] for st in states]
+                torch._foreach_copy_(zs, [st["x0"] for st in states])
+                torch._foreach_sub_(zs, [st["s"] for st in states])  # z = x0 - s
+                torch._foreach_mul_(ps, 1 - ck)
+                torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z
+            group["k"] = k + 1
+        return loss

@@ -1,0 +1,85 @@
+"""Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), as in ``lion-pytorch`` 0.2.5.
+
+specs/optimizers.md §6. Per parameter, with ``m`` the momentum buffer (zeros at the first step)::
+
+    x <- x * (1 - lr * wd)                       # decoupled ("step") weight decay
+    c  = sign(beta1 * m + (1 - beta1) * g)
+    x <- x - lr * c
+    m <- beta2 * m + (1 - beta2) * g
+
+With ``decoupled_weight_decay=True`` the decay is ``wd / lr0`` where ``lr0`` is the constructor ``lr``
+(lion-pytorch's option), so a schedule on ``lr`` does not change the decay per unit of lr. Used on its own
+and as Mechanic's Lion base (``lr=1.0``, paper settings betas (0.9, 0.99)).
+
+Non-finite policy (optimizers/_common.py): a step whose gradients hold a NaN or an infinity is skipped
+entirely; ``state["lion"]["skipped_steps"]`` counts such steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+
+from optimizers._common import all_finite, check_betas, check_nonnegative, check_positive, grads_with_params
+from optimizers.registry import register
+
+
+@register("lion")
+class Lion(torch.optim.Optimizer):
+    """Lion with the constructor and update of ``lion_pytorch.Lion`` (foreach, per param group)."""
+
+    initial_lr_arg = "lr"
+    lr_schedule_compatible = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        lr: float = 1e-4,
+        betas: Sequence[float] = (0.9, 0.99),
+        weight_decay: float = 0.0,
+        decoupled_weight_decay: bool = False,
+    ) -> None:
+        check_positive("lr", lr)
+        check_betas("betas", betas, length=2)
+        check_nonnegative("weight_decay", weight_decay)
+        defaults = dict(lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        super().__init__(params, defaults)
+        self.decoupled_weight_decay = bool(decoupled_weight_decay)
+        self.init_lr = float(lr)
+        self.state["lion"] = {"skipped_steps": 0.0}
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = [grads_with_params(g["params"]) for g in self.param_groups]
+        if not all_finite([g for _, grads in groups for g in grads]):
+            self.state["lion"]["skipped_steps"] += 1.0
+            return loss
+        for group, (params, grads) in zip(self.param_groups, groups, strict=True):
+            if not params:
+                continue
+            lr, wd = group["lr"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            if self.decoupled_weight_decay:
+                wd = wd / self.init_lr
+            for p in params:
+                if len(self.state[p]) == 0:
+                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            exp_avgs = [self.state[p]["exp_avg"] for p in params]
+            if wd != 0.0:  # x * 1.0 == x exactly: skip the pass
+                torch._foreach_mul_(params, 1.0 - lr * wd)
+            update = torch._foreach_mul(exp_avgs, beta1)
+            torch._foreach_add_(update, grads, alpha=1.0 - beta1)
+            torch._foreach_sign_(update)
+            torch._foreach_add_(params, update, alpha=-lr)
+            torch._foreach_mul_(exp_avgs, beta2)
+            torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta2)
+        return loss
+
+    def diagnostics(self) -> dict[str, float]:
+        """Lion learns no scale: only the skip counter (specs §8)."""
+        return {"skipped_steps": float(self.state["lion"]["skipped_steps"])}

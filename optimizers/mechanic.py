@@ -1,0 +1,308 @@
+"""Mechanic (Cutkosky, Defazio, Mehta 2023, arXiv 2306.00144): a learned global scale on a base optimizer.
+
+specs/optimizers.md §1. Mechanic wraps an already built base optimizer ("BASE": SGD with momentum, AdamW,
+Lion, ...) whose learning rate is set to 1.0, and learns one scale ``S = sum_i s_i`` that multiplies the
+base optimizer's accumulated displacement ``Delta`` (paper Algorithm 1). Any LR schedule acts on the base
+learning rate: this class exposes the base's own ``param_groups`` list.
+
+Per step t (Algorithm 1 line numbers; ``x_ref`` is taken at the first step a parameter has a gradient):
+
+* line 2: ``Delta_t`` is recomputed as ``(x_t - x_ref) / (S_t + eps)`` (default), or stored
+  (``store_delta=True``, one more buffer, Delta_1 = 0);
+* line 1: BASE steps from ``x_t`` with the raw gradient ``g_t``, ``u_t = x'_t - x_t``;
+* line 4: ``h_t = <Delta_t, g_t> + s_decay * S_t * ||g_t|| / (||y|| + eps) * <Delta_t, y>`` with ``y = x_t``
+  (``decay_weights="pre"``, paper and optax) or ``y = x'_t`` (``"post"``, mechanic-pytorch);
+* line 5, per tuner ``beta_i``: ``m = max(beta m, |h| [+ eps])``, ``v = beta^2 v + h^2``,
+  ``r = beta r - s * clip(h)`` where ``clip`` clips h to ``[-m_{t-1}, m_{t-1}]`` (``clip_h``),
+  ``W = s_init / n * m + max(r, 0)`` (the state keeps r or ``max(r, 0)``: ``keep_negative_r``),
+  ``s = W / (sqrt(v) + eps)``;
+* line 3 and 6: ``Delta_{t+1} = Delta_t + u_t``, ``x_{t+1} = x_ref + max(S_{t+1}, 0) * Delta_{t+1}``.
+
+Two implementations differ (specs §1.3 and §1.4); every difference is an option, preset by ``compat``:
+
+===================  ===============================  =====================================
+option               ``compat="optax"`` (default)     ``compat="mechanic-pytorch"`` (0.0.1)
+===================  ===============================  =====================================
+``m_init``           0.0                              1e-6
+``eps_in_m``         True  (``|h| + eps``)            False (``|h|``)
+``clip_h``           True                             False
+``keep_negative_r``  True  (the state keeps r < 0)    False (the state keeps ``max(r, 0)``)
+``decay_weights``    "pre"  (x_t)                     "post" (x'_t, after the base step)
+===================  ===============================  =====================================
+
+``compat="optax"`` is ``optax.contrib.mechanize`` (the code behind the paper's numbers), except that its
+``s_init`` default is 1e-6 and its betas are fixed to ``1 - 0.1**i``; this class takes both as arguments
+(``s_init`` default 1e-8, the paper's value). An option passed explicitly overrides its preset. Both
+implementations recompute Delta by default (``store_delta=False``); mechanic-pytorch also offers
+``store_delta=True``. With parameters whose grad is None, Mechanic does as mechanic-pytorch: they are left
+out of h and of the norms and are not reset to ``x_ref + S Delta``.
+
+State: ``state["mechanic"]`` holds the tuner vectors ``s, m, v, r`` (float64, CPU), ``step`` and
+``skipped_steps``; ``state[p]`` holds ``x_ref`` (and ``delta`` with ``store_delta``). ``state_dict()``
+holds this and the base optimizer's full ``state_dict()``, so a checkpoint resumes bit-identically
+(mechanic-pytorch's does not, specs §1.3).
+
+Non-finite policy (optimizers/_common.py): if a gradient holds a NaN or an infinity (or ``||g||^2``
+overflows), the whole step, base step included, is skipped and ``state["mechanic"]["skipped_steps"]``
+counts it.
+
+Cost per step: four foreach reductions (``||g||^2``, ``<Delta, g>``, ``||y||^2``, ``<Delta, y>``) fetched in
+one host sync (a second one with ``decay_weights="post"``), a copy of ``x_t``, two foreach passes for
+``Delta_{t+1}`` (plus two to recompute ``Delta_t``), and three to write ``x_{t+1}``. The tuner itself is n
+scalars updated on the CPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from optimizers._common import (
+    all_finite,
+    check_betas,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    grads_with_params,
+)
+from optimizers.registry import build, register
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "optax": {
+        "m_init": 0.0,
+        "eps_in_m": True,
+        "clip_h": True,
+        "keep_negative_r": True,
+        "decay_weights": "pre",
+    },
+    "mechanic-pytorch": {
+        "m_init": 1e-6,
+        "eps_in_m": False,
+        "clip_h": False,
+        "keep_negative_r": False,
+        "decay_weights": "post",
+    },
+}
+
+
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_p <a_p, b_p>`` over the lists, as a float64 0-dim tensor (no host sync).
+
+    On accelerators one ``_foreach_mm`` of (1, n) by (n, 1) views; on the CPU, where that path is several
+    times slower than BLAS ``dot``, one ``torch.dot`` per tensor.
+    """
+    if a and a[0].device.type == "cpu":
+        prods = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+    else:
+        prods = torch._foreach_mm([x.reshape(1, -1) for x in a], [y.reshape(-1, 1) for y in b])
+    return torch.stack([q.reshape(()).to(torch.float64) for q in prods]).sum()
+
+
+def _sq_norm(a: list[torch.Tensor]) -> torch.Tensor:
+    """``sum_p ||a_p||^2`` as a float64 0-dim tensor."""
+    return torch.stack([q.to(torch.float64) for q in torch._foreach_powsum(a, 2)]).sum()
+
+
+@register("mechanic")
+class Mechanic(torch.optim.Optimizer):
+    """Mechanic around an already built ``base_optimizer`` (see the module docstring for every option)."""
+
+    initial_lr_arg = "base.lr"
+    lr_schedule_compatible = True
+
+    def __init__(
+        self,
+        base_optimizer: torch.optim.Optimizer,
+        *,
+        s_decay: float = 0.01,
+        betas: Sequence[float] = (0.9, 0.99, 0.999, 0.9999, 0.99999, 0.999999),
+        s_init: float = 1e-8,
+        eps: float = 1e-8,
+        store_delta: bool = False,
+        compat: str = "optax",
+        m_init: float | None = None,
+        eps_in_m: bool | None = None,
+        clip_h: bool | None = None,
+        keep_negative_r: bool | None = None,
+        decay_weights: str | None = None,
+    ) -> None:
+        if not isinstance(base_optimizer, torch.optim.Optimizer):
+            raise ValueError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        check_nonnegative("s_decay", s_decay)
+        check_betas("betas", betas)
+        check_positive("s_init", s_init)
+        check_positive("eps", eps)
+        check_choice("compat", compat, PRESETS)
+        given = {
+            "m_init": m_init,
+            "eps_in_m": eps_in_m,
+            "clip_h": clip_h,
+            "keep_negative_r": keep_negative_r,
+            "decay_weights": decay_weights,
+        }
+        opts = {**PRESETS[compat], **{k: v for k, v in given.items() if v is not None}}
+        check_nonnegative("m_init", opts["m_init"])
+        check_choice("decay_weights", opts["decay_weights"], ("pre", "post"))
+        super().__init__([{"params": []}], {})
+        self.base = base_optimizer
+        self.param_groups = base_optimizer.param_groups  # the same list: schedulers scale the base lr
+        self.defaults = base_optimizer.defaults
+        self.s_decay, self.s_init, self.eps = float(s_decay), float(s_init), float(eps)
+        self.betas = torch.tensor([float(b) for b in betas], dtype=torch.float64)
+        self.store_delta = bool(store_delta)
+        self.m_init, self.eps_in_m = float(opts["m_init"]), bool(opts["eps_in_m"])
+        self.clip_h, self.decay_weights = bool(opts["clip_h"]), opts["decay_weights"]
+        self.keep_negative_r = bool(opts["keep_negative_r"])
+        n = len(betas)
+        self.state["mechanic"] = {
+            "s": torch.zeros(n, dtype=torch.float64),
+            "m": torch.full((n,), self.m_init, dtype=torch.float64),
+            "v": torch.zeros(n, dtype=torch.float64),
+            "r": torch.zeros(n, dtype=torch.float64),
+            "step": 0,
+            "skipped_steps": 0.0,
+        }
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, *, steps_per_epoch: int, base: Mapping[str, Any], **kwargs: Any
+    ) -> Mechanic:
+        """Build the base from its config dict (``{"name": "sgd", "lr": 1.0, ...}``), then wrap it."""
+        return cls(build(dict(base), model, steps_per_epoch=steps_per_epoch), **kwargs)
+
+    # ------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        tuner = self.state["mechanic"]
+        params, grads = grads_with_params(p for g in self.param_groups for p in g["params"])
+        if not params:
+            return loss
+        fresh = [p for p in params if "x_ref" not in self.state[p]]
+        if fresh and not all_finite(grads):  # check before creating any state
+            tuner["skipped_steps"] += 1.0
+            return loss
+        for p in fresh:
+            self.state[p]["x_ref"] = p.detach().clone()
+            if self.store_delta:
+                self.state[p]["delta"] = torch.zeros_like(p)
+        x_refs = [self.state[p]["x_ref"] for p in params]
+        s_sum = float(tuner["s"].sum())
+        if self.store_delta:
+            deltas = [self.state[p]["delta"] for p in params]
+        else:  # line 2: Delta_t = (x_t - x_ref) / (S_t + eps)
+            deltas = self._scratch("delta", params)
+            torch._foreach_copy_(deltas, params)
+            torch._foreach_sub_(deltas, x_refs)
+            torch._foreach_div_(deltas, s_sum + self.eps)
+        stats = [_sq_norm(grads), _dots(deltas, grads)]
+        if self.decay_weights == "pre":
+            stats += [_sq_norm(params), _dots(deltas, params)]
+        values = torch.stack(stats).tolist()  # host sync 1
+        if not all(math.isfinite(v) for v in values):
+            tuner["skipped_steps"] += 1.0
+            return loss
+        x_t = self._scratch("x_t", params)
+        torch._foreach_copy_(x_t, params)
+
+        self.base.step(self._replay(closure, loss))  # line 1: p <- x'_t = x_t + u_t
+        if self.decay_weights == "post":
+            values += torch.stack([_sq_norm(params), _dots(deltas, params)]).tolist()  # host sync 2
+        g_sq, delta_g, y_sq, delta_y = values
+        # line 4: h = <Delta_t, g + s_decay * S * ||g|| / (||y|| + eps) * y>
+        h = delta_g + self.s_decay * s_sum * math.sqrt(g_sq) / (math.sqrt(y_sq) + self.eps) * delta_y
+        self._tune(h)
+        # line 3: Delta_{t+1} = Delta_t + u_t, with u_t = x'_t - x_t (sign flipped twice: exact)
+        torch._foreach_sub_(x_t, params)
+        torch._foreach_sub_(deltas, x_t)
+        # line 6: x_{t+1} = x_ref + S_{t+1} * Delta_{t+1}
+        scale = max(float(tuner["s"].sum()), 0.0)
+        torch._foreach_copy_(params, deltas)
+        torch._foreach_mul_(params, scale)
+        torch._foreach_add_(params, x_refs)
+        tuner["step"] += 1
+        return loss
+
+    def _scratch(self, name: str, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-parameter work buffers kept between steps (not state: never saved, overwritten each step).
+
+        Reusing them avoids two fresh parameter-sized allocations per step, which on the CPU cost more
+        than the arithmetic (page faults).
+        """
+        cache = self.__dict__.setdefault("_work", {})
+        bufs = []
+        for p in params:
+            buf = cache.get((name, p))
+            if buf is None or buf.shape != p.shape or buf.dtype != p.dtype or buf.device != p.device:
+                buf = cache[(name, p)] = torch.empty_like(p, memory_format=torch.preserve_format)
+            bufs.append(buf)
+        return bufs
+
+    @staticmethod
+    def _replay(
+        closure: Callable[[], torch.Tensor] | None, loss: torch.Tensor | None
+    ) -> Callable[[], torch.Tensor] | None:
+        """A closure for the base step that returns the already computed loss on its first call."""
+        if closure is None:
+            return None
+        calls = 0
+
+        def replay() -> torch.Tensor:
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return loss
+            with torch.enable_grad():
+                return closure()
+
+        return replay
+
+    def _tune(self, h: float) -> None:
+        """Line 5: the n TUNER copies (float64 vectors on the CPU)."""
+        t, betas = self.state["mechanic"], self.betas
+        m_prev, s = t["m"], t["s"]
+        h_t = torch.tensor(h, dtype=torch.float64)
+        reward_h = torch.clamp(h_t, -m_prev, m_prev) if self.clip_h else h_t
+        m = torch.maximum(betas * m_prev, h_t.abs() + self.eps if self.eps_in_m else h_t.abs())
+        v = betas**2 * t["v"] + h_t.square()
+        r = betas * t["r"] - s * reward_h
+        r_pos = torch.clamp(r, min=0.0)
+        wealth = m * self.s_init / len(betas) + r_pos
+        t["m"], t["v"], t["r"] = m, v, r if self.keep_negative_r else r_pos
+        t["s"] = wealth / (v.sqrt() + self.eps)
+
+    # ------------------------------------------------------------------ state and logging
+    def _index(self) -> dict[int, int]:
+        return {id(p): i for i, p in enumerate(p for g in self.param_groups for p in g["params"])}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's state dict, the tuner state, and each parameter's x_ref (and Delta)."""
+        index = self._index()
+        per_param = {index[id(p)]: dict(st) for p, st in self.state.items() if isinstance(p, torch.Tensor)}
+        return {"base": self.base.state_dict(), "mechanic": dict(self.state["mechanic"]), "params": per_param}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        self.base.load_state_dict(state_dict["base"])
+        self.param_groups = self.base.param_groups  # load_state_dict rebuilt the base's list
+        tuner = state_dict["mechanic"]
+        self.state["mechanic"] = {
+            k: v.detach().clone().to(torch.float64) if isinstance(v, torch.Tensor) else v
+            for k, v in tuner.items()
+        }
+        params = [p for g in self.param_groups for p in g["params"]]
+        for key in [k for k in self.state if isinstance(k, torch.Tensor)]:
+            del self.state[key]
+        for i, st in state_dict["params"].items():
+            p = params[int(i)]
+            self.state[p] = {k: v.detach().clone().to(device=p.device, dtype=p.dtype) for k, v in st.items()}
+
+    def diagnostics(self) -> dict[str, float]:
+        """``s``: the learned scale ``sum_i s_i`` (specs §8), and the skip counter."""
+        t = self.state["mechanic"]
+        return {"s": float(t["s"].sum()), "skipped_steps": float(t["skipped_steps"])}

@@ -1,0 +1,374 @@
+"""MetaOptimize, Hessian-free variants (Sharifnassab, Salehkaleybar, Sutton, ICML 2025).
+
+The update rules are those of the authors' experiment code (``HF.py``), which produced every
+published number: specs/metaoptimize.md §3 and the ``_foreach`` pseudo-code of §9. Each block k (one
+param group) has a log step size β_k; its step size is α_k = exp(β_k). One step, in this order (§3.2):
+
+1. α_k = exp(β_k);
+2. meta-gradient from the OLD trace: z_k = Σ_{i∈k} <h_i, g_i>;
+3. base direction u_i (sgdm, adamw, lion or rmsprop), displacement Δ_i = α_k (u_i + κ w_i) with the
+   weights before the step, then w_i ← w_i − Δ_i and h_i ← γ (1 − κ α_k) h_i − Δ_i;
+4. meta update of β_k from z_k (adam, lion, rmsprop; or ``fixed``, the fixed-step-size baseline).
+
+``normalization`` picks the Adam/RMSProp normalisation (§4):
+
+- ``"code"`` (default): ``HF.py``. AdamW base: m ← ρ m + g (undamped sum, no bias correction),
+  v ← λ v + g², u = m / √(μ v + ε) with μ = (1 − λ)/(1 − λ^t); RMSProp: u = g / √(μ v + ε); SGDm uses
+  the momentum BEFORE this step's gradient (one-step lag, §10.3); Lion is standard Lion. The meta
+  Adam/RMSProp are the same rules on the K scalars z_k. ε = 1e-10 inside the square root.
+- ``"paper"``: the textbook normalisation of the paper's Algorithm 3 / App. A: m ← ρ m + (1 − ρ) g,
+  v ← λ v + (1 − λ) g², u = (m/(1 − ρ^t)) / (√(v/(1 − λ^t)) + ε) with ε = 1e-8 OUTSIDE the root (the
+  paper has none; at t = 1 the meta-Adam is 0/0 without it). SGDm and Lion are as in ``"code"``.
+- ``"package"``: the 2025 pip package ``MetaOptimize_AdamW_Lion_hg`` (§11, not used for the paper;
+  AdamW base and Lion meta only): textbook AdamW (ε = 1e-8 outside the root), trace
+  h ← γ (1 − κ α) h − α g/(√v̂ + ε) (our sign convention, i.e. minus the package's h), and the meta
+  momentum is updated BEFORE it enters the sign.
+
+The defaults of ``momentum`` (ρ) and ``meta_momentum`` (ρ̄) depend on the algorithm: 0.9 for SGDm,
+AdamW and Adam, 0.99 for Lion (App. C tables). For Lion, ``lion_c`` is the interpolation coefficient
+inside the sign (``HF.py``'s ``Lion_beta2``, the Lion paper's β1) and ``momentum`` the EMA coefficient.
+
+Semantics the suite fixes:
+
+- ``alpha0`` is the initial step size itself (β_0 = log alpha0 in float64, not ``HF.py``'s float32
+  β_0, §10.1); any positive value is valid, e.g. the battery's 1e-6 or 1.0.
+- Every param group is one block. ``from_model`` builds the groups from a preset (§6). Hyper-parameters
+  are shared by all groups, except ``weight_decay``, which a group may override.
+- ``lr_schedule_compatible = False``: the step size is learned state; there is no ``lr`` to schedule.
+- A parameter whose ``.grad`` is None is treated as having a zero gradient (§9): its momentum and
+  second moment decay, weight decay still moves it, and its trace is kept. Block sums never shift.
+- Non-finite gradients: if any gradient holds a NaN or an infinity, the whole step is SKIPPED, with no
+  change to parameters or state except the ``skipped_steps`` counter.
+- State: per tensor ``h`` (trace), ``m``, ``v`` as the base needs; per optimizer, under
+  ``state["metaoptimize"]``, the (K,) float64 tensors ``beta``, ``mbar``, ``vbar``, ``z`` and the
+  Python scalars ``step``, ``skipped_steps`` and the running products for the bias corrections
+  (kept as products, as ``HF.py`` does, for bit-level parity). All of it is in ``state_dict()``.
+- Host syncs: one per step for the finite check and one to read α as Python floats.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from optimizers._common import (
+    all_finite,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+)
+from optimizers._metaoptimize_blocks import BlockSpec, param_groups
+from optimizers.registry import register
+
+BASES = ("sgdm", "adamw", "lion", "rmsprop")
+METAS = ("adam", "lion", "rmsprop", "fixed")
+NORMALIZATIONS = ("code", "paper", "package")
+DEFAULT_MOMENTUM = {"sgdm": 0.9, "adamw": 0.9, "lion": 0.99, "rmsprop": 0.9, "adam": 0.9, "fixed": 0.9}
+DEFAULT_EPS = {"code": 1e-10, "paper": 1e-8, "package": 1e-8}
+META_KEY = "metaoptimize"
+GROUP_OVERRIDABLE = ("weight_decay",)
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+@register("metaoptimize")
+class MetaOptimize(torch.optim.Optimizer):
+    """MetaOptimize with a Hessian-free trace; see the module docstring for the exact rules."""
+
+    initial_lr_arg = "alpha0"
+    lr_schedule_compatible = False
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        *,
+        base: str,
+        meta: str,
+        alpha0: float,
+        meta_lr: float = 1e-3,
+        gamma: float = 1.0,
+        momentum: float | None = None,
+        normalizer: float = 0.999,
+        lion_c: float = 0.9,
+        weight_decay: float = 0.1,
+        meta_momentum: float | None = None,
+        meta_normalizer: float = 0.999,
+        meta_lion_c: float = 0.9,
+        meta_weight_decay: float = 0.0,
+        normalization: str = "code",
+        eps: float | None = None,
+    ) -> None:
+        base, meta, normalization = _lower(base), _lower(meta), _lower(normalization)
+        check_choice("base", base, BASES)
+        check_choice("meta", meta, METAS)
+        check_choice("normalization", normalization, NORMALIZATIONS)
+        if normalization == "package" and (base, meta) != ("adamw", "lion"):
+            raise ValueError(
+                f"normalization='package' needs base='adamw', meta='lion', got {base!r}, {meta!r}"
+            )
+        momentum = DEFAULT_MOMENTUM[base] if momentum is None else momentum
+        meta_momentum = DEFAULT_MOMENTUM[meta] if meta_momentum is None else meta_momentum
+        eps = DEFAULT_EPS[normalization] if eps is None else eps
+        check_positive("alpha0", alpha0)
+        check_positive("meta_lr", meta_lr)
+        check_nonnegative("gamma", gamma)
+        if gamma > 1:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
+        for name, value in [
+            ("momentum", momentum),
+            ("normalizer", normalizer),
+            ("lion_c", lion_c),
+            ("meta_momentum", meta_momentum),
+            ("meta_normalizer", meta_normalizer),
+            ("meta_lion_c", meta_lion_c),
+        ]:
+            check_unit_interval(name, value)
+        check_nonnegative("weight_decay", weight_decay)
+        check_nonnegative("meta_weight_decay", meta_weight_decay)
+        check_positive("eps", eps)
+        defaults = dict(
+            base=base,
+            meta=meta,
+            alpha0=float(alpha0),
+            meta_lr=meta_lr,
+            gamma=gamma,
+            momentum=momentum,
+            normalizer=normalizer,
+            lion_c=lion_c,
+            weight_decay=weight_decay,
+            meta_momentum=meta_momentum,
+            meta_normalizer=meta_normalizer,
+            meta_lion_c=meta_lion_c,
+            meta_weight_decay=meta_weight_decay,
+            normalization=normalization,
+            eps=eps,
+        )
+        super().__init__(params, defaults)
+
+    @classmethod
+    def from_model(
+        cls, model: torch.nn.Module, *, steps_per_epoch: int = 1, blocks: BlockSpec = "scalar", **kwargs: Any
+    ) -> MetaOptimize:
+        """Build with one param group per block of ``blocks`` (specs §6); ``steps_per_epoch`` is unused."""
+        return cls(param_groups(model, blocks), **kwargs)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group, i.e. a new block with its own β = log alpha0 (hyper-parameters are shared)."""
+        for key, value in self.defaults.items():
+            if key not in GROUP_OVERRIDABLE and param_group.get(key, value) != value:
+                raise ValueError(
+                    f"{key} cannot differ between param groups (got {param_group[key]!r} vs {value!r})"
+                )
+        check_nonnegative("weight_decay", param_group.get("weight_decay", self.defaults["weight_decay"]))
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        group.setdefault("name", str(len(self.param_groups) - 1))
+        meta = self.state.get(META_KEY)
+        if meta is None:
+            device = group["params"][0].device if group["params"] else torch.device("cpu")
+            zeros = torch.zeros(0, dtype=torch.float64, device=device)
+            meta = self.state[META_KEY] = {
+                "beta": zeros.clone(),
+                "mbar": zeros.clone(),
+                "vbar": zeros.clone(),
+                "z": zeros.clone(),
+                "step": 0,
+                "skipped_steps": 0,
+                "lam_acc": 1.0,
+                "rho_acc": 1.0,
+                "lam_bar_acc": 1.0,
+                "rho_bar_acc": 1.0,
+            }
+        initial = {"beta": math.log(self.defaults["alpha0"]), "mbar": 0.0, "vbar": 0.0, "z": 0.0}
+        for key, value in initial.items():  # beta_0 = log(alpha0) in float64 (specs §10.1)
+            meta[key] = torch.cat([meta[key], meta[key].new_full((1,), value)])
+
+    # ------------------------------------------------------------------ step
+    def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
+        state = self.state[p]
+        if not state:
+            d = self.defaults
+            if d["meta"] != "fixed":
+                state["h"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if d["base"] in ("sgdm", "adamw", "lion"):
+                state["m"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if d["base"] in ("adamw", "rmsprop"):
+                state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return state
+
+    def _normalizer(self, v: list[torch.Tensor], lam_acc: float) -> tuple[list[torch.Tensor], float]:
+        """(s, scale) with u = scale * x / s for x = m or g: the AdamW/RMSProp denominator (§3.2, §4)."""
+        d = self.defaults
+        lam, eps = d["normalizer"], d["eps"]
+        if d["normalization"] == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+            mu = (1.0 - lam) / (1.0 - lam_acc)
+            s = torch._foreach_add(v, eps / mu)
+            torch._foreach_sqrt_(s)
+            return s, 1.0 / math.sqrt(mu)
+        # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
+        s = torch._foreach_sqrt(v)
+        if d["normalization"] == "paper":
+            torch._foreach_div_(s, math.sqrt(1.0 - lam_acc))
+        torch._foreach_add_(s, eps)
+        return s, 1.0
+
+    def _displacement(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict],
+        a: float,
+        kappa: float,
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Δ_i = a (u_i + κ w_i) for one block (§3.2 step 3), updating m and v; and the package trace term."""
+        d, meta = self.defaults, self.state[META_KEY]
+        base, norm, t = d["base"], d["normalization"], meta["step"]
+        rho, lam = d["momentum"], d["normalizer"]
+        delta = torch._foreach_mul(params, a * kappa)
+        if base == "sgdm":  # u = m BEFORE this step's gradient, then m <- rho m + (1 - rho) g
+            m = [s["m"] for s in states]
+            torch._foreach_add_(delta, m, alpha=a)
+            torch._foreach_mul_(m, rho)
+            torch._foreach_add_(m, grads, alpha=1.0 - rho)
+            return delta, None
+        if base == "lion":  # u = sign(c m + (1 - c) g) with the old m, then m <- rho m + (1 - rho) g
+            m = [s["m"] for s in states]
+            u = torch._foreach_mul(m, d["lion_c"])
+            torch._foreach_add_(u, grads, alpha=1.0 - d["lion_c"])
+            torch._foreach_sign_(u)
+            torch._foreach_add_(delta, u, alpha=a)
+            torch._foreach_mul_(m, rho)
+            torch._foreach_add_(m, grads, alpha=1.0 - rho)
+            return delta, None
+        v = [s["v"] for s in states]
+        if norm == "package":  # v_hat <- (1 - b2) v_hat + b2 g^2, b2 = (1 - lam)/(1 - lam^t)
+            b2 = (1.0 - lam) / (1.0 - lam**t)
+            torch._foreach_mul_(v, 1.0 - b2)
+            torch._foreach_addcmul_(v, grads, grads, value=b2)
+        else:
+            torch._foreach_mul_(v, lam)
+            torch._foreach_addcmul_(v, grads, grads, value=1.0 if norm == "code" else 1.0 - lam)
+        s, scale = self._normalizer(v, meta["lam_acc"])
+        if base == "rmsprop":
+            torch._foreach_addcdiv_(delta, grads, s, value=a * scale)
+            return delta, None
+        m = [st["m"] for st in states]
+        if norm == "package":  # m_hat <- (1 - b1) m_hat + b1 g
+            b1 = (1.0 - rho) / (1.0 - rho**t)
+            torch._foreach_mul_(m, 1.0 - b1)
+            torch._foreach_add_(m, grads, alpha=b1)
+        else:
+            torch._foreach_mul_(m, rho)
+            torch._foreach_add_(m, grads, alpha=1.0 if norm == "code" else 1.0 - rho)
+            if norm == "paper":
+                scale /= 1.0 - meta["rho_acc"]
+        torch._foreach_addcdiv_(delta, m, s, value=a * scale)
+        if norm == "package":  # trace term: the normalised current gradient (§11)
+            trace = torch._foreach_div(grads, s)
+            torch._foreach_mul_(trace, a)
+            return delta, trace
+        return delta, None
+
+    def _meta_update(self, z: torch.Tensor) -> None:
+        """β update on the K block scalars from z (§3.2 step 4; textbook form for ``paper``)."""
+        d, meta = self.defaults, self.state[META_KEY]
+        kind, norm = d["meta"], d["normalization"]
+        if kind == "fixed":
+            return
+        eta, rho, lam, c, eps = (
+            d["meta_lr"],
+            d["meta_momentum"],
+            d["meta_normalizer"],
+            d["meta_lion_c"],
+            d["eps"],
+        )
+        beta = (1.0 - eta * d["meta_weight_decay"]) * meta["beta"]
+        if kind == "lion":
+            if norm == "package":  # momentum updated first, then used inside the sign
+                meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
+                meta["beta"] = beta - eta * torch.sign(c * meta["mbar"] + (1.0 - c) * z)
+            else:
+                meta["beta"] = beta - eta * torch.sign(c * meta["mbar"] + (1.0 - c) * z)
+                meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
+            return
+        meta["lam_bar_acc"] *= lam
+        meta["rho_bar_acc"] *= rho
+        code = norm == "code"
+        meta["vbar"] = lam * meta["vbar"] + (1.0 if code else 1.0 - lam) * z * z
+        if kind == "adam":
+            meta["mbar"] = rho * meta["mbar"] + (1.0 if code else 1.0 - rho) * z
+            num = meta["mbar"] if code else meta["mbar"] / (1.0 - meta["rho_bar_acc"])
+        else:
+            num = z
+        if code:
+            mu = (1.0 - lam) / (1.0 - meta["lam_bar_acc"])
+            meta["beta"] = beta - eta * num / torch.sqrt(mu * meta["vbar"] + eps)
+        else:
+            meta["beta"] = beta - eta * num / (torch.sqrt(meta["vbar"] / (1.0 - meta["lam_bar_acc"])) + eps)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One MetaOptimize step (specs §3.2): z from the old trace, base update, trace, meta update."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        meta = self.state[META_KEY]
+        blocks = []
+        for group in self.param_groups:
+            params = group["params"]
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            blocks.append((group, params, grads))
+        if not all_finite([g for _, _, grads in blocks for g in grads]):
+            meta["skipped_steps"] += 1
+            return loss
+        d = self.defaults
+        meta["step"] += 1
+        meta["lam_acc"] *= d["normalizer"]
+        meta["rho_acc"] *= d["momentum"]
+        alphas = meta["beta"].exp().tolist()
+        track = d["meta"] != "fixed"
+        zs = []
+        for (group, params, grads), a in zip(blocks, alphas, strict=True):
+            if not params:
+                zs.append(torch.zeros((), dtype=torch.float64, device=meta["beta"].device))
+                continue
+            states = [self._init_state(p) for p in params]
+            kappa = group["weight_decay"]
+            if track:
+                h = [s["h"] for s in states]
+                dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, grads, strict=True)]
+                zs.append(torch.stack(dots).sum().to(torch.float64))
+            delta, trace = self._displacement(params, grads, states, a, kappa)
+            if track:
+                decay = d["gamma"] * (1.0 - kappa * a)
+                if decay != 1.0:  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
+                    torch._foreach_mul_(h, decay)
+                torch._foreach_sub_(h, delta if trace is None else trace)
+            torch._foreach_sub_(params, delta)
+        if track:
+            z = torch.stack([x.to(meta["beta"].device) for x in zs])
+            meta["z"] = z
+            self._meta_update(z)
+        return loss
+
+    # ------------------------------------------------------------ logging
+    def diagnostics(self) -> dict[str, float]:
+        """α per block (``alpha`` for one block, else ``alpha/<group name>``), z likewise, skipped steps."""
+        meta = self.state[META_KEY]
+        alpha, z = meta["beta"].exp().tolist(), meta["z"].tolist()
+        names = [str(g["name"]) for g in self.param_groups]
+        out: dict[str, float] = {}
+        for key, values in (("alpha", alpha), ("z", z)):
+            if len(names) == 1:
+                out[key] = float(values[0])
+            else:
+                out.update({f"{key}/{n}": float(x) for n, x in zip(names, values, strict=True)})
+        out["skipped_steps"] = float(meta["skipped_steps"])
+        return out

@@ -1,0 +1,236 @@
+"""Prodigy (Mishchenko & Defazio 2023, Algorithm 4, Adam form), as ``prodigyopt`` 1.1.2.
+
+Exact rule: specs/optimizers.md §3.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from optimizers._common import (
+    all_finite,
+    check_betas,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+    grads_with_params,
+)
+from optimizers.dadapt_sgd import all_reduce_sum, check_growth_rate, host_floats, uses_fsdp
+from optimizers.registry import register
+
+
+@register("prodigy")
+class Prodigy(torch.optim.Optimizer):
+    """Prodigy; constructor identical to ``prodigyopt.Prodigy`` 1.1.2.
+
+    Per step (§3), ``d`` the value at the start of the step, ``bc`` as in Adam bias correction (or 1),
+    ``dlr = d lr bc``, ``beta3 = sqrt(beta2)`` unless given, ``gs``/``xs`` the ``[::slice_p]`` slices
+    of the flattened g and x: ``num = beta3 num + sum (d/d0) dlr <gs, p0 - xs>``;
+    ``m <- beta1 m + d (1 - beta1) g``; ``v <- beta2 v + d^2 (1 - beta2) g^2``;
+    ``s <- beta3 s + (d/d0) dlr gs`` (``(d/d0) d gs`` with ``safeguard_warmup``);
+    ``d_hat = d_coef num / sum ||s||_1``; if ``d == d0``: ``d <- max(d, d_hat)``;
+    ``d_max <- max(d_max, d_hat)``; ``d <- min(d_max, d growth_rate)``. Then, with the *new* d in the
+    denominator ``sqrt(v) + d eps``: ``x <- x - wd dlr x`` (decoupled, the default) and
+    ``x <- x - dlr m / denom`` (``x <- x - dlr d g / denom`` when ``beta1 = 0``). Coupled weight decay is
+    written into ``p.grad`` as the package does. Per group: ``weight_decay``, ``eps``, ``d0``,
+    ``safeguard_warmup``, ``slice_p``, ``lr`` (the largest lr or 0); the rest from group 0. Scalars
+    ``d``, ``d_max``, ``d_numerator``, ``k`` (and ``d_denom``, ``d_hat`` after the first step) live in
+    every group; per-parameter state is ``step``, ``s``, ``p0`` (a scalar 0 for an all-zero tensor),
+    ``exp_avg`` (if beta1 > 0) and ``exp_avg_sq``.
+
+    Non-finite gradients: the whole step is skipped (no parameter or state change, k not incremented)
+    and ``param_groups[i]["skipped_steps"]`` counts it. When ``sum ||s||_1 = 0`` (and not sharded) the
+    step returns after the moment updates, without moving and without incrementing k, exactly as the
+    package.
+
+    Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
+    initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
+    multiplier that LR schedules may scale.
+    """
+
+    initial_lr_arg = "d0"
+    lr_schedule_compatible = True
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1.0,
+        betas: Sequence[float] = (0.9, 0.999),
+        beta3: float | None = None,
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decouple: bool = True,
+        use_bias_correction: bool = False,
+        safeguard_warmup: bool = False,
+        d0: float = 1e-6,
+        d_coef: float = 1.0,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        slice_p: int = 1,
+    ) -> None:
+        check_positive("lr", lr)
+        check_betas("betas", betas, length=2)
+        if beta3 is not None:
+            check_unit_interval("beta3", beta3)
+        check_positive("eps", eps)
+        check_nonnegative("weight_decay", weight_decay)
+        check_positive("d0", d0)
+        check_positive("d_coef", d_coef)
+        check_growth_rate(growth_rate)
+        if not isinstance(slice_p, int) or isinstance(slice_p, bool) or slice_p < 1:
+            raise ValueError(f"slice_p must be an integer >= 1, got {slice_p!r}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            beta3=beta3,
+            eps=eps,
+            weight_decay=weight_decay,
+            d=d0,
+            d0=d0,
+            d_max=d0,
+            d_numerator=0.0,
+            d_coef=d_coef,
+            k=0,
+            growth_rate=growth_rate,
+            use_bias_correction=use_bias_correction,
+            decouple=decouple,
+            safeguard_warmup=safeguard_warmup,
+            fsdp_in_use=fsdp_in_use,
+            slice_p=slice_p,
+            skipped_steps=0,
+        )
+        super().__init__(params, defaults)
+
+    def _bias_correction(self) -> float:
+        g = self.param_groups[0]
+        if not g["use_bias_correction"]:
+            return 1
+        beta1, beta2 = g["betas"]
+        return ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1))
+
+    def diagnostics(self) -> dict[str, float]:
+        """§8: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat`` (d before a step), ``d_max``."""
+        g = self.param_groups[0]
+        lr = max(group["lr"] for group in self.param_groups)
+        return {
+            "d": float(g["d"]),
+            "d_lr": float(g["d"] * lr * self._bias_correction()),
+            "d_hat": float(g.get("d_hat", g["d"])),
+            "d_max": float(g["d_max"]),
+            "skipped_steps": float(g.get("skipped_steps", 0)),
+        }
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = self.param_groups
+        pgs = [grads_with_params(group["params"]) for group in groups]
+        if not all_finite([g for _, gs in pgs for g in gs]):
+            for group in groups:
+                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+            return loss
+
+        g0 = groups[0]
+        lr = max(group["lr"] for group in groups)
+        for group in groups:
+            if group["lr"] not in [lr, 0.0]:
+                raise RuntimeError(
+                    "Setting different lr values in different parameter groups is only supported for "
+                    "values of 0"
+                )
+        beta1, beta2 = g0["betas"]
+        beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
+        k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
+        dlr = d * lr * self._bias_correction()
+        growth_rate, decouple = g0["growth_rate"], g0["decouple"]
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        d_numerator = g0["d_numerator"] * beta3
+
+        dots: list[torch.Tensor] = []
+        l1s: list[torch.Tensor] = []
+        ratios: list[float] = []  # d / d0 of each parameter's group
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            decay, group_d0, slice_p = group["weight_decay"], group["d0"], group["slice_p"]
+            if decay != 0 and not decouple:
+                torch._foreach_add_(gs, ps, alpha=decay)
+            for p in ps:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0
+                    state["s"] = torch.zeros_like(p.flatten()[::slice_p]).detach()
+                    if p.any():
+                        state["p0"] = p.flatten()[::slice_p].detach().clone()
+                    else:  # all zeros: a scalar 0, as the package (saves memory)
+                        state["p0"] = torch.tensor(0, device=p.device, dtype=p.dtype)
+                    if beta1 > 0:
+                        state["exp_avg"] = torch.zeros_like(p).detach()
+                    state["exp_avg_sq"] = torch.zeros_like(p).detach()
+            if group["lr"] > 0.0 and ps:
+                states = [self.state[p] for p in ps]
+                gsl = [g.reshape(-1)[::slice_p] for g in gs]
+                # <gs, p0 - xs>; a scalar p0 is 0, where p0 - xs = -xs broadcasts.
+                dots += [
+                    torch.dot(g, st["p0"] - p.reshape(-1)[::slice_p])
+                    for g, p, st in zip(gsl, ps, states, strict=True)
+                ]
+                if beta1 > 0:
+                    ms = [st["exp_avg"] for st in states]
+                    torch._foreach_mul_(ms, beta1)
+                    torch._foreach_add_(ms, gs, alpha=d * (1 - beta1))
+                vs = [st["exp_avg_sq"] for st in states]
+                torch._foreach_mul_(vs, beta2)
+                torch._foreach_addcmul_(vs, gs, gs, value=d * d * (1 - beta2))
+                ss = [st["s"] for st in states]
+                torch._foreach_mul_(ss, beta3)
+                alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * dlr
+                torch._foreach_add_(ss, gsl, alpha=alpha)
+                l1s += torch._foreach_norm(ss, 1)
+                ratios += [d / group_d0] * len(ps)
+        values = host_floats(dots + l1s)
+        delta_numerator = 0.0
+        for ratio, v in zip(ratios, values[: len(dots)], strict=True):
+            delta_numerator += ratio * dlr * v
+        d_denom = sum(values[len(dots) :])
+
+        if d_denom == 0 and not fsdp:
+            return loss
+        if fsdp:
+            device = next((ps[0].device for ps, _ in pgs if ps), torch.device("cpu"))
+            delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], device)
+        d_numerator = d_numerator + delta_numerator
+        d_hat = d
+        if lr > 0.0:
+            d_hat = d_coef * d_numerator / d_denom
+            if d == groups[-1]["d0"]:  # the package compares with the last group's d0
+                d = max(d, d_hat)
+            d_max = max(d_max, d_hat)
+            d = min(d_max, d * growth_rate)
+
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            group["d_numerator"] = d_numerator
+            group["d_denom"] = d_denom
+            group["d"] = d
+            group["d_max"] = d_max
+            group["d_hat"] = d_hat
+            decay, eps = group["weight_decay"], group["eps"]
+            if ps:
+                states = [self.state[p] for p in ps]
+                for st in states:
+                    st["step"] += 1
+                denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])
+                torch._foreach_add_(denom, d * eps)  # the new d
+                if decay != 0 and decouple:
+                    torch._foreach_add_(ps, ps, alpha=-decay * dlr)
+                if beta1 > 0:
+                    torch._foreach_addcdiv_(ps, [st["exp_avg"] for st in states], denom, value=-dlr)
+                else:
+                    torch._foreach_addcdiv_(ps, gs, denom, value=-dlr * d)
+            group["k"] = k + 1
+        return loss

@@ -1,0 +1,343 @@
+"""Trainable Learning Rate (TLR, anonymous ICLR 2022 submission): specs/optimizers.md section 7."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from optimizers._common import (
+    all_finite,
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    check_unit_interval,
+)
+from optimizers.registry import register
+
+MODES = ("sgd", "gd")
+
+
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor inner products <a_i, b_i> in one foreach call (row vector @ column vector)."""
+    if not a:
+        return []
+    low = (torch.float16, torch.bfloat16)  # accumulate 16-bit tensors in float32
+    rows = [x.reshape(1, -1).float() if x.dtype in low else x.reshape(1, -1) for x in a]
+    cols = [y.reshape(-1, 1).float() if y.dtype in low else y.reshape(-1, 1) for y in b]
+    return [m.reshape(()) for m in torch._foreach_mm(rows, cols)]
+
+
+def _ratio(rho: torch.Tensor, sq: torch.Tensor, c: float) -> torch.Tensor:
+    """Relative change r of eq. 9 / Algorithm 2 line 5, elementwise (spec 7.1).
+
+    ``alpha_{t+1} = alpha_t (1 + r)`` with ``A = 4 (||g_t||^2 - rho)``: ``r = min(rho / A, c)`` if
+    ``A > 0``; ``r = c`` if ``A <= 0 < rho``; ``r = 0`` otherwise (the 0/0 guard for ``rho = 0``).
+    """
+    a = 4.0 * (sq - rho)
+    safe = torch.where(a > 0, a, torch.ones_like(a))
+    newton = torch.clamp(rho / safe, max=c)
+    return torch.where(a > 0, newton, torch.where(rho > 0, torch.full_like(rho, c), torch.zeros_like(rho)))
+
+
+@register("tlr")
+class TLR(torch.optim.Optimizer):
+    """SGD whose learning rate alpha is learned by the damped Newton rule of TLR (eqs. 7-9, Algorithm 2).
+
+    ``alpha <- alpha (1 + min(rho / max(4 (||g||^2 - rho), 0), c))`` with ``rho = <g_t, g_{t-1}>``
+    (spec 7.1), so one update raises alpha by at most ``1 + c`` and lowers it by less than 25%.
+
+    Modes (``mode``):
+
+    * ``"gd"``, Algorithm 2 (spec 7.2): every step, ``g_t = grad + weight_decay * x`` (**[I]** weight
+      decay allowed and included in ``g``), alpha is updated from ``(g_t, g_{t-1})`` *before* the weight
+      step (line 5), then ``x <- x - alpha_{t+1} b`` (line 6), then ``g_t`` is stored (line 7).
+      ``g_{-1} = 0``. With ``momentum=0, weight_decay=0`` this is Algorithm 2 verbatim; otherwise ``b``
+      is the heavy-ball buffer below (an extension, the paper's GD has none). ``update_every`` must be
+      None or 1.
+    * ``"sgd"``, Section 4 / Appendix D (spec 7.3), the variant of all experiments:
+
+      - base update: torch ``SGD`` semantics (**[I]**): ``d = grad + weight_decay * x`` (coupled L2),
+        ``b = d`` on a tensor's first step then ``b = momentum * b + d`` (no dampening, no Nesterov),
+        ``x <- x - alpha b``. The buffer excludes alpha and is never reset.
+      - alpha is constant over windows of ``K = update_every`` consecutive steps. **[I]** Windows run
+        back to back from the first step and ignore epoch boundaries; ``from_model`` sets
+        ``K = max(1, floor(p N))`` with ``p = update_every_epochs`` (Section 4: 0.33) and N the
+        minibatches per epoch.
+      - after the K-th step of window j: ``G_j = (x_start - x_end) / alpha_j`` (eq. 10, Appendix D).
+        **[I]** The displacement spans exactly K steps; **[I]** the divisor is the (unique) rate of that
+        window; it includes momentum and weight decay. alpha is updated by the rule above with
+        ``(G_j, G_{j-1})``, ``G_{-1} = 0``, and used from the next step on (**[I]** not retroactively:
+        alpha first changes at step 2K). **[I]** So ``sgd`` with K = 1, momentum 0 is *not* ``gd``.
+      - **[I]** No schedule on top of alpha, no clipping, no bound other than the factor (0.75, 1.25].
+
+    Granularity (spec 7.4): ``per_tensor=False`` keeps one alpha for all tensors (``rho`` and the norm
+    are sums over every tensor); it lives in ``group["lr"]`` of every group, so groups must share one
+    initial ``lr``. ``per_tensor=True`` (paper D.2, ``sgd_tlr_pl``; **[I]** "per layer" means per
+    tensor, weights and biases separately) keeps one alpha per parameter tensor in
+    ``group["tensor_lrs"]`` (parallel to ``group["params"]``), initialised to the group's ``lr``;
+    ``group["lr"]`` then stays the initial value. Parameters without a gradient are not updated and add
+    nothing to the sums (a tensor that moved earlier in a window still contributes its displacement).
+
+    Hyper-parameters ``c``, ``update_every``, ``per_tensor``, ``mode`` and the counters ``step`` and
+    ``skipped_steps`` are read from / kept in ``param_groups[0]``; ``momentum`` and ``weight_decay``
+    may differ per group. The D.4 fixed-meta-rate ablation and the naive Algorithm 1 are not offered.
+
+    Non-finite policy (optimizers/_common.py): a NaN/inf in any gradient skips the whole step: no
+    parameter or state change, only ``param_groups[0]["skipped_steps"]`` is incremented.
+
+    Diagnostics (spec 8): ``alpha`` (global) or ``alpha/<i>`` per tensor in parameter order across
+    groups plus ``alpha`` = their parameter-count-weighted mean (the mean rate a coordinate sees);
+    ``skipped_steps``.
+
+    Distributed (spec 10): under DDP (replicated parameters, reduced gradients) every rank computes the
+    same alpha, no extra communication. Sharded parameters (FSDP/ZeRO) are not supported: the window
+    inner products would need an all-reduce.
+    """
+
+    initial_lr_arg = "lr"
+    lr_schedule_compatible = False
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        *,
+        lr: float,
+        momentum: float = 0.8,
+        weight_decay: float = 5e-4,
+        c: float = 0.25,
+        update_every: int | None = None,
+        per_tensor: bool = False,
+        mode: str = "sgd",
+    ) -> None:
+        check_choice("mode", mode, MODES)
+        check_positive("c", c)
+        if update_every is None:
+            if mode == "sgd":
+                raise ValueError("update_every is required for mode='sgd' (the window K in steps)")
+            update_every = 1
+        if isinstance(update_every, bool) or not isinstance(update_every, int) or update_every < 1:
+            raise ValueError(f"update_every must be an integer >= 1, got {update_every!r}")
+        if mode == "gd" and update_every != 1:
+            raise ValueError(f"update_every must be 1 (or None) for mode='gd', got {update_every!r}")
+        if not isinstance(per_tensor, bool):
+            raise ValueError(f"per_tensor must be a bool, got {per_tensor!r}")
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            c=c,
+            update_every=update_every,
+            per_tensor=per_tensor,
+            mode=mode,
+        )
+        super().__init__(params, defaults)
+        self.param_groups[0].setdefault("step", 0)
+        self.param_groups[0].setdefault("skipped_steps", 0)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: torch.nn.Module,
+        *,
+        steps_per_epoch: int,
+        update_every_epochs: float = 0.33,
+        **kw: Any,
+    ) -> TLR:
+        """Build for ``model``; ``update_every = max(1, floor(p N))`` (Section 4) unless given."""
+        check_positive("update_every_epochs", update_every_epochs)
+        check_positive("steps_per_epoch", steps_per_epoch)
+        if kw.get("mode", "sgd") == "sgd" and kw.get("update_every") is None:
+            kw["update_every"] = max(1, math.floor(update_every_epochs * steps_per_epoch))
+        return cls(model.parameters(), **kw)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Validate the group's hyper-parameters (ValueError naming the argument), then add it."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        check_positive("lr", group["lr"])
+        check_unit_interval("momentum", group["momentum"])
+        check_nonnegative("weight_decay", group["weight_decay"])
+        head = self.param_groups[0]
+        for key in ("c", "update_every", "per_tensor", "mode"):
+            if group[key] != head[key]:
+                raise ValueError(
+                    f"{key} must be the same in every param group ({head[key]!r} != {group[key]!r})"
+                )
+        if head["per_tensor"]:
+            group.setdefault("tensor_lrs", [float(group["lr"])] * len(group["params"]))
+        elif group["lr"] != head["lr"]:
+            raise ValueError(
+                f"lr: global TLR keeps one learning rate, param groups must share it "
+                f"({head['lr']!r} != {group['lr']!r}); use per_tensor=True for several"
+            )
+
+    # ----------------------------------------------------------------------------------- alpha
+    def _alphas(self) -> list[float]:
+        """Current rate of every parameter tensor, in parameter order across groups."""
+        if self.param_groups[0]["per_tensor"]:
+            return [a for g in self.param_groups for a in g["tensor_lrs"]]
+        return [float(self.param_groups[0]["lr"])] * sum(len(g["params"]) for g in self.param_groups)
+
+    def _update_alphas(self, index: list[int], rho: list[torch.Tensor], sq: list[torch.Tensor]) -> None:
+        """Apply the rule of spec 7.1 to the tensors ``index`` (positions in ``_alphas()`` order)."""
+        head = self.param_groups[0]
+        if not index:
+            return
+        dev = rho[0].device
+        rho_t = torch.stack([r.to(dev, torch.float64) for r in rho])
+        sq_t = torch.stack([s.to(dev, torch.float64) for s in sq])
+        if head["per_tensor"]:
+            ratios = _ratio(rho_t, sq_t, head["c"]).tolist()
+            flat = [(g, i) for g in self.param_groups for i in range(len(g["params"]))]
+            for k, r in zip(index, ratios, strict=True):
+                g, i = flat[k]
+                g["tensor_lrs"][i] = g["tensor_lrs"][i] * (1.0 + r)
+        else:
+            r = _ratio(rho_t.sum(), sq_t.sum(), head["c"]).item()
+            alpha = head["lr"] * (1.0 + r)
+            for g in self.param_groups:
+                g["lr"] = alpha
+
+    # ------------------------------------------------------------------------------------ step
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
+        """One optimizer step (see class docstring); returns ``closure()`` if given."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        head = self.param_groups[0]
+        # per group: (positions in _alphas() order, params with a gradient, their gradients)
+        todo: list[tuple[dict[str, Any], list[int], list[torch.Tensor], list[torch.Tensor]]] = []
+        k = 0
+        for group in self.param_groups:
+            idx, ps, gs = [], [], []
+            for p in group["params"]:
+                if p.grad is not None:
+                    if p.grad.is_sparse:
+                        raise RuntimeError("TLR does not support sparse gradients")
+                    idx.append(k)
+                    ps.append(p)
+                    gs.append(p.grad)
+                k += 1
+            todo.append((group, idx, ps, gs))
+        if not all_finite([g for *_, gs in todo for g in gs]):
+            head["skipped_steps"] += 1
+            return loss
+        gd = head["mode"] == "gd"
+        # d = grad + wd * x (coupled L2); a fresh tensor in gd mode, where it is stored as g_{t-1}
+        ds = []
+        for group, _, ps, gs in todo:
+            wd = group["weight_decay"]
+            if wd != 0:
+                ds.append(torch._foreach_add(gs, ps, alpha=wd))
+            else:
+                ds.append(torch._foreach_mul(gs, 1.0) if gd and gs else gs)
+        if gd:
+            self._gd_alpha([i for _, idx, *_ in todo for i in idx], [p for *_, ps, _ in todo for p in ps], ds)
+        else:
+            for *_, ps, _ in todo:
+                for p in ps:
+                    if "window_start" not in self.state[p]:
+                        self.state[p]["window_start"] = p.detach().clone()
+        for (group, _, ps, _), d in zip(todo, ds, strict=True):
+            if ps:
+                self._sgd_step(group, ps, d)
+        head["step"] += 1
+        if not gd and head["step"] % head["update_every"] == 0:
+            self._window_end()
+        return loss
+
+    def _gd_alpha(self, idx: list[int], ps: list[torch.Tensor], ds: list[list[torch.Tensor]]) -> None:
+        """Algorithm 2 lines 5 and 7: alpha from ``(g_t, g_{t-1})`` with ``g_t = d``; store ``g_t``."""
+        d = [t for group_d in ds for t in group_d]
+        has_prev = [i for i, p in enumerate(ps) if "prev_grad" in self.state[p]]
+        prevs = [self.state[ps[i]]["prev_grad"] for i in has_prev]
+        sq = _dots(d, d)
+        rho = [torch.zeros_like(s) for s in sq]
+        for i, r in zip(has_prev, _dots([d[i] for i in has_prev], prevs), strict=True):
+            rho[i] = r
+        self._update_alphas(idx, rho, sq)
+        if prevs:
+            torch._foreach_copy_(prevs, [d[i] for i in has_prev])
+        for p, t in zip(ps, d, strict=True):
+            self.state[p].setdefault("prev_grad", t)
+        # a tensor without a gradient now has g_t = 0: forget its stored g (so g_{t-1} = 0 next step)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    self.state[p].pop("prev_grad", None)
+
+    def _sgd_step(self, group: dict[str, Any], ps: list[torch.Tensor], d: list[torch.Tensor]) -> None:
+        """Heavy-ball SGD, torch semantics, current alpha(s): ``b = mu b + d``, ``x <- x - alpha b``."""
+        mu = group["momentum"]
+        if mu != 0:
+            old = [i for i, p in enumerate(ps) if "momentum_buffer" in self.state[p]]
+            if old:
+                bufs = [self.state[ps[i]]["momentum_buffer"] for i in old]
+                torch._foreach_mul_(bufs, mu)
+                torch._foreach_add_(bufs, [d[i] for i in old])
+            for p, di in zip(ps, d, strict=True):
+                if "momentum_buffer" not in self.state[p]:
+                    self.state[p]["momentum_buffer"] = torch.clone(di).detach()
+            d = [self.state[p]["momentum_buffer"] for p in ps]
+        if self.param_groups[0]["per_tensor"]:
+            pos = {id(p): j for j, p in enumerate(group["params"])}
+            lrs = [group["tensor_lrs"][pos[id(p)]] for p in ps]
+            torch._foreach_sub_(ps, torch._foreach_mul(d, lrs))
+        else:
+            torch._foreach_add_(ps, d, alpha=-group["lr"])
+
+    def _window_end(self) -> None:
+        """Eq. 10: ``G_j = (x_start - x_end) / alpha_j`` per tensor, alpha update, next window starts."""
+        alphas = self._alphas()
+        idx, ps = [], []
+        k = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "window_start" in self.state[p]:
+                    idx.append(k)
+                    ps.append(p)
+                k += 1
+        if not ps:
+            return
+        g_now = [self.state[p]["window_start"] for p in ps]
+        torch._foreach_sub_(g_now, ps)
+        torch._foreach_div_(g_now, [alphas[k] for k in idx])
+        has_prev = [i for i, p in enumerate(ps) if "prev_window" in self.state[p]]
+        sq = _dots(g_now, g_now)
+        rho = [torch.zeros_like(s) for s in sq]
+        prevs = [self.state[ps[i]]["prev_window"] for i in has_prev]
+        for i, r in zip(has_prev, _dots([g_now[i] for i in has_prev], prevs), strict=True):
+            rho[i] = r
+        self._update_alphas(idx, rho, sq)
+        for p, g in zip(ps, g_now, strict=True):
+            st = self.state[p]
+            start = st.pop("prev_window", None)
+            st["prev_window"] = g
+            if start is None:
+                st["window_start"] = p.detach().clone()
+            else:
+                st["window_start"] = start
+        reuse = [self.state[ps[i]]["window_start"] for i in has_prev]
+        if reuse:
+            torch._foreach_copy_(reuse, [ps[i] for i in has_prev])
+
+    # ----------------------------------------------------------------------------- diagnostics
+    def diagnostics(self) -> dict[str, float]:
+        """``alpha`` (and ``alpha/<i>`` per tensor when ``per_tensor``) and ``skipped_steps`` (spec 8)."""
+        head = self.param_groups[0]
+        out: dict[str, float] = {}
+        if head["per_tensor"]:
+            alphas = self._alphas()
+            sizes = [p.numel() for g in self.param_groups for p in g["params"]]
+            out.update({f"alpha/{i}": float(a) for i, a in enumerate(alphas)})
+            total = sum(sizes)
+            out["alpha"] = float(sum(a * n for a, n in zip(alphas, sizes, strict=True)) / max(total, 1))
+        else:
+            out["alpha"] = float(head["lr"])
+        out["skipped_steps"] = float(head["skipped_steps"])
+        return out

@@ -1,0 +1,183 @@
+"""DoG against dog-optimizer 1.0.3 (specs/optimizers.md §4, §11), averaging, and bad input."""
+
+from __future__ import annotations
+
+import dog as dog_pkg
+import pytest
+import torch
+
+from optimizers._averaging import PolynomialDecayAverager
+from optimizers.dog import DoG
+from tests.optimizers.equivalence import assert_same_trajectory, minibatches, mlp, relative_gaps, trajectory
+
+
+def groups_of(model: torch.nn.Module, two: bool, **second: float) -> list[dict]:
+    """One group, or weights and biases in two groups (the second with its own options)."""
+    if not two:
+        return [{"params": list(model.parameters())}]
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n.endswith("weight")]},
+        {"params": [p for n, p in named if n.endswith("bias")], **second},
+    ]
+
+
+def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
+    """The package's eta, rbar and G per group, under our diagnostics() names (§8)."""
+    multi = len(opt.param_groups) > 1
+    out = {}
+    for i, g in enumerate(opt.param_groups):
+        sfx = f"@{i}" if multi else ""
+        out.update(
+            {"eta" + sfx: float(g["eta"][0]), "rbar" + sfx: float(g["rbar"]), "G" + sfx: float(g["G"])}
+        )
+    return out
+
+
+CASES = {
+    "defaults": ({}, False, {}),
+    "weight_decay": ({"weight_decay": 1e-2}, False, {}),
+    "reps_rel_lr": ({"reps_rel": 1e-3, "lr": 0.8}, False, {}),
+    "init_eta": ({"init_eta": 1e-3}, False, {}),
+    "two_groups": ({"weight_decay": 1e-3}, True, {"weight_decay": 0.0, "reps_rel": 1e-4}),
+}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_dog_package(case, task):
+    kw, two, second = CASES[case]
+    ours = trajectory(lambda m: DoG(groups_of(m, two, **second), **kw), lambda o: o.diagnostics(), task=task)
+    ref = trajectory(lambda m: dog_pkg.DoG(groups_of(m, two, **second), **kw), ref_scalars, task=task)
+    assert len(ref.params) >= 100
+    assert_same_trajectory(ours, ref, rtol=1e-9)
+    # eta actually moved (the test is not vacuous): it grows from the reps_rel seed
+    assert ours.scalars[-1][next(k for k in ours.scalars[-1] if k.startswith("eta"))] > 0
+    assert max(relative_gaps(ours, ref)) < 1e-9
+
+
+def _averaged_runs(opt_cls, pkg_cls, gamma: float, steps: int = 120, **kw) -> tuple[list, list]:
+    """Our in-optimizer average and our model-level averager next to the package's averager, per step."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        m_ours, m_ref, m_mod = mlp(0), mlp(0), mlp(0)
+        opt = opt_cls(m_ours.parameters(), averaging_gamma=gamma, **kw)
+        ref = pkg_cls(m_ref.parameters(), **kw)
+        opt_mod = pkg_cls(m_mod.parameters(), **kw)
+        ref_avg = dog_pkg.PolynomialDecayAverager(m_ref, gamma=gamma)
+        mod_avg = PolynomialDecayAverager(m_mod, gamma=gamma)
+        gaps_opt, gaps_mod = [], []
+        for x, y in minibatches(steps):
+            for model, o in ((m_ours, opt), (m_ref, ref), (m_mod, opt_mod)):
+                o.zero_grad(set_to_none=True)
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                o.step()
+            ref_avg.step()
+            mod_avg.step()
+            want = torch.cat([p.reshape(-1) for p in ref_avg.averaged_model.parameters()])
+            last = torch.cat([p.detach().reshape(-1).clone() for p in m_ours.parameters()])
+            with opt.evaluation_weights():
+                got = torch.cat([p.detach().reshape(-1).clone() for p in m_ours.parameters()])
+            assert torch.equal(last, torch.cat([p.detach().reshape(-1) for p in m_ours.parameters()]))
+            got_mod = torch.cat([p.reshape(-1) for p in mod_avg.averaged_model.parameters()])
+            with mod_avg.evaluation_weights():
+                swapped_in = torch.cat([p.detach().reshape(-1).clone() for p in m_mod.parameters()])
+            assert torch.equal(swapped_in, got_mod)
+            gaps_opt.append(((got - want).abs().max() / want.abs().max()).item())
+            gaps_mod.append(((got_mod - want).abs().max() / want.abs().max()).item())
+        # the average differs from the last iterate (the comparison is not vacuous)
+        assert not torch.allclose(got, last)
+        return gaps_opt, gaps_mod
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@pytest.mark.parametrize("gamma", [8.0, 2.0])
+def test_averaged_weights_match_package_averager(gamma):
+    gaps_opt, gaps_mod = _averaged_runs(DoG, dog_pkg.DoG, gamma, weight_decay=1e-3)
+    assert max(gaps_opt) < 1e-9, max(gaps_opt)
+    assert max(gaps_mod) < 1e-12, max(gaps_mod)
+
+
+def test_model_averager_copies_integer_buffers_and_round_trips():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ref_model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ref_model.load_state_dict(model.state_dict())
+    ours, ref = PolynomialDecayAverager(model), dog_pkg.PolynomialDecayAverager(ref_model)
+    for _ in range(5):
+        x = torch.randn(8, 3)
+        for m, a in ((model, ours), (ref_model, ref)):
+            m(x)  # updates BN running stats and num_batches_tracked
+            with torch.no_grad():
+                for p in m.parameters():
+                    p.add_(0.1)
+            a.step()
+    want, got = ref.averaged_model.state_dict(), ours.averaged_model.state_dict()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=0)
+    assert int(got["1.num_batches_tracked"]) == 5
+    fresh = PolynomialDecayAverager(model)
+    fresh.load_state_dict(ours.state_dict())
+    assert fresh.t == ours.t == 6
+
+
+def test_state_dict_round_trip_keeps_average_and_scalars():
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        data = minibatches(40)
+        m1 = mlp(0)
+        o1 = DoG(m1.parameters(), averaging_gamma=8.0)
+
+        def run(model, opt, batches):
+            for x, y in batches:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+
+        run(m1, o1, data[:20])
+        m2 = mlp(0)
+        m2.load_state_dict(m1.state_dict())
+        o2 = DoG(m2.parameters(), averaging_gamma=8.0)
+        o2.load_state_dict(o1.state_dict())
+        run(m1, o1, data[20:])
+        run(m2, o2, data[20:])
+        assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))
+        assert o1.diagnostics() == o2.diagnostics()
+        with o1.evaluation_weights(), o2.evaluation_weights():
+            assert all(torch.equal(a, b) for a, b in zip(m1.parameters(), m2.parameters(), strict=True))
+    finally:
+        torch.set_default_dtype(dtype)
+
+
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"lr": 0.0}, "lr"),
+        ({"reps_rel": 0.0}, "reps_rel"),
+        ({"reps_rel": -1e-6}, "reps_rel"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+        ({"eps": -1.0}, "eps"),
+        ({"init_eta": 0.0}, "init_eta"),
+        ({"averaging_gamma": -1.0}, "averaging_gamma"),
+    ],
+)
+def test_bad_input_names_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        DoG([torch.zeros(2, requires_grad=True)], **kw)
+
+
+def test_non_finite_gradient_skips_without_state_change():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = DoG([p], averaging_gamma=8.0)
+    p.grad = torch.tensor([1.0, -2.0, 0.5])
+    opt.step()
+    before = (p.detach().clone(), float(opt.param_groups[0]["G"]), opt.state[p]["avg"].clone())
+    p.grad = torch.tensor([1.0, float("nan"), 0.5])
+    opt.step()
+    assert torch.equal(p, before[0]) and float(opt.param_groups[0]["G"]) == before[1]
+    assert torch.equal(opt.state[p]["avg"], before[2])
+    assert opt.diagnostics()["skipped_steps"] == 1.0

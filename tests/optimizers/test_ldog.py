@@ -1,0 +1,81 @@
+"""L-DoG against dog-optimizer 1.0.3's LDoG (specs/optimizers.md §4, §11): per-tensor eta, averaging."""
+
+from __future__ import annotations
+
+import dog as dog_pkg
+import pytest
+import torch
+
+from optimizers.ldog import LDoG
+from tests.optimizers.equivalence import assert_same_trajectory, relative_gaps, trajectory
+from tests.optimizers.test_dog import _averaged_runs, groups_of
+
+
+def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
+    """The package's per-tensor eta, rbar and G (§8), under our ``diagnostics(per_tensor=True)`` names."""
+    multi = len(opt.param_groups) > 1
+    out = {}
+    for gi, g in enumerate(opt.param_groups):
+        sfx = f"@{gi}" if multi else ""
+        for i, (eta, rbar, G) in enumerate(zip(g["eta"], g["rbar"], g["G"], strict=True)):
+            out.update(
+                {f"eta[{i}]{sfx}": float(eta), f"rbar[{i}]{sfx}": float(rbar), f"G[{i}]{sfx}": float(G)}
+            )
+    return out
+
+
+def our_scalars(opt: LDoG) -> dict[str, float]:
+    return opt.diagnostics(per_tensor=True)
+
+
+CASES = {
+    "defaults": ({}, False, {}),
+    "weight_decay": ({"weight_decay": 1e-2}, False, {}),
+    "reps_rel_lr": ({"reps_rel": 1e-3, "lr": 0.8}, False, {}),
+    "init_eta": ({"init_eta": 1e-3}, False, {}),
+    "two_groups": ({"weight_decay": 1e-3}, True, {"weight_decay": 0.0, "reps_rel": 1e-4}),
+}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_matches_dog_package_ldog(case, task):
+    kw, two, second = CASES[case]
+    ours = trajectory(lambda m: LDoG(groups_of(m, two, **second), **kw), our_scalars, task=task)
+    ref = trajectory(lambda m: dog_pkg.LDoG(groups_of(m, two, **second), **kw), ref_scalars, task=task)
+    assert len(ref.params) >= 100 and len(ref.scalars[0]) >= 3 * 6
+    assert_same_trajectory(ours, ref, rtol=1e-9)
+    assert max(relative_gaps(ours, ref)) < 1e-9
+    # the step sizes really are per tensor
+    etas = [v for k, v in ours.scalars[-1].items() if k.startswith("eta[")]
+    assert max(etas) > 1.01 * min(etas)
+
+
+def test_summary_diagnostics():
+    p, q = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    opt = LDoG([p, q])
+    p.grad, q.grad = torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0.5, 0.5])
+    opt.step()
+    d = opt.diagnostics(per_tensor=True)
+    assert d["eta_min"] <= d["eta"] <= d["eta_max"]
+    assert d["eta"] == pytest.approx((d["eta[0]"] + d["eta[1]"]) / 2)
+    assert d["skipped_steps"] == 0.0
+    frozen = torch.nn.Parameter(torch.ones(4))  # never gets a gradient: left out of the summaries
+    opt = LDoG([p, q, frozen])
+    opt.step()
+    d = opt.diagnostics(per_tensor=True)
+    assert d["eta[2]"] > d["eta_max"] and d["eta"] == pytest.approx((d["eta[0]"] + d["eta[1]"]) / 2)
+
+
+def test_averaged_weights_match_package_averager():
+    gaps_opt, gaps_mod = _averaged_runs(LDoG, dog_pkg.LDoG, 8.0, weight_decay=1e-3)
+    assert max(gaps_opt) < 1e-9, max(gaps_opt)
+    assert max(gaps_mod) < 1e-12, max(gaps_mod)
+
+
+@pytest.mark.parametrize(
+    "kw, name", [({"lr": -1.0}, "lr"), ({"reps_rel": 0.0}, "reps_rel"), ({"eps": -1.0}, "eps")]
+)
+def test_bad_input_names_the_argument(kw, name):
+    with pytest.raises(ValueError, match=name):
+        LDoG([torch.zeros(2, requires_grad=True)], **kw)

@@ -1,0 +1,70 @@
+"""Lion against ``lion-pytorch`` 0.2.5 (specs/optimizers.md §6, §11): float64, 100 steps, exact trajectory."""
+
+from __future__ import annotations
+
+import lion_pytorch
+import pytest
+import torch
+
+from optimizers.lion import Lion
+from tests.optimizers.equivalence import assert_same_trajectory, mlp, relative_gaps, trajectory
+
+
+def two_groups(model: torch.nn.Module) -> list[dict]:
+    params = list(model.parameters())
+    return [{"params": params[:2], "lr": 3e-3, "weight_decay": 0.3}, {"params": params[2:]}]
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("n_groups", [1, 2])
+@pytest.mark.parametrize("task", ["classification", "regression"])
+def test_matches_lion_pytorch(task, n_groups, decoupled):
+    kw = dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1, decoupled_weight_decay=decoupled)
+
+    def params(m):
+        return two_groups(m) if n_groups == 2 else m.parameters()
+
+    ours = trajectory(lambda m: Lion(params(m), **kw), task=task)
+    ref = trajectory(lambda m: lion_pytorch.Lion(params(m), **kw), task=task)
+    assert_same_trajectory(ours, ref, rtol=0.0)  # same operations in the same order: bit-identical
+    assert max(relative_gaps(ref, trajectory(lambda m: lion_pytorch.Lion(params(m)), task=task))) > 1e-3
+
+
+def test_defaults_match_lion_pytorch():
+    ours = trajectory(lambda m: Lion(m.parameters()))
+    ref = trajectory(lambda m: lion_pytorch.Lion(m.parameters()))
+    assert_same_trajectory(ours, ref, rtol=0.0)
+
+
+def test_non_finite_gradient_skips_the_step():
+    model = mlp(0)
+    opt = Lion(model.parameters(), lr=1e-2)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    moments = [opt.state[p]["exp_avg"].clone() for p in model.parameters()]
+    next(model.parameters()).grad[0, 0] = float("inf")
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(
+        torch.equal(a, opt.state[p]["exp_avg"]) for a, p in zip(moments, model.parameters(), strict=True)
+    )
+    assert opt.diagnostics() == {"skipped_steps": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lr": -1e-3}, "lr"),
+        ({"lr": 0.0}, "lr"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (-0.1, 0.99)}, "betas"),
+        ({"betas": ()}, "betas"),
+        ({"betas": (0.9,)}, "betas"),
+        ({"weight_decay": -0.1}, "weight_decay"),
+    ],
+)
+def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Lion(mlp(0).parameters(), **kwargs)

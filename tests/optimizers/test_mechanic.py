@@ -1,0 +1,295 @@
+"""Mechanic against its two reference implementations (specs/optimizers.md §1, §11) and its properties.
+
+* ``compat="optax"`` (default) against ``optax.contrib.mechanize`` run in JAX float64 on the same MLP: each
+  step the torch gradients are handed to optax and optax's parameters are written back to the model.
+* ``compat="mechanic-pytorch"`` against ``mechanic_pytorch.mechanize``, store_delta both ways.
+Bases: SGD with momentum, AdamW, Lion; cross-entropy and MSE; one and two param groups; 100 steps; float64.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import lion_pytorch
+import mechanic_pytorch
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from optimizers.lion import Lion
+from optimizers.mechanic import Mechanic
+from tests.optimizers.equivalence import assert_same_trajectory, minibatches, mlp, relative_gaps, trajectory
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_enable_x64", True)
+jnp = jax.numpy
+optax = pytest.importorskip("optax")
+
+OPTAX_BETAS = tuple(1.0 - 0.1**i for i in range(1, 7))  # optax fixes the betas to 1 - 0.1^i
+BASES = ["sgd", "adamw", "lion"]
+TASKS = ["classification", "regression"]
+LRS = (1.0, 0.5)  # base lr of the first and of the second param group
+
+
+def groups(model: torch.nn.Module, n_groups: int) -> list[dict]:
+    """One group, or two (first layer / the rest) with base lrs ``LRS``."""
+    params = list(model.parameters())
+    if n_groups == 1:
+        return [{"params": params, "lr": LRS[0]}]
+    return [{"params": params[:2], "lr": LRS[0]}, {"params": params[2:], "lr": LRS[1]}]
+
+
+def torch_base(name: str, param_groups: list[dict], cls: type | None = None) -> torch.optim.Optimizer:
+    """The base optimizer; ``cls`` replaces the class (to build mechanic-pytorch's mechanized one)."""
+    if name == "sgd":
+        return (cls or torch.optim.SGD)(param_groups, lr=1.0, momentum=0.9)
+    if name == "adamw":
+        return (cls or torch.optim.AdamW)(param_groups, lr=1.0, betas=(0.9, 0.999), weight_decay=0.1)
+    return (cls or Lion)(param_groups, lr=1.0, betas=(0.9, 0.99), weight_decay=0.1)
+
+
+def optax_base(name: str, lr: float):
+    if name == "sgd":
+        return optax.sgd(lr, momentum=0.9)
+    if name == "adamw":
+        return optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1)
+    return optax.lion(lr, b1=0.9, b2=0.99, weight_decay=0.1)
+
+
+class OptaxOnTorch:
+    """Runs an optax transformation on a torch model: torch computes gradients, optax owns the params."""
+
+    def __init__(self, model: torch.nn.Module, tx) -> None:
+        self.params = list(model.parameters())
+        self.tx = tx
+        self.x = [jnp.asarray(p.detach().numpy()) for p in self.params]
+        self.state = tx.init(self.x)
+        self._update = jax.jit(self._apply)
+
+    def _apply(self, g, state, x):
+        updates, state = self.tx.update(g, state, x)
+        return optax.apply_updates(x, updates), state
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def step(self) -> None:
+        g = [jnp.asarray(p.grad.numpy()) for p in self.params]
+        self.x, self.state = self._update(g, self.state, self.x)
+        with torch.no_grad():
+            for p, x in zip(self.params, self.x, strict=True):
+                p.copy_(torch.from_numpy(np.array(x)))
+
+
+def optax_mechanic(base: str, n_groups: int, **kw) -> Callable[[torch.nn.Module], OptaxOnTorch]:
+    def make(model: torch.nn.Module) -> OptaxOnTorch:
+        n = len(list(model.parameters()))
+        if n_groups == 1:
+            inner = optax_base(base, LRS[0])
+        else:
+            labels = ["a", "a"] + ["b"] * (n - 2)
+            inner = optax.multi_transform(
+                {"a": optax_base(base, LRS[0]), "b": optax_base(base, LRS[1])}, labels
+            )
+        return OptaxOnTorch(model, optax.contrib.mechanize(inner, **kw))
+
+    return make
+
+
+def our_s(opt: Mechanic) -> dict[str, float]:
+    return {"s": opt.diagnostics()["s"]}
+
+
+def optax_s(opt: OptaxOnTorch) -> dict[str, float]:
+    return {"s": float(jnp.sum(opt.state.s))}
+
+
+def pytorch_s(opt: torch.optim.Optimizer) -> dict[str, float]:
+    return {"s": float(opt.state["_mechanic"]["s"].sum())}
+
+
+def worst(a, b) -> float:
+    return max(relative_gaps(a, b))
+
+
+@pytest.mark.parametrize("n_groups", [1, 2])
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("base", BASES)
+def test_matches_optax_mechanize_defaults(base, task, n_groups):
+    """optax defaults: weight_decay 1e-2, eps 1e-8, s_init 1e-6, 6 betas 1 - 0.1^i."""
+    ours = trajectory(
+        lambda m: Mechanic(torch_base(base, groups(m, n_groups)), s_init=1e-6, betas=OPTAX_BETAS),
+        our_s,
+        task=task,
+    )
+    ref = trajectory(optax_mechanic(base, n_groups), optax_s, task=task)
+    assert ref.scalars[-1]["s"] > 1e-6, "the tuner never left s_init: the comparison would prove little"
+    assert_same_trajectory(ours, ref)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_matches_optax_mechanize_non_default_options(base):
+    """s_init 1e-8 (the paper's), lambda 0.1, eps 1e-10, 4 betas."""
+    kw = dict(s_init=1e-8, eps=1e-10)
+    ours = trajectory(
+        lambda m: Mechanic(torch_base(base, groups(m, 2)), s_decay=0.1, betas=OPTAX_BETAS[:4], **kw),
+        our_s,
+    )
+    ref = trajectory(optax_mechanic(base, 2, weight_decay=0.1, num_betas=4, **kw), optax_s)
+    assert_same_trajectory(ours, ref)
+
+
+@pytest.mark.parametrize("store_delta", [False, True])
+@pytest.mark.parametrize("n_groups", [1, 2])
+@pytest.mark.parametrize("task", TASKS)
+@pytest.mark.parametrize("base", BASES)
+def test_matches_mechanic_pytorch(base, task, n_groups, store_delta):
+    ref_cls = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "lion": lion_pytorch.Lion}[base]
+    mech = mechanic_pytorch.mechanize(ref_cls, store_delta=store_delta)
+    ours = trajectory(
+        lambda m: Mechanic(
+            torch_base(base, groups(m, n_groups)), compat="mechanic-pytorch", store_delta=store_delta
+        ),
+        our_s,
+        task=task,
+    )
+    ref = trajectory(lambda m: torch_base(base, groups(m, n_groups), cls=mech), pytorch_s, task=task)
+    s = [d["s"] for d in ref.scalars]
+    assert max(s) > 10 * min(s), "s never moved: the comparison would prove little"
+    assert_same_trajectory(ours, ref)
+
+
+def test_mechanic_pytorch_non_default_options():
+    kw = dict(s_decay=0.1, betas=(0.9, 0.999, 0.99999), s_init=1e-6, eps=1e-10, store_delta=True)
+    mech = mechanic_pytorch.mechanize(torch.optim.AdamW, **kw)
+    ours = trajectory(
+        lambda m: Mechanic(torch_base("adamw", groups(m, 2)), compat="mechanic-pytorch", **kw), our_s
+    )
+    ref = trajectory(lambda m: torch_base("adamw", groups(m, 2), cls=mech), pytorch_s)
+    assert_same_trajectory(ours, ref)
+
+
+def test_the_two_compat_presets_really_differ():
+    """Guards the tests above: each preset must be told apart from the other reference."""
+    ours = trajectory(lambda m: Mechanic(torch_base("sgd", groups(m, 1)), compat="mechanic-pytorch"), our_s)
+    ref = trajectory(
+        lambda m: torch_base("sgd", groups(m, 1), cls=mechanic_pytorch.mechanize(torch.optim.SGD)), pytorch_s
+    )
+    other = trajectory(lambda m: Mechanic(torch_base("sgd", groups(m, 1))), our_s)
+    assert worst(ours, ref) < 1e-9 < worst(other, ref)
+
+
+@pytest.mark.parametrize("base", ["adamw", "lion"])
+@pytest.mark.parametrize("compat", ["optax", "mechanic-pytorch"])
+def test_s_is_invariant_to_gradient_scale(compat, base):
+    """Every gradient times c = 1024 leaves s (and the trajectory) unchanged.
+
+    With a scale-free base (AdamW, Lion) u does not change and h, m, sqrt(v), r all scale by c, so
+    s = W / sqrt(v) does not (paper §3). eps is made negligible; mechanic-pytorch's absolute m_0 = 1e-6
+    would break the symmetry, so that preset runs with m_init = 0 (and a stored Delta, since with m_0 = 0
+    and a recomputed Delta, S would stay 0).
+    """
+    extra = {} if compat == "optax" else {"m_init": 0.0, "store_delta": True}
+    runs = []
+    for c in (1.0, 1024.0):
+        model = mlp(0)
+        if base == "lion":
+            inner = Lion(model.parameters(), lr=1.0)
+        else:
+            inner = torch.optim.AdamW(model.parameters(), lr=1.0, eps=1e-30, weight_decay=0.0)
+        opt = Mechanic(inner, compat=compat, eps=1e-30, **extra)
+        s = []
+        for x, y in minibatches(60):
+            opt.zero_grad(set_to_none=True)
+            (c * F.cross_entropy(model(x), y)).backward()
+            opt.step()
+            s.append(opt.diagnostics()["s"])
+        runs.append(torch.tensor(s))
+    assert runs[0].max() > 3 * runs[0].min(), "s never moved: the test would prove little"
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-9, atol=0)
+
+
+def test_param_groups_is_the_base_list_and_schedulers_scale_the_base_lr():
+    model = mlp(0)
+    base = torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9)
+    opt = Mechanic(base)
+    assert opt.param_groups is base.param_groups
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = minibatches(1)[0]
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
+    sched.step()
+    assert base.param_groups[0]["lr"] == 0.5
+
+
+def test_state_dict_resume_is_bit_identical_and_holds_the_base_state():
+    def run(opt, model, batches):
+        for x, y in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+
+    batches = minibatches(40)
+    model = mlp(0)
+    opt = Mechanic(torch.optim.AdamW(model.parameters(), lr=1.0), store_delta=True)
+    run(opt, model, batches[:20])
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    assert saved[1]["base"]["state"] and saved[1]["params"] and "s" in saved[1]["mechanic"]
+    run(opt, model, batches[20:])
+
+    model2 = mlp(5)
+    opt2 = Mechanic(torch.optim.AdamW(model2.parameters(), lr=1.0), store_delta=True)
+    model2.load_state_dict(saved[0])
+    opt2.load_state_dict(saved[1])
+    assert opt2.param_groups is opt2.base.param_groups
+    run(opt2, model2, batches[20:])
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_non_finite_gradient_skips_the_base_step_too():
+    model = mlp(0)
+    opt = Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9))
+    for x, y in minibatches(5):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    base_bufs = [opt.base.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    next(model.parameters()).grad[0, 0] = float("nan")
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(
+        torch.equal(a, opt.base.state[p]["momentum_buffer"])
+        for a, p in zip(base_bufs, model.parameters(), strict=True)
+    )
+    assert opt.diagnostics()["skipped_steps"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"s_decay": -0.1}, "s_decay"),
+        ({"betas": ()}, "betas"),
+        ({"betas": (0.9, 1.0)}, "betas"),
+        ({"betas": (-0.1,)}, "betas"),
+        ({"s_init": 0.0}, "s_init"),
+        ({"eps": -1.0}, "eps"),
+        ({"compat": "paper"}, "compat"),
+        ({"decay_weights": "mid"}, "decay_weights"),
+        ({"m_init": -1.0}, "m_init"),
+    ],
+)
+def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, name):
+    model = mlp(0)
+    with pytest.raises(ValueError, match=name):
+        Mechanic(torch.optim.SGD(model.parameters(), lr=1.0), **kwargs)
+
+
+@pytest.mark.parametrize("base", [torch.optim.SGD, None, "sgd", [torch.zeros(1)]])
+def test_base_that_is_not_an_optimizer_raises(base):
+    with pytest.raises(ValueError, match="base_optimizer"):
+        Mechanic(base)

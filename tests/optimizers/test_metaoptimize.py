@@ -1,0 +1,440 @@
+"""MetaOptimize against the authors' own trajectories (shared/reference/metaoptimize), plus its contract.
+
+Every run listed in the reference ``index.json`` is replayed in float64 from the stored data and
+initial weights, and compared per step (loss, α used, β after, trace norm, z) and at the end (weights)
+with ``numpy.allclose`` at the tolerance the run file recommends. ``HF.py`` runs use the default
+``normalization="code"``; the two runs of the 2025 pip package use ``normalization="package"``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import optimizers
+from optimizers._metaoptimize_blocks import partition
+from optimizers.metaoptimize import MetaOptimize
+
+REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "metaoptimize"
+INDEX = json.loads((REF / "index.json").read_text())["runs"] if (REF / "index.json").exists() else []
+ALG = {"adamw": "adamw", "adam": "adam", "lion": "lion", "sgdm": "sgdm", "rmsprop": "rmsprop"}
+
+
+@pytest.fixture(autouse=True)
+def _float64_single_thread():
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    yield
+    torch.set_default_dtype(dtype)
+    torch.set_num_threads(threads)
+
+
+# ----------------------------------------------------------------- reference problems
+class RefModel(torch.nn.Module):
+    """The three reference models (problems.json ``description``), with the stored initial weights."""
+
+    def __init__(self, problem: str, spec: dict[str, Any]) -> None:
+        super().__init__()
+        self.problem = problem
+        shapes = {
+            "mlp_reg": [(8, 16), (16, 1)],
+            "mlp_cls": [(10, 32), (32, 32), (32, 3)],
+            "logreg": [(20, 1)],
+        }
+        names = ["fc1", "fc2", "fc3"] if problem != "logreg" else ["lin"]
+        for name, (i, o) in zip(names, shapes[problem], strict=False):
+            self.add_module(name, torch.nn.Linear(i, o, dtype=torch.float64))
+        assert [n for n, _ in self.named_parameters()] == spec["param_order"]
+        with torch.no_grad():
+            for n, p in self.named_parameters():
+                p.copy_(torch.tensor(spec["init_params"][n]["values"], dtype=torch.float64).reshape(p.shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.problem == "mlp_reg":
+            return self.fc2(torch.tanh(self.fc1(x))).squeeze(-1)
+        if self.problem == "mlp_cls":
+            return self.fc3(F.relu(self.fc2(F.relu(self.fc1(x)))))
+        return self.lin(x).squeeze(-1)
+
+
+def loss_fn(problem: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if problem == "mlp_reg":
+        return F.mse_loss(out, y)
+    if problem == "mlp_cls":
+        return F.cross_entropy(out, y)
+    return F.binary_cross_entropy_with_logits(out, y)
+
+
+def optimizer_kwargs(run: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments from a run file: ``config`` (HF.py runs) or ``constructor`` (package runs)."""
+    if "constructor" in run:
+        c = run["constructor"]
+        return dict(
+            base="adamw",
+            meta="lion",
+            normalization="package",
+            alpha0=c["alpha0"],
+            meta_lr=c["meta_stepsize"],
+            gamma=c["gamma"],
+            momentum=c["b1"],
+            normalizer=c["b2"],
+            weight_decay=c["weight_decay"],
+            meta_momentum=c["meta_b1"],
+            meta_lion_c=c["meta_c1"],
+            eps=run["eps"],
+        )
+    c, b, m = run["config"], run["config"]["base"], run["config"]["meta"]
+    kw = dict(
+        base=ALG[b["alg"].lower()],
+        meta="adam" if m["alg"] == "AdamW" else ALG[m["alg"].lower()],  # continual HF.py names Adam 'AdamW'
+        alpha0=c["alpha0"],
+        meta_lr=c["meta_stepsize"],
+        gamma=c["gamma"],
+        weight_decay=b["weight_decay"],
+        meta_weight_decay=m["weight_decay"],
+        eps=c["epsilon"],
+    )
+    for ours, theirs in [
+        ("momentum", "momentum_param"),
+        ("normalizer", "normalizer_param"),
+        ("lion_c", "Lion_beta2"),
+    ]:
+        if theirs in b:
+            kw[ours] = b[theirs]
+        if theirs in m:
+            kw[f"meta_{ours}"] = m[theirs]
+    return kw
+
+
+def replay(entry: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run our optimizer on the entry's problem for as many steps as the reference; record everything."""
+    run = json.loads((REF / entry["file"]).read_text())
+    spec = json.loads((REF / "problems.json").read_text())["problems"][run["problem"]]
+    model = RefModel(run["problem"], spec)
+    x = torch.tensor(spec["X"], dtype=torch.float64)
+    y = torch.tensor(spec["y"], dtype=torch.long if run["problem"] == "mlp_cls" else torch.float64)
+    opt = MetaOptimize.from_model(model, blocks=opt_blocks(run), **optimizer_kwargs(run))
+    assert opt.state["metaoptimize"]["beta"].tolist() == run["beta0"]
+    rec: dict[str, list] = {k: [] for k in ("loss", "alpha", "z", "beta_after", "h_norm")}
+    for t in range(run["steps"]):
+        idx = spec["batches"][t] if spec["batches"] is not None else slice(None)
+        opt.zero_grad(set_to_none=True)
+        loss = loss_fn(run["problem"], model(x[idx]), y[idx])
+        loss.backward()
+        rec["loss"].append(loss.item())
+        rec["alpha"].append(opt.state["metaoptimize"]["beta"].exp().tolist())
+        opt.step()
+        rec["z"].append(opt.state["metaoptimize"]["z"].tolist())
+        rec["beta_after"].append(opt.state["metaoptimize"]["beta"].tolist())
+        h = [opt.state[p]["h"] for p in model.parameters()]
+        rec["h_norm"].append(math.sqrt(sum(float((hi * hi).sum()) for hi in h)))
+        if t == 0:
+            rec["params_after_step1"] = flat(model)
+    rec["final_params"] = flat(model)
+    return run, {k: np.asarray(v) for k, v in rec.items()}
+
+
+def opt_blocks(run: dict[str, Any]) -> list[list[str]]:
+    return run["blocks"] if "blocks" in run else run["config"]["blocks"]
+
+
+def flat(model: torch.nn.Module) -> np.ndarray:
+    return np.concatenate([p.detach().reshape(-1).numpy() for p in model.parameters()])
+
+
+def ref_flat(params: dict[str, list[float]], model_order: list[str]) -> np.ndarray:
+    return np.concatenate([np.asarray(params[n]) for n in model_order])
+
+
+@pytest.mark.skipif(not INDEX, reason=f"reference data not found under {REF}")
+@pytest.mark.parametrize("entry", INDEX, ids=[e["id"] for e in INDEX])
+def test_reproduces_reference_trajectory(entry):
+    run, ours = replay(entry)
+    tol = run["recommended_tolerance"]
+    order = list(run["param_shapes"])
+    checks = {k: np.asarray(run[k]) for k in ("loss", "alpha", "beta_after", "h_norm")}
+    checks["final_params"] = ref_flat(run["final_params"], order)
+    if "params_after_step1" in run:
+        checks["params_after_step1"] = ref_flat(run["params_after_step1"], order)
+    for key, ref in checks.items():
+        assert ours[key].shape == ref.shape, key
+        gap = np.max(np.abs(ours[key] - ref))
+        assert np.allclose(ours[key], ref, **tol), f"{entry['id']}: {key} max abs gap {gap:.3g}"
+    # z crosses zero and is exactly 0 at t = 1: absolute tolerance scaled to the run (README §3).
+    # The package's trace has the opposite sign of ours (specs §11), hence its z too.
+    z_ref = np.asarray(run["z"]) * (-1.0 if "constructor" in run else 1.0)
+    assert np.all(ours["z"][0] == 0.0)
+    scale = np.max(np.abs(z_ref))
+    assert np.allclose(ours["z"], z_ref, rtol=tol["rtol"], atol=tol["rtol"] * scale), entry["id"]
+    assert np.all(ours["beta_after"][0] == np.asarray(run["beta0"]))  # z_1 = 0: β does not move at t = 1
+
+
+# ----------------------------------------------------------------- semantics beyond the references
+def tiny_problem(seed: int = 0) -> tuple[torch.nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]:
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    batches = [(torch.randn(16, 5), torch.randint(0, 3, (16,))) for _ in range(30)]
+    return model, batches
+
+
+def train(model: torch.nn.Module, opt: torch.optim.Optimizer, batches) -> None:
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("meta", ["adam", "rmsprop"])
+def test_paper_normalization_is_an_option_that_differs_from_the_code(meta):
+    betas = {}
+    for norm in ("code", "paper"):
+        model, batches = tiny_problem()
+        opt = MetaOptimize(
+            model.parameters(), base="adamw", meta=meta, alpha0=1e-2, meta_lr=1e-2, normalization=norm
+        )
+        train(model, opt, batches)
+        betas[norm] = opt.state["metaoptimize"]["beta"].item()
+        assert opt.defaults["normalization"] == norm
+    assert (
+        MetaOptimize(tiny_problem()[0].parameters(), base="adamw", meta="adam", alpha0=1).defaults[
+            "normalization"
+        ]
+        == "code"
+    )
+    assert abs(betas["code"] - betas["paper"]) > 1e-3, betas
+
+
+def test_paper_normalization_is_textbook_adam_at_fixed_step_size():
+    """meta='fixed' + normalization='paper' with κ = 0 is torch's Adam with ε outside the root."""
+    model, batches = tiny_problem()
+    ref, _ = tiny_problem()
+    opt = MetaOptimize(
+        model.parameters(), base="adamw", meta="fixed", alpha0=1e-2, weight_decay=0.0, normalization="paper"
+    )
+    torch_adam = torch.optim.Adam(ref.parameters(), lr=1e-2, eps=1e-8)
+    train(model, opt, batches)
+    train(ref, torch_adam, batches)
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_code_meta_adam_second_step_and_lion_step_sizes():
+    """§3.2 consequences: β_2 = β_1; the code's Adam meta step at t = 2 is η √(1 + λ̄); Lion moves by ±η."""
+    for meta, expected in [("adam", math.sqrt(1 + 0.999)), ("lion", 1.0)]:
+        model, batches = tiny_problem()
+        opt = MetaOptimize(model.parameters(), base="adamw", meta=meta, alpha0=1e-2, meta_lr=1e-3)
+        beta0 = opt.state["metaoptimize"]["beta"].item()
+        train(model, opt, batches[:1])
+        assert opt.state["metaoptimize"]["beta"].item() == beta0
+        train(model, opt, batches[1:2])
+        step = abs(opt.state["metaoptimize"]["beta"].item() - beta0) / 1e-3
+        assert step == pytest.approx(expected, rel=1e-6)
+
+
+def test_sgdm_gradient_enters_the_weights_one_step_late():
+    model, batches = tiny_problem()
+    w0 = [p.detach().clone() for p in model.parameters()]
+    opt = MetaOptimize(model.parameters(), base="sgdm", meta="adam", alpha0=0.1, weight_decay=0.0)
+    train(model, opt, batches[:1])
+    assert all(torch.equal(a, b) for a, b in zip(w0, model.parameters(), strict=True))
+    train(model, opt, batches[1:2])
+    assert not all(torch.equal(a, b) for a, b in zip(w0, model.parameters(), strict=True))
+
+
+def test_blocks_are_param_groups_with_their_own_alpha_and_diagnostics():
+    model, batches = tiny_problem()
+    opt = MetaOptimize.from_model(model, blocks=[2, 2], base="lion", meta="adam", alpha0=1e-3, meta_lr=1e-2)
+    train(model, opt, batches)
+    diag = opt.diagnostics()
+    assert set(diag) == {"alpha/block0", "alpha/block1", "z/block0", "z/block1", "skipped_steps"}
+    assert diag["alpha/block0"] != diag["alpha/block1"]
+    scalar = MetaOptimize.from_model(model, base="adamw", meta="adam", alpha0=1e-3)
+    assert set(scalar.diagnostics()) == {"alpha", "z", "skipped_steps"}
+    assert scalar.diagnostics()["alpha"] == pytest.approx(1e-3, rel=1e-15)
+
+
+def test_grad_none_is_a_zero_gradient_and_keeps_block_sums():
+    """A tensor without a gradient is treated as g = 0 (weight decay still applies), not skipped."""
+    model, batches = tiny_problem()
+    model[2].bias.requires_grad_(False)
+    ref, _ = tiny_problem()
+    opt = MetaOptimize(model.parameters(), base="adamw", meta="adam", alpha0=1e-2, meta_lr=1e-2)
+    opt_ref = MetaOptimize(ref.parameters(), base="adamw", meta="adam", alpha0=1e-2, meta_lr=1e-2)
+    for x, y in batches:
+        for m, o in ((model, opt), (ref, opt_ref)):
+            o.zero_grad(set_to_none=True)
+            F.cross_entropy(m(x), y).backward()
+        ref[2].bias.grad.zero_()
+        opt.step()
+        opt_ref.step()
+    assert model[2].bias.grad is None
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "kwargs, name",
+    [
+        (dict(base="adam"), "base"),
+        (dict(base="sgd"), "base"),
+        (dict(meta="sgd"), "meta"),
+        (dict(meta=None), "meta"),
+        (dict(alpha0=-1e-3), "alpha0"),
+        (dict(alpha0=0.0), "alpha0"),
+        (dict(meta_lr=-1.0), "meta_lr"),
+        (dict(gamma=1.5), "gamma"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(normalizer=-0.1), "normalizer"),
+        (dict(meta_momentum=1.2), "meta_momentum"),
+        (dict(meta_normalizer=1.0), "meta_normalizer"),
+        (dict(lion_c=2.0), "lion_c"),
+        (dict(weight_decay=-0.1), "weight_decay"),
+        (dict(eps=0.0), "eps"),
+        (dict(normalization="textbook"), "normalization"),
+        (dict(normalization="package", meta="adam"), "normalization"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_argument(kwargs, name):
+    args = dict(base="adamw", meta="adam", alpha0=1e-3) | kwargs
+    with pytest.raises(ValueError, match=name):
+        MetaOptimize(tiny_problem()[0].parameters(), **args)
+
+
+def test_bad_blocks_and_group_overrides_raise():
+    model, _ = tiny_problem()
+    for blocks in ("resnet18", "nonsense", [1, 1], [["0.weight"], ["0.bias"]], "[3,3]"):
+        with pytest.raises(ValueError, match="blocks"):
+            MetaOptimize.from_model(model, blocks=blocks, base="adamw", meta="adam", alpha0=1e-3)
+    groups = [{"params": [model[0].weight]}, {"params": [model[0].bias], "gamma": 0.5}]
+    with pytest.raises(ValueError, match="gamma"):
+        MetaOptimize(groups, base="adamw", meta="adam", alpha0=1e-3)
+
+
+def test_registered_and_buildable_from_config():
+    assert optimizers.OPTIMIZERS["metaoptimize"] is MetaOptimize
+    model, batches = tiny_problem()
+    cfg = dict(name="metaoptimize", base="adamw", meta="adam", alpha0=1e-3, blocks="per_tensor")
+    opt = optimizers.build(cfg, model, steps_per_epoch=10)
+    assert [g["name"] for g in opt.param_groups] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert MetaOptimize.initial_lr_arg == "alpha0" and MetaOptimize.lr_schedule_compatible is False
+
+
+# ----------------------------------------------------------------- block presets (specs §6)
+class SimpleCNN(torch.nn.Module):
+    """The parameter layout of the continual CIFAR-100 ``models.SimpleCNN`` (conv1, conv2, fc1, fc2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 8, 3)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3)
+        self.fc1 = torch.nn.Linear(8, 16)
+        self.fc2 = torch.nn.Linear(16, 10)
+
+
+@pytest.mark.parametrize(
+    "arch, counts", [("resnet18", [3, 12, 15, 15, 15, 2]), ("resnet50", [3, 30, 39, 57, 30, 2])]
+)
+def test_resnet_presets_match_hf_counts_on_torchvision(arch, counts):
+    torchvision = pytest.importorskip("torchvision")
+    model = getattr(torchvision.models, arch)(num_classes=10)
+    opt = MetaOptimize.from_model(model, blocks=arch, base="adamw", meta="lion", alpha0=1e-6)
+    assert [g["name"] for g in opt.param_groups] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert [len(g["params"]) for g in opt.param_groups] == counts
+    named = [n for n, _ in model.named_parameters()]
+    hf = partition(model, counts)  # HF.py's count preset, contiguous in parameter order
+    assert list(partition(model, arch).values()) == list(hf.values())
+    assert partition(model, f"{arch}_blocks") == partition(model, arch)
+    assert partition(model, arch)["stem"] == ["conv1.weight", "bn1.weight", "bn1.bias"]
+    assert partition(model, arch)["head"] == ["fc.weight", "fc.bias"]
+    assert sum(counts) == len(named)
+    blocks = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+    assert set(opt.diagnostics()) == {f"{k}/{b}" for k in ("alpha", "z") for b in blocks} | {"skipped_steps"}
+
+
+def test_continual_cnn_preset_is_first_three_layers_and_last_layer():
+    model = SimpleCNN()
+    expected = {
+        "others": ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias"],
+        "last_layer": ["fc2.weight", "fc2.bias"],
+    }
+    assert partition(model, "continual_cnn") == expected
+    assert partition(model, "last_layer_and_others") == expected
+    opt = MetaOptimize.from_model(model, blocks="continual_cnn", base="adamw", meta="adam", alpha0=1e-4)
+    assert [len(g["params"]) for g in opt.param_groups] == [6, 2]
+    with pytest.raises(ValueError, match="blocks"):
+        partition(tiny_problem()[0], "continual_cnn")
+
+
+# ----------------------------------------------------------------- state, dtype, non-finite
+def test_blockwise_state_dict_round_trip_is_bit_identical():
+    import io
+
+    def fresh():
+        model, batches = tiny_problem()
+        kw = dict(base="rmsprop", meta="adam", alpha0=1e-2, meta_lr=1e-2, gamma=0.999)
+        return model, MetaOptimize.from_model(model, blocks=[2, 2], **kw), batches
+
+    model, opt, batches = fresh()
+    train(model, opt, batches)
+    model2, opt2, _ = fresh()
+    train(model2, opt2, batches[:15])
+    buf = io.BytesIO()
+    torch.save({"model": model2.state_dict(), "opt": opt2.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=False)
+    model3, opt3, _ = fresh()
+    model3.load_state_dict(saved["model"])
+    opt3.load_state_dict(saved["opt"])
+    train(model3, opt3, batches[15:])
+    for a, b in zip(model.parameters(), model3.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(opt.state["metaoptimize"]["beta"], opt3.state["metaoptimize"]["beta"])
+
+
+def test_non_finite_gradient_skips_the_whole_blockwise_step():
+    model, batches = tiny_problem()
+    opt = MetaOptimize.from_model(model, blocks="per_tensor", base="adamw", meta="adam", alpha0=1e-2)
+    train(model, opt, batches[:5])
+    before = [p.detach().clone() for p in model.parameters()]
+    beta = opt.state["metaoptimize"]["beta"].clone()
+    opt.zero_grad()
+    F.cross_entropy(model(batches[5][0]), batches[5][1]).backward()
+    model[2].bias.grad[1] = math.nan
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert torch.equal(beta, opt.state["metaoptimize"]["beta"])
+    assert opt.state["metaoptimize"]["step"] == 5 and opt.diagnostics()["skipped_steps"] == 1.0
+
+
+@pytest.mark.parametrize("base", ["sgdm", "adamw", "lion", "rmsprop"])
+def test_float32_parameters_keep_their_dtype_and_beta_stays_float64(base):
+    torch.set_default_dtype(torch.float32)
+    model, batches = tiny_problem()
+    opt = MetaOptimize.from_model(model, blocks=[2, 2], base=base, meta="lion", alpha0=1e-2, meta_lr=1e-2)
+    train(model, opt, batches)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
+    assert opt.state["metaoptimize"]["beta"].dtype == torch.float64
+    assert all(math.isfinite(v) for v in opt.diagnostics().values())
+
+
+def test_add_param_group_adds_a_block_at_alpha0():
+    model, batches = tiny_problem()
+    opt = MetaOptimize(
+        [{"params": list(model[0].parameters()), "name": "first"}], base="adamw", meta="adam", alpha0=0.1
+    )
+    train(model, opt, batches[:3])
+    opt.add_param_group({"params": list(model[2].parameters()), "name": "last", "weight_decay": 0.0})
+    assert opt.diagnostics()["alpha/last"] == pytest.approx(0.1, rel=1e-15)
+    train(model, opt, batches[3:])
+    assert opt.state["metaoptimize"]["beta"].shape == (2,)
+    with pytest.raises(ValueError, match="meta_lr"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "meta_lr": 1.0})
+    assert len(opt.param_groups) == 2

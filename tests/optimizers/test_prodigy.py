@@ -1,0 +1,130 @@
+"""Prodigy against ``prodigyopt.Prodigy`` 1.1.2 (specs/optimizers.md §3, §11), plus bad input."""
+
+from __future__ import annotations
+
+import prodigyopt
+import pytest
+import torch
+import torch.distributed as dist
+
+from optimizers.prodigy import Prodigy
+from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
+
+
+def ours_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
+    return {k: v for k, v in opt.diagnostics().items() if k != "skipped_steps"}
+
+
+def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
+    g = opt.param_groups[0]
+    beta1, beta2 = g["betas"]
+    bc = ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1)) if g["use_bias_correction"] else 1
+    lr = max(group["lr"] for group in opt.param_groups)
+    return {"d": g["d"], "d_lr": g["d"] * lr * bc, "d_hat": g.get("d_hat", g["d"]), "d_max": g["d_max"]}
+
+
+def two_groups(model: torch.nn.Module, **second) -> list[dict]:
+    ps = list(model.parameters())
+    return [{"params": ps[:2]}, {"params": ps[2:], **second}]
+
+
+# name: (constructor kwargs, second-group overrides or None for one group)
+CASES = {
+    "default": ({}, None),
+    "slice_p": ({"slice_p": 3}, None),
+    "safeguard_warmup_bias_correction": ({"safeguard_warmup": True, "use_bias_correction": True}, None),
+    "beta1_0_growth_rate": ({"betas": (0.0, 0.999), "growth_rate": 1.05}, None),
+    "coupled_weight_decay_d_coef_beta3": (
+        {"weight_decay": 1e-2, "decouple": False, "d_coef": 0.5, "beta3": 0.9},
+        None,
+    ),
+    "two_groups_decoupled_weight_decay": ({"weight_decay": 1e-2}, {"weight_decay": 0.1, "eps": 1e-6}),
+    "two_groups_per_group_slice_p_and_d0": ({"d0": 1e-5}, {"slice_p": 2, "d0": 1e-4}),
+    "two_groups_one_at_lr_0": ({}, {"lr": 0.0}),
+}
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_prodigyopt(case, task):
+    kwargs, second = CASES[case]
+
+    def params(m):
+        return m.parameters() if second is None else two_groups(m, **second)
+
+    ours = trajectory(lambda m: Prodigy(params(m), **kwargs), ours_scalars, steps=120, task=task)
+    ref = trajectory(lambda m: prodigyopt.Prodigy(params(m), **kwargs), ref_scalars, steps=120, task=task)
+    assert_same_trajectory(ours, ref)
+    assert ours.scalars[-1]["d"] > 2 * kwargs.get("d0", 1e-6)  # d adapted
+
+
+def test_zero_gradient_first_step_matches_package_early_return():
+    """sum ||s||_1 = 0: moments already updated, no move, k not incremented; then both go on identically."""
+    models = [mlp(), mlp()]
+    opts = [Prodigy(models[0].parameters()), prodigyopt.Prodigy(models[1].parameters())]
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for model, opt in zip(models, opts, strict=True):
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        assert opt.param_groups[0]["k"] == 0
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    assert opts[0].param_groups[0]["k"] == opts[1].param_groups[0]["k"] == 5
+
+
+def test_all_zero_tensor_keeps_a_scalar_p0():
+    model = mlp()
+    with torch.no_grad():
+        model[0].bias.zero_()
+    opt = Prodigy(model.parameters(), slice_p=2)
+    model(torch.randn(4, 6, dtype=torch.float64)).pow(2).sum().backward()
+    opt.step()
+    assert opt.state[model[0].bias]["p0"].dim() == 0
+    assert opt.state[model[0].weight]["s"].shape == model[0].weight.flatten()[::2].shape
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"lr": -1.0}, "lr"),
+        ({"betas": (1.0, 0.999)}, "betas"),
+        ({"betas": (0.9,)}, "betas"),
+        ({"beta3": 1.5}, "beta3"),
+        ({"eps": -1e-8}, "eps"),
+        ({"weight_decay": -1e-4}, "weight_decay"),
+        ({"d0": 0.0}, "d0"),
+        ({"d_coef": 0.0}, "d_coef"),
+        ({"growth_rate": 0.5}, "growth_rate"),
+        ({"slice_p": 0}, "slice_p"),
+        ({"slice_p": 1.5}, "slice_p"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        Prodigy(mlp().parameters(), **kwargs)
+
+
+def test_diagnostics_names():
+    model = mlp()
+    opt = Prodigy(model.parameters())
+    assert set(opt.diagnostics()) == {"d", "d_lr", "d_hat", "d_max", "skipped_steps"}
+
+
+@pytest.fixture
+def single_rank_process_group(tmp_path):
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_group):
+    """``fsdp_in_use=True`` runs the all-reduce of §10; with one rank it must change nothing."""
+    kwargs = {"weight_decay": 1e-2}
+    sharded = trajectory(lambda m: Prodigy(m.parameters(), fsdp_in_use=True, **kwargs), ours_scalars)
+    plain = trajectory(lambda m: Prodigy(m.parameters(), **kwargs), ours_scalars)
+    assert_same_trajectory(sharded, plain, rtol=1e-15)
