@@ -1,0 +1,1 @@
+"""lrbench runner: the Hydra app, training loop, results store and collector."""

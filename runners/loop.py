@@ -1,0 +1,337 @@
+"""The training loop: task + optimizer + schedule, with evaluation, logging, checkpoints and resume.
+
+The runner knows the task only through :class:`tasks.base.Task` and the optimizer only through
+``optimizers.build`` and the optional ``diagnostics()``. The per-step path does no host sync: the
+minibatch loss is summed on the device and read (and checked for NaN/inf) every
+``log_every_steps`` steps only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import time
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import optimizers
+import tasks
+from runners import checkpoint, schedules
+from runners.errors import ConfigError, as_config_error
+from runners.loggers import NoLogger, WandbLogger
+from runners.store import MetricsWriter, provenance
+
+LOWER_IS_BETTER = ("loss", "error", "perplexity", "ppl", "nll")
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed every RNG the model initialisation could draw from (spec: same seed, same curve)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_task(cfg: dict[str, Any], device: torch.device) -> tasks.Task:
+    tasks.load_all()
+    kwargs = dict(cfg["task"])
+    name = kwargs.pop("name")
+    if name not in tasks.TASKS:
+        raise ConfigError(
+            "task.name", f"{name!r} is not a registered task; registered: {sorted(tasks.TASKS)}"
+        )
+    try:
+        return tasks.TASKS[name](seed=cfg["seed"], device=device, **kwargs)
+    except (ValueError, TypeError) as exc:
+        raise as_config_error("task", cfg["task"], exc) from exc
+
+
+def build_optimizer(
+    cfg: dict[str, Any], model: torch.nn.Module, steps_per_epoch: int
+) -> torch.optim.Optimizer:
+    try:
+        return optimizers.build(cfg["optimizer"], model, steps_per_epoch=steps_per_epoch)
+    except (ValueError, TypeError) as exc:
+        raise as_config_error("optimizer", cfg["optimizer"], exc) from exc
+
+
+def build_scheduler(
+    cfg: dict[str, Any], opt: torch.optim.Optimizer, steps_per_epoch: int, total_steps: int
+) -> tuple[torch.optim.lr_scheduler.LambdaLR | None, str]:
+    """A per-step ``LambdaLR``, or None with the reason (constant, or the optimizer learns its lr)."""
+    name = cfg["schedule"]["name"]
+    try:
+        f = schedules.multiplier(cfg["schedule"], steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise as_config_error("schedule", cfg["schedule"], exc) from exc
+    if name == "constant":
+        return None, "constant"
+    if not getattr(type(opt), "lr_schedule_compatible", True):
+        return (
+            None,
+            f"{name} not applied: {type(opt).__name__} learns its own lr (lr_schedule_compatible=False)",
+        )
+    return torch.optim.lr_scheduler.LambdaLR(opt, f), name
+
+
+def is_better(key: str, new: float, old: float) -> bool:
+    lower = any(word in key.rsplit("/", 1)[-1].lower() for word in LOWER_IS_BETTER)
+    return (new < old) if lower else (new > old)
+
+
+class Trainer:
+    """One run in one run dir; :meth:`run` returns the summary fields the loop knows."""
+
+    def __init__(
+        self, cfg: dict[str, Any], run_dir: Path, logger: NoLogger | WandbLogger, *, progress: bool
+    ) -> None:
+        self.cfg, self.run_dir, self.logger, self.progress = cfg, run_dir, logger, progress
+        self.device = pick_device(cfg["device"])
+        if cfg.get("torch_threads"):
+            torch.set_num_threads(int(cfg["torch_threads"]))
+        precision = cfg["precision"]
+        if precision == "auto":
+            precision = "bf16" if self.device.type == "cuda" else "fp32"
+        self.amp = (
+            torch.autocast(self.device.type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        )
+        self.task = build_task(cfg, self.device)
+        self.spe = int(self.task.steps_per_epoch)
+        self.epochs = int(cfg["epochs"] or self.task.epochs)
+        self.total = self.epochs * self.spe
+        if cfg.get("max_steps"):
+            self.total = min(self.total, int(cfg["max_steps"]))
+        seed_everything(int(cfg["seed"]))
+        self.model = self.task.build_model()
+        self.opt = build_optimizer(cfg, self.model, self.spe)
+        self.sched, self.schedule_note = build_scheduler(cfg, self.opt, self.spe, self.total)
+        self.diagnostics = getattr(self.opt, "diagnostics", None)
+        # loop state (all of it goes into the checkpoint)
+        self.step = self.epoch = self.in_epoch = self.n_acc = 0
+        self.loss_acc = torch.zeros((), device=self.device)
+        self.last: dict[str, float] = {}
+        self.best: dict[str, float] = {}
+        self.last_eval_step = -1
+        self.prior_wall = self.prior_train_s = 0.0
+        self.resumed_from: list[int] = []
+        self.signal: int | None = None
+        records = self._resume()
+        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", keep=records)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def _resume(self) -> int:
+        ck = checkpoint.load(self.run_dir)
+        if ck is None:
+            return 0
+        self.model.load_state_dict(ck["model"])
+        self.opt.load_state_dict(ck["optimizer"])
+        if self.sched is not None:
+            self.sched.load_state_dict(ck["scheduler"])
+        checkpoint.set_rng_state(ck["rng"])
+        for key in ("step", "epoch", "in_epoch", "n_acc", "last", "best", "last_eval_step", "resumed_from"):
+            setattr(self, key, ck[key])
+        self.loss_acc = ck["loss_acc"].to(self.device)
+        self.prior_wall, self.prior_train_s = ck["wall_s"], ck["train_s"]
+        self.resumed_from = [*self.resumed_from, self.step]
+        return int(ck["records"])
+
+    def save_checkpoint(self) -> None:
+        self.metrics.sync()
+        checkpoint.save(
+            self.run_dir,
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(),
+                "scheduler": None if self.sched is None else self.sched.state_dict(),
+                "step": self.step,
+                "epoch": self.epoch,
+                "in_epoch": self.in_epoch,
+                "n_acc": self.n_acc,
+                "loss_acc": self.loss_acc,
+                "last": self.last,
+                "best": self.best,
+                "last_eval_step": self.last_eval_step,
+                "resumed_from": self.resumed_from,
+                "records": self.metrics.count,
+                "wall_s": self.prior_wall + time.monotonic() - self.t0,
+                "train_s": self.prior_train_s + time.monotonic() - self.t0,
+            },
+        )
+        self.next_ckpt_time = self._next_ckpt_time()
+
+    def _next_ckpt_time(self) -> float:
+        minutes = self.cfg.get("ckpt_every_minutes")
+        return time.monotonic() + 60.0 * minutes if minutes else math.inf
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.signal = signum
+
+    # -- logging -----------------------------------------------------------------------------
+    def _record(self, values: dict[str, float]) -> None:
+        epoch = self.step / self.spe
+        self.metrics.write_dict(self.step, epoch, values)
+        self.logger.log(values, self.step)
+        self.last.update(values)
+
+    def _log_point(self) -> bool:
+        """Write the mean minibatch loss since the last log point and the diagnostics; False on NaN/inf."""
+        if self.n_acc == 0:
+            return True
+        loss = float(self.loss_acc) / self.n_acc
+        values = {"batch/loss": loss}
+        if self.diagnostics is not None:
+            values.update({f"opt/{k}": float(v) for k, v in self.diagnostics().items()})
+        self._record(values)
+        window = (self.step - self.n_acc + 1, self.step)
+        self.loss_acc.zero_()
+        self.n_acc = 0
+        if self.bar is not None:
+            scale = next(
+                (f"{k[4:]}={v:.3g}" for k, v in values.items() if k.startswith("opt/") and "skip" not in k),
+                "",
+            )
+            self.bar.set_postfix_str(f"loss={loss:.4g} {scale}".strip(), refresh=False)
+            self.bar.update(self.step - self.bar.n)
+        if not math.isfinite(loss):
+            self.diverged = {"diverged_step": self.step, "nonfinite_window": list(window)}
+            return False
+        return True
+
+    def evaluate(self) -> None:
+        """Task metrics, on the optimizer's averaged weights where it keeps them (DoG's averager)."""
+        self.model.eval()
+        eval_weights = getattr(self.opt, "evaluation_weights", contextlib.nullcontext)
+        with eval_weights(), self.amp:
+            values = {k: float(v) for k, v in self.task.evaluate(self.model).items()}
+        self.model.train()
+        self._record(values)
+        for key, value in values.items():
+            if math.isfinite(value) and (key not in self.best or is_better(key, value, self.best[key])):
+                self.best[key] = value
+        self.last_eval_step = self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.t0 = time.monotonic()
+        self.next_ckpt_time = self._next_ckpt_time()
+        self.diverged: dict[str, Any] | None = None
+        start_step = self.step
+        log_every = int(cfg["log_every_steps"])
+        ckpt_every = int(cfg.get("ckpt_every_steps") or 0)
+        eval_steps = int(cfg.get("eval_every_steps") or 0)
+        eval_epochs = int(cfg.get("eval_every_epochs") or 0)
+        clip = cfg.get("grad_clip")
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # torch's Optimizer.zero_grad opens a profiler record_function per call, a measurable share of a
+        # tiny step; an optimizer that overrides zero_grad keeps its own
+        own_zero_grad = type(self.opt).zero_grad is not torch.optim.Optimizer.zero_grad
+        old_handlers = {}
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+                old_handlers[sig] = signal.signal(sig, self._on_signal)
+        self.bar = tqdm(total=self.total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
+        self.model.train()
+        status = None
+        try:
+            while status is None and self.step < self.total and self.epoch < self.epochs:
+                batches = self.task.train_batches(self.epoch)
+                if self.in_epoch:
+                    batches = islice(batches, self.in_epoch, None)
+                epoch_done = True
+                for batch in batches:
+                    with self.amp:
+                        loss = self.task.loss(self.model, batch)
+                    if own_zero_grad:
+                        self.opt.zero_grad(set_to_none=True)
+                    else:
+                        for p in params:
+                            p.grad = None
+                    loss.backward()
+                    if clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, float(clip))
+                    self.opt.step()
+                    if self.sched is not None:
+                        self.sched.step()
+                    self.loss_acc.add_(loss.detach())
+                    self.step += 1
+                    self.in_epoch += 1
+                    self.n_acc += 1
+                    if self.step % log_every == 0 and not self._log_point():
+                        status = "diverged"
+                        break
+                    if eval_steps and self.step % eval_steps == 0:
+                        self.evaluate()
+                    if self.signal is not None:
+                        self.save_checkpoint()
+                        status = "preempted"
+                        break
+                    if (
+                        ckpt_every and self.step % ckpt_every == 0
+                    ) or time.monotonic() >= self.next_ckpt_time:
+                        self.save_checkpoint()
+                    if self.step >= self.total:
+                        epoch_done = self.in_epoch >= self.spe
+                        break
+                else:
+                    epoch_done = True
+                if status is not None or not epoch_done:
+                    break
+                self.epoch += 1
+                self.in_epoch = 0
+                if eval_epochs and self.epoch % eval_epochs == 0:
+                    self.evaluate()
+            if status is None:
+                if not self._log_point():
+                    status = "diverged"
+                else:
+                    if self.last_eval_step != self.step:
+                        self.evaluate()
+                    status = "completed"
+                    if cfg.get("keep_checkpoint", True):
+                        self.save_checkpoint()
+        finally:
+            self.bar.close()
+            self.metrics.close()
+            for sig, handler in old_handlers.items():
+                signal.signal(sig, handler)
+        now = time.monotonic()
+        train_s = self.prior_train_s + now - self.t0
+        if status == "completed" and not cfg.get("keep_checkpoint", True):
+            (self.run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
+        out: dict[str, Any] = {
+            "status": status,
+            "final": dict(self.last),
+            "best": dict(self.best),
+            "steps": self.step,
+            "epochs_done": self.step / self.spe,
+            "steps_per_epoch": self.spe,
+            "total_steps": self.total,
+            "wall_s": self.prior_wall + now - self.t0,
+            "steps_per_s": self.step / train_s if train_s > 0 else None,
+            "session_steps_per_s": (self.step - start_step) / (now - self.t0) if now > self.t0 else None,
+            "schedule": self.schedule_note,
+            "resumed_from_steps": self.resumed_from,
+            "device": str(self.device),
+            "provenance": provenance(self.device, self.task.data_source),
+        }
+        if self.diverged:
+            out.update(self.diverged)
+        if status == "preempted":
+            out["signal"] = signal.Signals(self.signal).name if self.signal else None
+        return out

@@ -1,0 +1,176 @@
+"""``python -m runners.train`` / ``lrbench-train``: train one task with one optimizer (Hydra app).
+
+Examples::
+
+    python -m runners.train task=toy optimizer=adam optimizer.lr=1e-2 logger=none
+    python -m runners.train -m task=toy optimizer=sgd optimizer.lr=1e-3,1e-2 seed=0,1 launcher=joblib
+    python -m runners.train experiment=<paper>_<item> seed=3
+
+The same command always maps to the same run dir (:func:`runners.store.run_id`): a completed run is
+skipped, an interrupted one resumes from its checkpoint. Exit codes: 0 completed or diverged (and
+0 for a failed member of a multirun, whose failure is recorded in its summary), 2 bad input,
+128+signal when preempted (SIGTERM/SIGUSR1; this also ends a sweep), 1 for a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from runners import store
+from runners.errors import EXIT_BAD_INPUT, ConfigError
+from runners.loggers import NoLogger, make_logger
+from runners.loop import Trainer
+from tasks.base import DatasetMissingError
+
+FINISHED = ("completed", "diverged")
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def _hydra() -> Any | None:
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def is_multirun() -> bool:
+    hc = _hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def group_name(cfg: DictConfig) -> str:
+    """The results folder / W&B group: ``group``, else the chosen experiment, else ``adhoc``."""
+    if cfg.get("group"):
+        return str(cfg.group)
+    hc = _hydra()
+    experiment = hc.runtime.choices.get("experiment") if hc is not None else None
+    return str(experiment) if experiment else "adhoc"
+
+
+def run_dir_for(cfg: DictConfig, container: dict[str, Any]) -> Path:
+    root = Path(hydra.utils.to_absolute_path(str(cfg.results_dir)))
+    return root / "runs" / group_name(cfg) / store.run_id(container)
+
+
+def _progress(cfg: DictConfig) -> bool:
+    if cfg.progress == "auto":
+        return sys.stderr.isatty() and not is_multirun()
+    return bool(cfg.progress)
+
+
+def _identity(cfg: DictConfig, container: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    return {
+        "run_id": run_dir.name,
+        "group": run_dir.parent.name,
+        "task": container["task"]["name"],
+        "dataset": container["task"].get("dataset"),
+        "optimizer": container["optimizer"]["name"],
+        "seed": container["seed"],
+        "config_hash": store.config_hash(container),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _fail(
+    run_dir: Path, identity: dict[str, Any], container: dict[str, Any], message: str, detail: str
+) -> None:
+    store.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(container))
+    store.atomic_write_json(
+        run_dir / "summary.json", {**identity, "status": "failed", "error": message, "finished_at": _now()}
+    )
+    store.atomic_write_text(run_dir / "error.txt", detail)
+
+
+def run(cfg: DictConfig) -> int:
+    """Train the run ``cfg`` describes (or skip/resume it); return the process exit code."""
+    multirun = is_multirun()
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("hydra", None)
+    run_dir = run_dir_for(cfg, container)
+    identity = _identity(cfg, container, run_dir)
+    previous = store.read_summary(run_dir)
+    if previous is not None and previous.get("status") in FINISHED:
+        print(f"{run_dir}: already completed (status {previous['status']}), skipping")
+        return 0
+    started = _now()
+    trainer: Trainer | None = None
+    try:
+        trainer = Trainer(container, run_dir, NoLogger(), progress=_progress(cfg))
+        store.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(container))
+        tags = [f"task:{identity['task']}", f"optimizer:{identity['optimizer']}", f"seed:{identity['seed']}"]
+        if identity["dataset"] is not None:
+            tags.append(f"dataset:{identity['dataset']}")
+        trainer.logger = make_logger(
+            container["logger"],
+            run_dir,
+            run_config=container,
+            name=run_dir.name,
+            group=identity["group"],
+            tags=tags,
+        )
+        if trainer.resumed_from:
+            print(f"{run_dir}: resuming from step {trainer.step}")
+        result = trainer.run()
+    except (ConfigError, DatasetMissingError) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        key = exc.key if isinstance(exc, ConfigError) else "task"
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        print(f"error: {key}: {message}", file=sys.stderr)
+        if multirun:
+            _fail(run_dir, identity, container, f"{key}: {message}", traceback.format_exc())
+            return 0
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if trainer is not None:
+            with contextlib.suppress(Exception):
+                trainer.logger.finish(exit_code=1)
+        if not multirun:
+            _fail(run_dir, identity, container, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+            raise
+        print(f"error: {run_dir.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        _fail(run_dir, identity, container, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return 0
+    summary = {**identity, **result, "started_at": started, "finished_at": _now()}
+    summary["wandb"] = {"mode": trainer.logger.mode, "id": trainer.logger.run_id}
+    store.atomic_write_json(run_dir / "summary.json", summary)
+    status = result["status"]
+    trainer.logger.summary(
+        {"status": status, **{f"final/{k}": v for k, v in result["final"].items()}}
+        | {f"best/{k}": v for k, v in result["best"].items()}
+    )
+    trainer.logger.finish(exit_code=0 if status in FINISHED else 1)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if not k.startswith("opt/"))
+    print(f"{status}: {run_dir} ({result['steps']} steps, {result['wall_s']:.1f}s) {shown}")
+    if status == "preempted":  # also ends a sweep: its finished members are skipped when it is re-run
+        return 128 + int(signal.Signals[result["signal"]])
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _app(cfg: DictConfig) -> None:
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+def main() -> None:
+    """Console script ``lrbench-train``."""
+    _app()
+
+
+if __name__ == "__main__":
+    main()
