@@ -9,7 +9,8 @@ is the policy of ``torch.amp.GradScaler``, so the optimizers compose with mixed-
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -62,3 +63,42 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     # The inf-norm is max|x|: it cannot overflow, and NaN propagates through it.
     norms = torch._foreach_norm(tensors, ord=math.inf)
     return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+
+
+def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor inner products ``<a_i, b_i>`` as 0-dim tensors (no host sync)."""
+    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+
+
+def host_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
+    """0-dim tensors as Python floats (float64), with a single host sync for the whole list."""
+    if not tensors:
+        return []
+    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """Evaluate ``closure`` with gradients enabled (the ``torch.optim`` convention); None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def skip_if_nonfinite(grads: Sequence[torch.Tensor], *counters: dict[str, Any]) -> bool:
+    """The non-finite policy (module docstring): True, after adding 1 to each counter's
+    ``skipped_steps``, when a gradient holds a NaN or an infinity; False otherwise."""
+    if all_finite(grads):
+        return False
+    for counter in counters:
+        counter["skipped_steps"] = counter.get("skipped_steps", 0) + 1
+    return True
+
+
+def learned_lr_diagnostics(groups: Sequence[dict[str, Any]], skipped_steps: float) -> dict[str, float]:
+    """Specs §8 for a learned per-group ``lr``: ``lr`` (``lr@<group index>`` with several groups) and
+    ``skipped_steps``."""
+    multi = len(groups) > 1
+    out = {("lr" + (f"@{i}" if multi else "")): float(g["lr"]) for i, g in enumerate(groups)}
+    out["skipped_steps"] = float(skipped_steps)
+    return out

@@ -13,9 +13,16 @@ from typing import Any
 
 import torch
 
-from optimizers._common import all_finite, check_betas, check_nonnegative
+from optimizers._common import (
+    check_betas,
+    check_nonnegative,
+    closure_loss,
+    foreach_dot,
+    host_floats,
+    learned_lr_diagnostics,
+    skip_if_nonfinite,
+)
 from optimizers.registry import register
-from optimizers.sgd_hd import dots, to_floats
 
 
 @register("adam_hd")
@@ -74,16 +81,12 @@ class AdamHD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One Adam-HD step for every param group (skipped whole on a non-finite gradient)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         work = []
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             work.append((group, ps, [p.grad for p in ps]))
-        if not all_finite([g for _, _, gs in work for g in gs]):
-            self.state["skipped_steps"] += 1
+        if skip_if_nonfinite([g for _, _, gs in work for g in gs], self.state):
             return loss
 
         # §5.2 steps 1-2: g = grad + wd x; per-tensor hypergradients from the previous moments
@@ -107,12 +110,12 @@ class AdamHD(torch.optim.Optimizer):
             m = [self.state[ps[j]]["exp_avg"] for j in prev]
             denom = torch._foreach_sqrt([self.state[ps[j]]["exp_avg_sq"] for j in prev])
             torch._foreach_add_(denom, group["eps"])
-            h_terms += dots([grads[j] for j in prev], torch._foreach_div(m, denom))
+            h_terms += foreach_dot([grads[j] for j in prev], torch._foreach_div(m, denom))
             for j in prev:
                 t = self.state[ps[j]]["step"]  # = (this step) - 1
                 where.append((wi, j, math.sqrt(1 - beta2**t), 1 - beta1**t))
         h_per_tensor: list[dict[int, float]] = [{} for _ in work]
-        for (wi, j, sq_bc2, bc1), d in zip(where, to_floats(h_terms), strict=True):
+        for (wi, j, sq_bc2, bc1), d in zip(where, host_floats(h_terms), strict=True):
             h_per_tensor[wi][j] = d * sq_bc2 / bc1
 
         for wi, (group, ps, grads) in enumerate(work):
@@ -156,7 +159,4 @@ class AdamHD(torch.optim.Optimizer):
 
     def diagnostics(self) -> dict[str, float]:
         """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
-        multi = len(self.param_groups) > 1
-        out = {("lr" + (f"@{i}" if multi else "")): float(g["lr"]) for i, g in enumerate(self.param_groups)}
-        out["skipped_steps"] = float(self.state["skipped_steps"])
-        return out
+        return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])

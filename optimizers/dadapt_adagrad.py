@@ -12,13 +12,13 @@ from typing import Any
 import torch
 
 from optimizers._common import (
-    all_finite,
     check_nonnegative,
     check_positive,
     check_unit_interval,
-    grads_with_params,
+    closure_loss,
+    skip_if_nonfinite,
 )
-from optimizers.dadapt_sgd import check_growth_rate, host_floats
+from optimizers._dadapt_common import check_growth_rate, d_diagnostics, group_grads, host_floats
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -92,29 +92,20 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr`` (lr of group 0, the one the package uses)."""
         g = self.param_groups[0]
-        return {
-            "d": float(g["d"]),
-            "d_lr": float(g["d"] * g["lr"]),
-            "skipped_steps": float(g.get("skipped_steps", 0)),
-        }
+        return d_diagnostics(g, g["d"] * g["lr"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = self.param_groups
-        pgs = [grads_with_params(group["params"]) for group in groups]
+        pgs = group_grads(groups)
         for ps, _ in pgs:
             if any(hasattr(p, "_fsdp_flattened") for p in ps):
                 raise RuntimeError(
                     "D-Adapt AdaGrad doesn't currently support fully-sharded data parallel. "
                     "Use D-Adapt Adam instead"
                 )
-        if not all_finite([_sparse_values(g) for _, gs in pgs for g in gs]):
-            for group in groups:
-                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+        if skip_if_nonfinite([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]

@@ -11,14 +11,20 @@ from typing import Any
 
 import torch
 
-from optimizers._common import (
-    all_finite,
-    check_betas,
-    check_nonnegative,
-    check_positive,
-    grads_with_params,
+from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
+from optimizers._dadapt_common import (
+    all_reduce_sum,
+    bias_correction,
+    check_growth_rate,
+    d_diagnostics,
+    first_device,
+    foreach_dot,
+    group_grads,
+    host_floats,
+    max_lr,
+    shared_lr,
+    uses_fsdp,
 )
-from optimizers.dadapt_sgd import all_reduce_sum, check_growth_rate, foreach_dot, host_floats, uses_fsdp
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -93,49 +99,29 @@ class DAdaptAdam(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _bias_correction(self) -> float:
-        g = self.param_groups[0]
-        if not g["use_bias_correction"]:
-            return 1
-        beta1, beta2 = g["betas"]
-        return ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1))
-
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr * bc`` (bc of the next step; 1 without bias correction)."""
         g = self.param_groups[0]
-        lr = max(group["lr"] for group in self.param_groups)
-        return {
-            "d": float(g["d"]),
-            "d_lr": float(g["d"] * lr * self._bias_correction()),
-            "skipped_steps": float(g.get("skipped_steps", 0)),
-        }
+        lr = max_lr(self.param_groups)
+        return d_diagnostics(g, g["d"] * lr * bias_correction(g))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = self.param_groups
-        pgs = [grads_with_params(group["params"]) for group in groups]
-        if not all_finite([g for _, gs in pgs for g in gs]):
-            for group in groups:
-                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+        pgs = group_grads(groups)
+        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]
-        lr = max(group["lr"] for group in groups)
-        for group in groups:
-            if group["lr"] not in [lr, 0.0]:
-                raise RuntimeError(
-                    "Setting different lr values in different parameter groups is only supported for "
-                    "values of 0. To scale the learning rate differently for each layer, set the "
-                    "'layer_scale' value instead."
-                )
+        lr = shared_lr(
+            groups,
+            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
+        )
         numerator = g0["numerator_weighted"]
         beta1, beta2 = g0["betas"]
         k, d = g0["k"], g0["d"]
-        dlr = d * lr * self._bias_correction()
+        dlr = d * lr * bias_correction(g0)
         growth_rate, decouple, log_every = g0["growth_rate"], g0["decouple"], g0["log_every"]
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         sqrt_beta2 = beta2 ** (0.5)
@@ -177,8 +163,7 @@ class DAdaptAdam(torch.optim.Optimizer):
         numerator = sqrt_beta2 * numerator + (1 - sqrt_beta2) * numerator_acum
 
         if fsdp:
-            device = next((ps[0].device for ps, _ in pgs if ps), torch.device("cpu"))
-            global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], device)
+            global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], first_device(pgs))
         else:
             global_numerator = numerator
         if sk_l1 == 0:

@@ -1,60 +1,40 @@
 """D-Adaptation SGD (Defazio & Mishchenko, ICML 2023, SGD variant of Algorithm 1), as ``dadaptation`` 3.2.
 
-Exact rule: specs/optimizers.md §2.1. The module also holds the small helpers the D-Adaptation and
-Prodigy modules share (per-tensor inner products with one host sync, the growth-rate check, the
-sharded-training all-reduce of §10).
+Exact rule: specs/optimizers.md §2.1. Helpers shared with the other D-Adaptation modules and Prodigy
+live in optimizers/_dadapt_common.py.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from optimizers._common import (
-    all_finite,
     check_nonnegative,
     check_positive,
     check_unit_interval,
-    grads_with_params,
+    closure_loss,
+    skip_if_nonfinite,
+)
+from optimizers._dadapt_common import (
+    all_reduce_sum,
+    check_growth_rate,
+    d_diagnostics,
+    first_device,
+    foreach_dot,
+    group_grads,
+    host_floats,
+    max_lr,
+    shared_lr,
+    uses_fsdp,
 )
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
-
-
-def check_growth_rate(value: float) -> None:
-    """Raise ValueError naming ``growth_rate`` unless it is a number >= 1 (``inf`` allowed)."""
-    if not isinstance(value, int | float) or math.isnan(value) or value < 1.0:
-        raise ValueError(f"growth_rate must be a number >= 1 (inf allowed), got {value!r}")
-
-
-def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-tensor inner products ``<a_i, b_i>`` as 0-dim tensors (no host sync)."""
-    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
-
-
-def host_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
-    """0-dim tensors as Python floats (float64), with a single host sync for the whole list."""
-    if not tensors:
-        return []
-    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
-
-
-def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
-    """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do (§10)."""
-    return flag or any(hasattr(p, "_fsdp_flattened") for ps in groups for p in ps)
-
-
-def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    """SUM-all-reduce Python scalars across ranks (§10), in float64 on the parameters' device."""
-    buf = torch.tensor(list(values), dtype=torch.float64, device=device)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM)
-    return buf.tolist()
 
 
 @register("dadapt_sgd")
@@ -116,40 +96,25 @@ class DAdaptSGD(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is ``d_lr / g0_norm``)."""
         g = self.param_groups[0]
-        lr = max(group["lr"] for group in self.param_groups)
-        return {
-            "d": float(g["d"]),
-            "d_lr": float(g["d"] * lr),
-            "skipped_steps": float(g.get("skipped_steps", 0)),
-        }
+        lr = max_lr(self.param_groups)
+        return d_diagnostics(g, g["d"] * lr)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = self.param_groups
-        pgs = [grads_with_params(group["params"]) for group in groups]
-        if not all_finite([g for _, gs in pgs for g in gs]):
-            for group in groups:
-                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+        pgs = group_grads(groups)
+        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]
-        lr = max(group["lr"] for group in groups)
-        for group in groups:
-            if group["lr"] not in [lr, 0.0]:
-                raise RuntimeError(
-                    "Setting different lr values in different parameter groups is only supported for "
-                    "values of 0"
-                )
+        lr = shared_lr(groups)
         decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
         growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
         numerator = g0["numerator_weighted"]
         ck = 1 - momentum
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        device = next((ps[0].device for ps, _ in pgs if ps), torch.device("cpu"))
+        device = first_device(pgs)
 
         if k == 0:
             # ||g_0|| over groups with lr > 0, before weight decay (the package's add is not in place).

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from optimizers._averaging import poly_decay_update_, swapped
-from optimizers._common import all_finite, check_nonnegative, check_positive
+from optimizers._common import check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
 from optimizers.registry import register
 
 
@@ -158,13 +158,9 @@ class DoG(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One DoG step for every param group (skipped whole on a non-finite gradient)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if not all_finite(grads):
-            self.state["skipped_steps"] += 1
+        if skip_if_nonfinite(grads, self.state):
             return loss
         for group in self.param_groups:
             self._step_group(group)

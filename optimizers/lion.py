@@ -21,7 +21,14 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
-from optimizers._common import all_finite, check_betas, check_nonnegative, check_positive, grads_with_params
+from optimizers._common import (
+    check_betas,
+    check_nonnegative,
+    check_positive,
+    closure_loss,
+    grads_with_params,
+    skip_if_nonfinite,
+)
 from optimizers.registry import register
 
 
@@ -51,13 +58,9 @@ class Lion(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = [grads_with_params(g["params"]) for g in self.param_groups]
-        if not all_finite([g for _, grads in groups for g in grads]):
-            self.state["lion"]["skipped_steps"] += 1.0
+        if skip_if_nonfinite([g for _, grads in groups for g in grads], self.state["lion"]):
             return loss
         for group, (params, grads) in zip(self.param_groups, groups, strict=True):
             if not params:

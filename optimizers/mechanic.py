@@ -61,12 +61,13 @@ from typing import Any
 import torch
 
 from optimizers._common import (
-    all_finite,
     check_betas,
     check_choice,
     check_nonnegative,
     check_positive,
+    closure_loss,
     grads_with_params,
+    skip_if_nonfinite,
 )
 from optimizers.registry import build, register
 
@@ -176,17 +177,13 @@ class Mechanic(torch.optim.Optimizer):
     # ------------------------------------------------------------------ step
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         tuner = self.state["mechanic"]
         params, grads = grads_with_params(p for g in self.param_groups for p in g["params"])
         if not params:
             return loss
         fresh = [p for p in params if "x_ref" not in self.state[p]]
-        if fresh and not all_finite(grads):  # check before creating any state
-            tuner["skipped_steps"] += 1.0
+        if fresh and skip_if_nonfinite(grads, tuner):  # check before creating any state
             return loss
         for p in fresh:
             self.state[p]["x_ref"] = p.detach().clone()

@@ -55,11 +55,12 @@ from typing import Any
 import torch
 
 from optimizers._common import (
-    all_finite,
     check_choice,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    closure_loss,
+    skip_if_nonfinite,
 )
 from optimizers._metaoptimize_blocks import BlockSpec, param_groups
 from optimizers.registry import register
@@ -315,18 +316,14 @@ class MetaOptimize(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One MetaOptimize step (specs §3.2): z from the old trace, base update, trace, meta update."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         meta = self.state[META_KEY]
         blocks = []
         for group in self.param_groups:
             params = group["params"]
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             blocks.append((group, params, grads))
-        if not all_finite([g for _, _, grads in blocks for g in grads]):
-            meta["skipped_steps"] += 1
+        if skip_if_nonfinite([g for _, _, grads in blocks for g in grads], meta):
             return loss
         d = self.defaults
         meta["step"] += 1

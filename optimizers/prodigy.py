@@ -12,14 +12,25 @@ from typing import Any
 import torch
 
 from optimizers._common import (
-    all_finite,
     check_betas,
     check_nonnegative,
     check_positive,
     check_unit_interval,
-    grads_with_params,
+    closure_loss,
+    skip_if_nonfinite,
 )
-from optimizers.dadapt_sgd import all_reduce_sum, check_growth_rate, host_floats, uses_fsdp
+from optimizers._dadapt_common import (
+    all_reduce_sum,
+    bias_correction,
+    check_growth_rate,
+    d_diagnostics,
+    first_device,
+    group_grads,
+    host_floats,
+    max_lr,
+    shared_lr,
+    uses_fsdp,
+)
 from optimizers.registry import register
 
 
@@ -105,50 +116,28 @@ class Prodigy(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def _bias_correction(self) -> float:
-        g = self.param_groups[0]
-        if not g["use_bias_correction"]:
-            return 1
-        beta1, beta2 = g["betas"]
-        return ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1))
-
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat`` (d before a step), ``d_max``."""
         g = self.param_groups[0]
-        lr = max(group["lr"] for group in self.param_groups)
-        return {
-            "d": float(g["d"]),
-            "d_lr": float(g["d"] * lr * self._bias_correction()),
-            "d_hat": float(g.get("d_hat", g["d"])),
-            "d_max": float(g["d_max"]),
-            "skipped_steps": float(g.get("skipped_steps", 0)),
-        }
+        lr = max_lr(self.param_groups)
+        return d_diagnostics(
+            g, g["d"] * lr * bias_correction(g), d_hat=g.get("d_hat", g["d"]), d_max=g["d_max"]
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = self.param_groups
-        pgs = [grads_with_params(group["params"]) for group in groups]
-        if not all_finite([g for _, gs in pgs for g in gs]):
-            for group in groups:
-                group["skipped_steps"] = group.get("skipped_steps", 0) + 1
+        pgs = group_grads(groups)
+        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]
-        lr = max(group["lr"] for group in groups)
-        for group in groups:
-            if group["lr"] not in [lr, 0.0]:
-                raise RuntimeError(
-                    "Setting different lr values in different parameter groups is only supported for "
-                    "values of 0"
-                )
+        lr = shared_lr(groups)
         beta1, beta2 = g0["betas"]
         beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
         k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
-        dlr = d * lr * self._bias_correction()
+        dlr = d * lr * bias_correction(g0)
         growth_rate, decouple = g0["growth_rate"], g0["decouple"]
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         d_numerator = g0["d_numerator"] * beta3
@@ -202,8 +191,7 @@ class Prodigy(torch.optim.Optimizer):
         if d_denom == 0 and not fsdp:
             return loss
         if fsdp:
-            device = next((ps[0].device for ps, _ in pgs if ps), torch.device("cpu"))
-            delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], device)
+            delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
         d_numerator = d_numerator + delta_numerator
         d_hat = d
         if lr > 0.0:

@@ -12,18 +12,15 @@ from typing import Any
 
 import torch
 
-from optimizers._common import all_finite, check_nonnegative
+from optimizers._common import (
+    check_nonnegative,
+    closure_loss,
+    foreach_dot,
+    host_floats,
+    learned_lr_diagnostics,
+    skip_if_nonfinite,
+)
 from optimizers.registry import register
-
-
-def dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-tensor inner products ``<a_j, b_j>`` (0-dim tensors; no host sync)."""
-    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
-
-
-def to_floats(tensors: list[torch.Tensor]) -> list[float]:
-    """0-dim tensors -> Python floats with one host sync."""
-    return torch.stack([t.to(torch.float64) for t in tensors]).tolist() if tensors else []
 
 
 @register("sgd_hd")
@@ -87,17 +84,13 @@ class SGDHD(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
         """One SGD-HD step for every param group (skipped whole on a non-finite gradient)."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         groups = []
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in ps]
             groups.append((group, ps, grads))
-        if not all_finite([g for _, _, gs in groups for g in gs]):
-            self.state["skipped_steps"] += 1
+        if skip_if_nonfinite([g for _, _, gs in groups for g in gs], self.state):
             return loss
 
         # §5.1 steps 1-2: g = grad + wd x; h = <g, u_prev> per group (one host sync for all groups)
@@ -108,10 +101,10 @@ class SGDHD(torch.optim.Optimizer):
                 groups[gi] = (group, ps, grads)
             key = self._prev_key(group)
             seen = [j for j, p in enumerate(ps) if key in self.state[p]]
-            h_terms += dots([grads[j] for j in seen], [self.state[ps[j]][key] for j in seen])
+            h_terms += foreach_dot([grads[j] for j in seen], [self.state[ps[j]][key] for j in seen])
             owners += [gi] * len(seen)
         h = [0.0] * len(groups)
-        for gi, v in zip(owners, to_floats(h_terms), strict=True):
+        for gi, v in zip(owners, host_floats(h_terms), strict=True):
             h[gi] += v
 
         for gi, (group, ps, grads) in enumerate(groups):
@@ -147,7 +140,4 @@ class SGDHD(torch.optim.Optimizer):
 
     def diagnostics(self) -> dict[str, float]:
         """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
-        multi = len(self.param_groups) > 1
-        out = {("lr" + (f"@{i}" if multi else "")): float(g["lr"]) for i, g in enumerate(self.param_groups)}
-        out["skipped_steps"] = float(self.state["skipped_steps"])
-        return out
+        return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])

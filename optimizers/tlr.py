@@ -9,11 +9,12 @@ from typing import Any
 import torch
 
 from optimizers._common import (
-    all_finite,
     check_choice,
     check_nonnegative,
     check_positive,
     check_unit_interval,
+    closure_loss,
+    skip_if_nonfinite,
 )
 from optimizers.registry import register
 
@@ -205,10 +206,7 @@ class TLR(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
         """One optimizer step (see class docstring); returns ``closure()`` if given."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         head = self.param_groups[0]
         # per group: (positions in _alphas() order, params with a gradient, their gradients)
         todo: list[tuple[dict[str, Any], list[int], list[torch.Tensor], list[torch.Tensor]]] = []
@@ -224,8 +222,7 @@ class TLR(torch.optim.Optimizer):
                     gs.append(p.grad)
                 k += 1
             todo.append((group, idx, ps, gs))
-        if not all_finite([g for *_, gs in todo for g in gs]):
-            head["skipped_steps"] += 1
+        if skip_if_nonfinite([g for *_, gs in todo for g in gs], head):
             return loss
         gd = head["mode"] == "gd"
         # d = grad + wd * x (coupled L2); a fresh tensor in gd mode, where it is stored as g_{t-1}

@@ -36,14 +36,7 @@ def ours_only(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     return model, opt
 
 
-@pytest.fixture(autouse=True)
-def _float64_single_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_single_thread")  # tests/optimizers/conftest.py
 
 
 def test_every_registered_optimizer_has_a_config():

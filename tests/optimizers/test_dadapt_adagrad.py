@@ -7,21 +7,13 @@ import pytest
 import torch
 
 from optimizers.dadapt_adagrad import DAdaptAdaGrad
+from tests.optimizers._dadapt_cases import ours_scalars, package_pair
 from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
-
-
-def ours_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
-    return {k: v for k, v in opt.diagnostics().items() if k != "skipped_steps"}
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
     g = opt.param_groups[0]
     return {"d": g["d"], "d_lr": g["d"] * g["lr"]}
-
-
-def two_groups(model: torch.nn.Module, **second) -> list[dict]:
-    ps = list(model.parameters())
-    return [{"params": ps[:2]}, {"params": ps[2:], **second}]
 
 
 # name: (constructor kwargs, second-group overrides or None for one group)
@@ -37,13 +29,8 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_dadaptation(case, task):
     kwargs, second = CASES[case]
-
-    def params(m):
-        return m.parameters() if second is None else two_groups(m, **second)
-
-    ours = trajectory(lambda m: DAdaptAdaGrad(params(m), **kwargs), ours_scalars, steps=150, task=task)
-    ref = trajectory(
-        lambda m: dadaptation.DAdaptAdaGrad(params(m), **kwargs), ref_scalars, steps=150, task=task
+    ours, ref = package_pair(
+        DAdaptAdaGrad, dadaptation.DAdaptAdaGrad, kwargs, second, ref_scalars, task=task, steps=150
     )
     assert_same_trajectory(ours, ref)
     assert ours.scalars[-1]["d"] > 2 * kwargs.get("d0", 1e-6)  # d adapted

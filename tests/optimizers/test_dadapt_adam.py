@@ -5,26 +5,23 @@ from __future__ import annotations
 import dadaptation
 import pytest
 import torch
-import torch.distributed as dist
 
 from optimizers.dadapt_adam import DAdaptAdam
-from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
-
-
-def ours_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
-    return {k: v for k, v in opt.diagnostics().items() if k != "skipped_steps"}
+from tests.optimizers._dadapt_cases import (
+    package_bias_correction,
+    package_pair,
+    sharded_and_plain,
+    zero_gradient_first_step_pair,
+)
+from tests.optimizers.equivalence import assert_same_trajectory, mlp
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
     g = opt.param_groups[0]
-    beta1, beta2 = g["betas"]
-    bc = ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1)) if g["use_bias_correction"] else 1
-    return {"d": g["d"], "d_lr": g["d"] * max(group["lr"] for group in opt.param_groups) * bc}
-
-
-def two_groups(model: torch.nn.Module, **second) -> list[dict]:
-    ps = list(model.parameters())
-    return [{"params": ps[:2]}, {"params": ps[2:], **second}]
+    return {
+        "d": g["d"],
+        "d_lr": g["d"] * max(group["lr"] for group in opt.param_groups) * package_bias_correction(g),
+    }
 
 
 # name: (constructor kwargs, second-group overrides or None for one group)
@@ -47,12 +44,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_dadaptation(case, task):
     kwargs, second = CASES[case]
-
-    def params(m):
-        return m.parameters() if second is None else two_groups(m, **second)
-
-    ours = trajectory(lambda m: DAdaptAdam(params(m), **kwargs), ours_scalars, steps=120, task=task)
-    ref = trajectory(lambda m: dadaptation.DAdaptAdam(params(m), **kwargs), ref_scalars, steps=120, task=task)
+    ours, ref = package_pair(DAdaptAdam, dadaptation.DAdaptAdam, kwargs, second, ref_scalars, task=task)
     # Rounding chaos stays far below 1e-9 on these runs (measured ~1e-13), so no calibration is needed.
     assert_same_trajectory(ours, ref)
     assert ours.scalars[-1]["d"] > 2e-6  # d adapted: the comparison covers the D-Adaptation recursion
@@ -60,18 +52,7 @@ def test_matches_dadaptation(case, task):
 
 def test_zero_gradient_first_step_matches_package_early_return():
     """||s||_1 = 0: moments already updated, no move, k not incremented; then both go on identically."""
-    models = [mlp(), mlp()]
-    opts = [DAdaptAdam(models[0].parameters()), dadaptation.DAdaptAdam(models[1].parameters())]
-    x = torch.randn(8, 6, dtype=torch.float64)
-    for model, opt in zip(models, opts, strict=True):
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
-        opt.step()
-        assert opt.param_groups[0]["k"] == 0
-        for _ in range(5):
-            opt.zero_grad()
-            model(x).pow(2).mean().backward()
-            opt.step()
+    models, opts = zero_gradient_first_step_pair(DAdaptAdam, dadaptation.DAdaptAdam)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert opts[0].param_groups[0]["k"] == opts[1].param_groups[0]["k"] == 5
@@ -108,16 +89,8 @@ def test_diagnostics_include_bias_correction():
     assert diag["d_lr"] == pytest.approx(0.5 * diag["d"] * bc, rel=1e-15)
 
 
-@pytest.fixture
-def single_rank_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_group):
     """``fsdp_in_use=True`` runs the all-reduce of §10; with one rank it must change nothing."""
     kwargs = {"weight_decay": 1e-2}
-    sharded = trajectory(lambda m: DAdaptAdam(m.parameters(), fsdp_in_use=True, **kwargs), ours_scalars)
-    plain = trajectory(lambda m: DAdaptAdam(m.parameters(), **kwargs), ours_scalars)
+    sharded, plain = sharded_and_plain(DAdaptAdam, kwargs)
     assert_same_trajectory(sharded, plain, rtol=1e-15)

@@ -5,24 +5,15 @@ from __future__ import annotations
 import dadaptation
 import pytest
 import torch
-import torch.distributed as dist
 
 from optimizers.dadapt_sgd import DAdaptSGD
-from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
-
-
-def ours_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
-    return {k: v for k, v in opt.diagnostics().items() if k != "skipped_steps"}
+from tests.optimizers._dadapt_cases import package_pair, sharded_and_plain, two_groups
+from tests.optimizers.equivalence import assert_same_trajectory, mlp
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
     g = opt.param_groups[0]
     return {"d": g["d"], "d_lr": g["d"] * max(group["lr"] for group in opt.param_groups)}
-
-
-def two_groups(model: torch.nn.Module, **second) -> list[dict]:
-    ps = list(model.parameters())
-    return [{"params": ps[:2]}, {"params": ps[2:], **second}]
 
 
 # name: (constructor kwargs, second-group overrides or None for one group)
@@ -39,12 +30,7 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_dadaptation(case, task):
     kwargs, second = CASES[case]
-
-    def params(m):
-        return m.parameters() if second is None else two_groups(m, **second)
-
-    ours = trajectory(lambda m: DAdaptSGD(params(m), **kwargs), ours_scalars, steps=120, task=task)
-    ref = trajectory(lambda m: dadaptation.DAdaptSGD(params(m), **kwargs), ref_scalars, steps=120, task=task)
+    ours, ref = package_pair(DAdaptSGD, dadaptation.DAdaptSGD, kwargs, second, ref_scalars, task=task)
     assert_same_trajectory(ours, ref)
     assert ours.scalars[-1]["d"] > 2e-6  # d adapted: the comparison covers the D-Adaptation recursion
 
@@ -98,16 +84,8 @@ def test_diagnostics_names_and_values():
     assert diag["d_lr"] == 0.5 * diag["d"] == 0.5 * opt.param_groups[0]["d"]
 
 
-@pytest.fixture
-def single_rank_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_group):
     """``fsdp_in_use=True`` runs the all-reduce of §10; with one rank it must change nothing."""
     kwargs = {"momentum": 0.9}
-    sharded = trajectory(lambda m: DAdaptSGD(m.parameters(), fsdp_in_use=True, **kwargs), ours_scalars)
-    plain = trajectory(lambda m: DAdaptSGD(m.parameters(), **kwargs), ours_scalars)
+    sharded, plain = sharded_and_plain(DAdaptSGD, kwargs)
     assert_same_trajectory(sharded, plain, rtol=1e-15)

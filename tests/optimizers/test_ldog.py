@@ -8,7 +8,7 @@ import torch
 
 from optimizers.ldog import LDoG
 from tests.optimizers.equivalence import assert_same_trajectory, relative_gaps, trajectory
-from tests.optimizers.test_dog import _averaged_runs, groups_of
+from tests.optimizers.test_dog import CASES, _averaged_runs, groups_of  # the same cases as DoG
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -26,15 +26,6 @@ def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
 
 def our_scalars(opt: LDoG) -> dict[str, float]:
     return opt.diagnostics(per_tensor=True)
-
-
-CASES = {
-    "defaults": ({}, False, {}),
-    "weight_decay": ({"weight_decay": 1e-2}, False, {}),
-    "reps_rel_lr": ({"reps_rel": 1e-3, "lr": 0.8}, False, {}),
-    "init_eta": ({"init_eta": 1e-3}, False, {}),
-    "two_groups": ({"weight_decay": 1e-3}, True, {"weight_decay": 0.0, "reps_rel": 1e-4}),
-}
 
 
 @pytest.mark.parametrize("task", ["classification", "regression"])

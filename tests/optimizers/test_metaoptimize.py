@@ -27,14 +27,7 @@ INDEX = json.loads((REF / "index.json").read_text())["runs"] if (REF / "index.js
 ALG = {"adamw": "adamw", "adam": "adam", "lion": "lion", "sgdm": "sgdm", "rmsprop": "rmsprop"}
 
 
-@pytest.fixture(autouse=True)
-def _float64_single_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_single_thread")  # tests/optimizers/conftest.py
 
 
 # ----------------------------------------------------------------- reference problems

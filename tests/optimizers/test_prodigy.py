@@ -5,27 +5,26 @@ from __future__ import annotations
 import prodigyopt
 import pytest
 import torch
-import torch.distributed as dist
 
 from optimizers.prodigy import Prodigy
-from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
-
-
-def ours_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
-    return {k: v for k, v in opt.diagnostics().items() if k != "skipped_steps"}
+from tests.optimizers._dadapt_cases import (
+    package_bias_correction,
+    package_pair,
+    sharded_and_plain,
+    zero_gradient_first_step_pair,
+)
+from tests.optimizers.equivalence import assert_same_trajectory, mlp
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
     g = opt.param_groups[0]
-    beta1, beta2 = g["betas"]
-    bc = ((1 - beta2 ** (g["k"] + 1)) ** 0.5) / (1 - beta1 ** (g["k"] + 1)) if g["use_bias_correction"] else 1
     lr = max(group["lr"] for group in opt.param_groups)
-    return {"d": g["d"], "d_lr": g["d"] * lr * bc, "d_hat": g.get("d_hat", g["d"]), "d_max": g["d_max"]}
-
-
-def two_groups(model: torch.nn.Module, **second) -> list[dict]:
-    ps = list(model.parameters())
-    return [{"params": ps[:2]}, {"params": ps[2:], **second}]
+    return {
+        "d": g["d"],
+        "d_lr": g["d"] * lr * package_bias_correction(g),
+        "d_hat": g.get("d_hat", g["d"]),
+        "d_max": g["d_max"],
+    }
 
 
 # name: (constructor kwargs, second-group overrides or None for one group)
@@ -48,30 +47,14 @@ CASES = {
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_matches_prodigyopt(case, task):
     kwargs, second = CASES[case]
-
-    def params(m):
-        return m.parameters() if second is None else two_groups(m, **second)
-
-    ours = trajectory(lambda m: Prodigy(params(m), **kwargs), ours_scalars, steps=120, task=task)
-    ref = trajectory(lambda m: prodigyopt.Prodigy(params(m), **kwargs), ref_scalars, steps=120, task=task)
+    ours, ref = package_pair(Prodigy, prodigyopt.Prodigy, kwargs, second, ref_scalars, task=task)
     assert_same_trajectory(ours, ref)
     assert ours.scalars[-1]["d"] > 2 * kwargs.get("d0", 1e-6)  # d adapted
 
 
 def test_zero_gradient_first_step_matches_package_early_return():
     """sum ||s||_1 = 0: moments already updated, no move, k not incremented; then both go on identically."""
-    models = [mlp(), mlp()]
-    opts = [Prodigy(models[0].parameters()), prodigyopt.Prodigy(models[1].parameters())]
-    x = torch.randn(8, 6, dtype=torch.float64)
-    for model, opt in zip(models, opts, strict=True):
-        for p in model.parameters():
-            p.grad = torch.zeros_like(p)
-        opt.step()
-        assert opt.param_groups[0]["k"] == 0
-        for _ in range(5):
-            opt.zero_grad()
-            model(x).pow(2).mean().backward()
-            opt.step()
+    models, opts = zero_gradient_first_step_pair(Prodigy, prodigyopt.Prodigy)
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
     assert opts[0].param_groups[0]["k"] == opts[1].param_groups[0]["k"] == 5
@@ -115,16 +98,8 @@ def test_diagnostics_names():
     assert set(opt.diagnostics()) == {"d", "d_lr", "d_hat", "d_max", "skipped_steps"}
 
 
-@pytest.fixture
-def single_rank_process_group(tmp_path):
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
-    yield
-    dist.destroy_process_group()
-
-
 def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_group):
     """``fsdp_in_use=True`` runs the all-reduce of §10; with one rank it must change nothing."""
     kwargs = {"weight_decay": 1e-2}
-    sharded = trajectory(lambda m: Prodigy(m.parameters(), fsdp_in_use=True, **kwargs), ours_scalars)
-    plain = trajectory(lambda m: Prodigy(m.parameters(), **kwargs), ours_scalars)
+    sharded, plain = sharded_and_plain(Prodigy, kwargs)
     assert_same_trajectory(sharded, plain, rtol=1e-15)

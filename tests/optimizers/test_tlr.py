@@ -26,14 +26,7 @@ XSTAR = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _float64_single_thread():
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("float64_single_thread")  # tests/optimizers/conftest.py
 
 
 def noise(t: int, i: int, shape: tuple[int, ...]) -> torch.Tensor:
