@@ -1,6 +1,7 @@
 """``lrbench-collect``: one pandas DataFrame (and Parquet file) with one row per run of a results folder.
 
-Columns: experiment, run_id, task, dataset, optimizer, lr, seed, status, diverged_step, error,
+Columns: experiment, run_id, task, dataset, optimizer (the config choice, e.g. ``mechanic_adam``), lr, seed,
+status, diverged_step, error,
 ``final_<split>/<metric>`` and ``best_<split>/<metric>`` for every metric of any run, steps, epochs_done,
 wall_s, steps_per_s, schedule, git_sha, git_dirty, device, config_hash, run_dir.
 """
@@ -54,7 +55,7 @@ def _row(summary_path: Path) -> dict[str, Any]:
         "run_id": summary.get("run_id", run_dir.name),
         "task": summary.get("task"),
         "dataset": summary.get("dataset"),
-        "optimizer": summary.get("optimizer"),
+        "optimizer": summary.get("optimizer_config") or summary.get("optimizer"),
         "lr": base_lr(cfg.get("optimizer", {})),
         "seed": summary.get("seed"),
         "status": summary.get("status"),

@@ -74,10 +74,19 @@ def _identity(cfg: DictConfig, container: dict[str, Any], run_dir: Path) -> dict
         "task": container["task"]["name"],
         "dataset": container["task"].get("dataset"),
         "optimizer": container["optimizer"]["name"],
+        "optimizer_config": _optimizer_choice(container),
         "seed": container["seed"],
         "config_hash": store.config_hash(container),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
     }
+
+
+def _optimizer_choice(container: dict[str, Any]) -> str:
+    """The ``configs/optimizer/<choice>.yaml`` the run composed (``mechanic_adam``; several configs may
+    build one registered class), else the registered name."""
+    hc = _hydra()
+    choice = hc.runtime.choices.get("optimizer") if hc is not None else None
+    return str(choice) if choice else str(container["optimizer"]["name"])
 
 
 def _now() -> str:

@@ -45,3 +45,11 @@ def test_collect_rows_columns_and_parquet(tmp_path, capsys):
     main([str(tmp_path)])
     assert "3 runs" in capsys.readouterr().out and (tmp_path / "runs.parquet").exists()
     assert collect(tmp_path / "nothing").empty
+
+
+def test_optimizer_column_is_the_config_choice(tmp_path):
+    """Two configs that build one registered class (Mechanic over SGD / over Adam) stay apart."""
+    for choice in ("mechanic_sgd", "mechanic_adam"):
+        run_inproc(tmp_path, f"optimizer={choice}", "max_steps=3")
+    df = collect(tmp_path)
+    assert sorted(df["optimizer"]) == ["mechanic_adam", "mechanic_sgd"]

@@ -1,0 +1,124 @@
+"""Fetch the data of the LIBSVM logistic-regression suite (Table 1) into ``data/``.
+
+    python scripts/download_data.py embedded   # Debian r-cran-mlbench -> data/mlbench (apt, no network else)
+    python scripts/download_data.py libsvm     # LIBSVM's files -> data/libsvm (needs the LIBSVM site)
+    python scripts/download_data.py status     # which source each of the 12 problems would read
+
+``embedded`` runs ``apt-get download r-cran-mlbench`` and ``dpkg-deb -x`` (no R, no root install). Where
+apt is unavailable it says which problems stay missing and exits 0 (``--strict``: exit 1), so ``make data``
+never blocks the rest. Iris and Wine need nothing: they ship inside scikit-learn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import lzma
+import shutil
+import subprocess
+import sys
+import tempfile
+import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tasks._libsvm_data import DATASETS, LIBSVM_URL, MLBENCH_SUBDIR, availability, mlbench_dir  # noqa: E402
+
+MLBENCH_SETS = [k for k, s in DATASETS.items() if s.embedded and s.embedded.startswith("mlbench")]
+
+
+def _apt_download(workdir: Path) -> Path:
+    """``apt-get download r-cran-mlbench`` into ``workdir`` (one ``apt-get update`` retry)."""
+    cmd = ["apt-get", "download", "r-cran-mlbench"]
+    run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    if run.returncode != 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
+        run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
+    debs = sorted(workdir.glob("r-cran-mlbench_*.deb"))
+    if run.returncode != 0 or not debs:
+        raise RuntimeError(f"`{' '.join(cmd)}` failed: {(run.stderr or run.stdout).strip()[-400:]}")
+    return debs[-1]
+
+
+def fetch_embedded(root: Path, strict: bool = False) -> int:
+    """Unpack Debian's r-cran-mlbench into ``<root>/mlbench`` unless mlbench's data are already there."""
+    have = mlbench_dir(root)
+    if have is not None:
+        print(f"embedded: mlbench data present in {have}")
+        return 0
+    try:
+        if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+            raise RuntimeError("apt-get/dpkg-deb not found (not a Debian-like system)")
+        with tempfile.TemporaryDirectory() as tmp:
+            deb = _apt_download(Path(tmp))
+            (root / "mlbench").mkdir(parents=True, exist_ok=True)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "mlbench")], check=True)
+            shutil.copy2(deb, root / deb.name)
+        print(f"embedded: unpacked {deb.name} into {root / MLBENCH_SUBDIR}")
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as err:
+        names = ", ".join(DATASETS[k].name for k in MLBENCH_SETS)
+        print(f"WARNING: embedded data not fetched: {err}", file=sys.stderr)
+        print(
+            f"WARNING: missing datasets: {names} (Iris and Wine come with scikit-learn and are available). "
+            f"Their Table 1 rows will say 'not run'. Fix: install apt, or put LIBSVM's files in "
+            f"{root / 'libsvm'} (python scripts/download_data.py libsvm).",
+            file=sys.stderr,
+        )
+        return 1 if strict else 0
+
+
+def fetch_libsvm(root: Path, names: list[str], strict: bool = True) -> int:
+    """Download LIBSVM's training files (decompressing ``.bz2``/``.xz``) into ``<root>/libsvm``."""
+    out, failed = root / "libsvm", []
+    out.mkdir(parents=True, exist_ok=True)
+    for key in names or list(DATASETS):
+        spec = DATASETS[key.lower()]
+        dest = out / spec.file
+        if dest.is_file():
+            print(f"libsvm: {dest} present")
+            continue
+        url = LIBSVM_URL + spec.remote
+        try:
+            with urllib.request.urlopen(url, timeout=60) as resp:
+                raw = resp.read()
+            if spec.remote.endswith(".bz2"):
+                raw = bz2.decompress(raw)
+            elif spec.remote.endswith(".xz"):
+                raw = lzma.decompress(raw)
+            tmp = dest.with_suffix(dest.suffix + ".part")
+            tmp.write_bytes(raw)
+            tmp.replace(dest)
+            print(f"libsvm: {url} -> {dest} ({len(raw)} bytes)")
+        except OSError as err:
+            failed.append(spec.name)
+            print(f"libsvm: FAILED {url}: {err}", file=sys.stderr)
+    if failed:
+        print(f"libsvm: not fetched: {', '.join(failed)} (no network to the LIBSVM site?)", file=sys.stderr)
+    return 1 if failed and strict else 0
+
+
+def status(root: Path) -> int:
+    for key, kind in availability(root).items():
+        print(f"{DATASETS[key].name:12s} {kind or 'MISSING'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["embedded", "libsvm", "status"])
+    ap.add_argument("names", nargs="*", help="libsvm: only these problems (default: all 12)")
+    ap.add_argument("--root", default="data", help="data folder (task.root)")
+    ap.add_argument("--strict", action="store_true", help="embedded: exit 1 when apt is unavailable")
+    args = ap.parse_args(argv)
+    root = Path(args.root)
+    if args.what == "embedded":
+        return fetch_embedded(root, args.strict)
+    if args.what == "libsvm":
+        return fetch_libsvm(root, args.names)
+    return status(root)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

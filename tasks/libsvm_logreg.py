@@ -1,0 +1,76 @@
+"""Multinomial logistic regression on a LIBSVM problem (D-Adaptation Fig. 2 / App. Table 3; Mechanic Fig. 4).
+
+One linear layer and cross-entropy. The whole training set lives in two tensors; an epoch is the
+slices of one permutation drawn from ``(seed, epoch)`` (the last batch may be short, as a DataLoader
+without ``drop_last`` gives). The paper's metric is the final *training* accuracy, so
+:meth:`evaluate` scores the full training set. Data come from :mod:`tasks._libsvm_data`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tasks._libsvm_data import resolve
+from tasks.base import Task, register_task
+
+
+@register_task("libsvm_logreg")
+class LibsvmLogReg(Task):
+    """``task=libsvm_logreg task.dataset=<Iris|Wine|Glass|...>``; see ``configs/task/libsvm_logreg.yaml``."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+        dataset: str = "iris",
+        root: str | Path = "data",
+        source: str = "auto",
+        batch_size: int = 16,
+        epochs: int = 100,
+    ) -> None:
+        super().__init__(seed=seed, device=device)
+        if batch_size < 1:
+            raise ValueError(f"task.batch_size={batch_size} must be >= 1")
+        if epochs < 1:
+            raise ValueError(f"task.epochs={epochs} must be >= 1")
+        loaded = resolve(dataset, root, source)
+        self.x = torch.as_tensor(loaded.x, device=self.device)
+        self.y = torch.as_tensor(loaded.y, device=self.device)
+        self.num_classes = int(self.y.max().item()) + 1
+        self.batch_size, self.epochs = batch_size, epochs
+        self._source = loaded.source
+
+    def build_model(self) -> torch.nn.Module:
+        return torch.nn.Linear(self.x.shape[1], self.num_classes).to(self.device)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        perm = torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+        xp, yp = self.x[perm], self.y[perm]  # one gather per epoch; batches are views
+        for i in range(0, xp.shape[0], self.batch_size):
+            yield xp[i : i + self.batch_size], yp[i : i + self.batch_size]
+
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x, y = batch
+        return F.cross_entropy(model(x), y)
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        logits = model(self.x).float()
+        loss = F.cross_entropy(logits, self.y).item()
+        acc = (logits.argmax(dim=1) == self.y).float().mean().item() * 100.0
+        return {"train/accuracy": acc, "train/loss": loss}
+
+    @property
+    def data_source(self) -> dict[str, Any]:
+        return dict(self._source)

@@ -1,0 +1,100 @@
+"""runners/reports/table1.py and scripts/reproduce_table1.py: the Table 1 pipeline end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runners.reports import table1
+from scripts import reproduce_table1
+
+REPO = Path(__file__).resolve().parents[3]
+pytestmark = pytest.mark.skipif(
+    not table1.PAPER_CSV.is_file(), reason=f"paper CSV missing: {table1.PAPER_CSV}"
+)
+
+
+def _fake_run(
+    root: Path, ds: str, opt: str, lr: float, seed: int, acc: float, status: str = "completed"
+) -> dict:
+    run_dir = root / f"{ds}-{opt}-{lr}-{seed}"
+    run_dir.mkdir(parents=True)
+    recs = [
+        {"step": 10 * e, "epoch": float(e), "split": "train", "name": "accuracy", "value": acc - 5 + e}
+        for e in range(6)
+    ]
+    recs += [
+        {"step": 10 * e, "epoch": float(e), "split": "opt", "name": "d_lr", "value": 1e-6 * 10**e}
+        for e in range(6)
+    ]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    final = acc if status == "completed" else None
+    return {"dataset": ds, "optimizer": opt, "lr": lr, "seed": seed, "status": status,
+            "final_train/accuracy": final, "run_dir": str(run_dir)}  # fmt: skip
+
+
+def test_table_from_synthetic_runs(tmp_path: Path) -> None:
+    rows = []
+    for seed, jitter in enumerate((0.0, 0.2)):
+        rows += [_fake_run(tmp_path, "iris", "adam", 1e-2, seed, 90 + jitter)]
+        rows += [_fake_run(tmp_path, "iris", "adam", 1e-1, seed, 97 + jitter)]  # best mean
+        rows += [_fake_run(tmp_path, "iris", "adam", 1.0, seed, 99.0, "diverged" if seed else "completed")]
+        rows += [_fake_run(tmp_path, "iris", "dadapt_adam", 1.0, seed, 98.5 + jitter)]  # paper 98.6 ± 0.00
+        rows += [_fake_run(tmp_path, "wine", "dadapt_adam", 1.0, seed, 90.0 + jitter)]  # paper 100.0
+        rows += [_fake_run(tmp_path, "wine", "sgd", 0.1, seed, 95.0)]
+    df = pd.DataFrame(rows)
+    table = table1.report(df, tmp_path / "out", sources={"iris": "embedded-sklearn"})
+    assert list(table["dataset"]) == [s.name for s in table1.DATASETS.values()]  # all 12, paper order
+    t = table.set_index("dataset")
+    assert t.loc["Iris", "Adam (grid)"] == "97.1 ± 0.10 (lr 1e-01)"  # lr 1.0 lost a seed: not eligible
+    assert t.loc["Iris", "D-Adapt Adam"] == "98.6 ± 0.10"
+    assert t.loc["Iris", "verdict"] == "reproduced" and t.loc["Wine", "verdict"] == "differs"
+    assert t.loc["Wine", "Adam (grid)"] == "not run" and t.loc["Wine", "SGD (grid)"].startswith("95.0 ± 0.00")
+    assert (
+        set(t["verdict"]) <= set(table1.VERDICTS) and (t.drop(["Iris", "Wine"])["verdict"] == "not run").all()
+    )
+    assert t.loc["USPS", "note"] == f"fetch: {table1.FETCH_LIBSVM}"
+    assert (
+        t.loc["Iris", "paper D-Adapt Adam"] == "98.6 ± 0.00"
+        and t.loc["Letter", "paper Adam (grid)"] == "77.8 ± 0.01"
+    )
+    for suffix in ("md", "csv", "tex"):
+        assert (tmp_path / "out" / "tables" / f"table1.{suffix}").stat().st_size > 0
+    assert "reproduced" in (tmp_path / "out" / "tables" / "table1.tex").read_text()
+    for fig in ("table1_curves.png", "table1_scales.png"):
+        assert (tmp_path / "out" / "figures" / fig).stat().st_size > 10_000
+
+
+def test_verdict_rule() -> None:
+    assert table1.verdict(77.0, 0.1, 77.4, 0.15) == "reproduced"  # 0.4 <= 2*0.18 + 0.5
+    assert table1.verdict(76.0, 0.1, 77.4, 0.15) == "differs"
+    assert table1.verdict(float("nan"), 0.0, 77.4, 0.15) == "not run"
+
+
+def _summaries(results: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in (results / "runs").rglob("summary.json")}
+
+
+def test_pipeline_on_iris_and_wine_then_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """2 epochs, 1 seed, Adam (2-point grid) and D-Adapt Adam through the runner; a rerun trains nothing."""
+    args = ["--datasets", "iris,wine", "--seeds", "1", "--jobs", "1", "--results", str(tmp_path)]
+    args += ["--grid-adam", "1e-2,1e-1", "--data", str(REPO / "data"), "--no-figures", "task.epochs=2"]
+    assert reproduce_table1.main([*args, "--optimizers", "adam,dadapt_adam"]) == 0
+    out = capsys.readouterr().out
+    assert "6 runs collected {'completed': 6}" in out and "Table 1" in out
+    table = pd.read_csv(tmp_path / "tables" / "table1.csv").set_index("dataset")
+    for ds in ("Iris", "Wine"):
+        for col in ("Adam (grid)", "D-Adapt Adam", "paper Adam (grid)", "paper D-Adapt Adam"):
+            assert " ± " in table.loc[ds, col], (ds, col, table.loc[ds, col])
+        assert table.loc[ds, "verdict"] in ("reproduced", "differs")
+    assert (tmp_path / "tables" / "table1.md").is_file() and (tmp_path / "tables" / "table1.tex").is_file()
+
+    before = _summaries(tmp_path)
+    assert len(before) == 6
+    assert reproduce_table1.main([*args, "--optimizers", "dadapt_adam"]) == 0
+    assert _summaries(tmp_path) == before  # no run trained or rewritten
+    log = (tmp_path / "logs" / "table1_runs.log").read_text()
+    assert log.count("already completed") == 2
