@@ -71,9 +71,15 @@ def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[to
 
 
 def host_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
-    """0-dim tensors as Python floats (float64), with a single host sync for the whole list."""
+    """0-dim tensors as Python floats (float64), with a single host sync for the whole list.
+
+    Stacked in their own dtype when they share one (every float dtype converts to a Python float
+    exactly), else each is cast to float64 first.
+    """
     if not tensors:
         return []
+    if all(t.dtype == tensors[0].dtype for t in tensors):
+        return torch.stack(list(tensors)).tolist()
     return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
 
 

@@ -37,7 +37,7 @@ implementations recompute Delta by default (``store_delta=False``); mechanic-pyt
 ``store_delta=True``. With parameters whose grad is None, Mechanic does as mechanic-pytorch: they are left
 out of h and of the norms and are not reset to ``x_ref + S Delta``.
 
-State: ``state["mechanic"]`` holds the tuner vectors ``s, m, v, r`` (float64, CPU), ``step`` and
+State: ``state["mechanic"]`` holds the tuner vectors ``s, m, v, r`` (lists of Python floats), ``step`` and
 ``skipped_steps``; ``state[p]`` holds ``x_ref`` (and ``delta`` with ``store_delta``). ``state_dict()``
 holds this and the base optimizer's full ``state_dict()``, so a checkpoint resumes bit-identically
 (mechanic-pytorch's does not, specs §1.3).
@@ -54,6 +54,7 @@ scalars updated on the CPU.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -66,7 +67,9 @@ from optimizers._common import (
     check_nonnegative,
     check_positive,
     closure_loss,
+    foreach_dot,
     grads_with_params,
+    host_floats,
     skip_if_nonfinite,
 )
 from optimizers.registry import build, register
@@ -89,22 +92,21 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_p <a_p, b_p>`` over the lists, as a float64 0-dim tensor (no host sync).
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per-tensor ``<a_p, b_p>`` as 0-dim tensors (no host sync).
 
     On accelerators one ``_foreach_mm`` of (1, n) by (n, 1) views; on the CPU, where that path is several
     times slower than BLAS ``dot``, one ``torch.dot`` per tensor.
     """
     if a and a[0].device.type == "cpu":
-        prods = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
-    else:
-        prods = torch._foreach_mm([x.reshape(1, -1) for x in a], [y.reshape(-1, 1) for y in b])
-    return torch.stack([q.reshape(()).to(torch.float64) for q in prods]).sum()
+        return foreach_dot(a, b)
+    prods = torch._foreach_mm([x.reshape(1, -1) for x in a], [y.reshape(-1, 1) for y in b])
+    return [q.reshape(()) for q in prods]
 
 
-def _sq_norm(a: list[torch.Tensor]) -> torch.Tensor:
-    """``sum_p ||a_p||^2`` as a float64 0-dim tensor."""
-    return torch.stack([q.to(torch.float64) for q in torch._foreach_powsum(a, 2)]).sum()
+def _sums(per_tensor: list[float], n: int) -> list[float]:
+    """Consecutive runs of ``n`` per-tensor values, each run summed (float64, on the host)."""
+    return [sum(per_tensor[i : i + n]) for i in range(0, len(per_tensor), n)]
 
 
 @register("mechanic")
@@ -152,17 +154,17 @@ class Mechanic(torch.optim.Optimizer):
         self.param_groups = base_optimizer.param_groups  # the same list: schedulers scale the base lr
         self.defaults = base_optimizer.defaults
         self.s_decay, self.s_init, self.eps = float(s_decay), float(s_init), float(eps)
-        self.betas = torch.tensor([float(b) for b in betas], dtype=torch.float64)
+        self._betas = [float(b) for b in betas]
         self.store_delta = bool(store_delta)
         self.m_init, self.eps_in_m = float(opts["m_init"]), bool(opts["eps_in_m"])
         self.clip_h, self.decay_weights = bool(opts["clip_h"]), opts["decay_weights"]
         self.keep_negative_r = bool(opts["keep_negative_r"])
         n = len(betas)
         self.state["mechanic"] = {
-            "s": torch.zeros(n, dtype=torch.float64),
-            "m": torch.full((n,), self.m_init, dtype=torch.float64),
-            "v": torch.zeros(n, dtype=torch.float64),
-            "r": torch.zeros(n, dtype=torch.float64),
+            "s": [0.0] * n,
+            "m": [self.m_init] * n,
+            "v": [0.0] * n,
+            "r": [0.0] * n,
             "step": 0,
             "skipped_steps": 0.0,
         }
@@ -190,7 +192,7 @@ class Mechanic(torch.optim.Optimizer):
             if self.store_delta:
                 self.state[p]["delta"] = torch.zeros_like(p)
         x_refs = [self.state[p]["x_ref"] for p in params]
-        s_sum = float(tuner["s"].sum())
+        s_sum = sum(tuner["s"])
         if self.store_delta:
             deltas = [self.state[p]["delta"] for p in params]
         else:  # line 2: Delta_t = (x_t - x_ref) / (S_t + eps)
@@ -198,10 +200,11 @@ class Mechanic(torch.optim.Optimizer):
             torch._foreach_copy_(deltas, params)
             torch._foreach_sub_(deltas, x_refs)
             torch._foreach_div_(deltas, s_sum + self.eps)
-        stats = [_sq_norm(grads), _dots(deltas, grads)]
+        # line 4's four sums, per tensor, all fetched in one host sync and summed in float64 on the host
+        parts = [torch._foreach_powsum(grads, 2), _dots(deltas, grads)]
         if self.decay_weights == "pre":
-            stats += [_sq_norm(params), _dots(deltas, params)]
-        values = torch.stack(stats).tolist()  # host sync 1
+            parts += [torch._foreach_powsum(params, 2), _dots(deltas, params)]
+        values = _sums(host_floats([q for part in parts for q in part]), len(params))
         if not all(math.isfinite(v) for v in values):
             tuner["skipped_steps"] += 1.0
             return loss
@@ -210,7 +213,8 @@ class Mechanic(torch.optim.Optimizer):
 
         self.base.step(self._replay(closure, loss))  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
-            values += torch.stack([_sq_norm(params), _dots(deltas, params)]).tolist()  # host sync 2
+            post = [*torch._foreach_powsum(params, 2), *_dots(deltas, params)]
+            values += _sums(host_floats(post), len(params))  # host sync 2
         g_sq, delta_g, y_sq, delta_y = values
         # line 4: h = <Delta_t, g + s_decay * S * ||g|| / (||y|| + eps) * y>
         h = delta_g + self.s_decay * s_sum * math.sqrt(g_sq) / (math.sqrt(y_sq) + self.eps) * delta_y
@@ -219,7 +223,7 @@ class Mechanic(torch.optim.Optimizer):
         torch._foreach_sub_(x_t, params)
         torch._foreach_sub_(deltas, x_t)
         # line 6: x_{t+1} = x_ref + S_{t+1} * Delta_{t+1}
-        scale = max(float(tuner["s"].sum()), 0.0)
+        scale = max(sum(tuner["s"]), 0.0)
         torch._foreach_copy_(params, deltas)
         torch._foreach_mul_(params, scale)
         torch._foreach_add_(params, x_refs)
@@ -261,18 +265,22 @@ class Mechanic(torch.optim.Optimizer):
         return replay
 
     def _tune(self, h: float) -> None:
-        """Line 5: the n TUNER copies (float64 vectors on the CPU)."""
-        t, betas = self.state["mechanic"], self.betas
-        m_prev, s = t["m"], t["s"]
-        h_t = torch.tensor(h, dtype=torch.float64)
-        reward_h = torch.clamp(h_t, -m_prev, m_prev) if self.clip_h else h_t
-        m = torch.maximum(betas * m_prev, h_t.abs() + self.eps if self.eps_in_m else h_t.abs())
-        v = betas**2 * t["v"] + h_t.square()
-        r = betas * t["r"] - s * reward_h
-        r_pos = torch.clamp(r, min=0.0)
-        wealth = m * self.s_init / len(betas) + r_pos
-        t["m"], t["v"], t["r"] = m, v, r if self.keep_negative_r else r_pos
-        t["s"] = wealth / (v.sqrt() + self.eps)
+        """Line 5: the n TUNER copies, as lists of Python floats (float64; n is ~6, so host arithmetic,
+        the same IEEE operations as a tensor form without a dozen tiny tensor ops per step)."""
+        t, n = self.state["mechanic"], len(self._betas)
+        habs = abs(h) + self.eps if self.eps_in_m else abs(h)
+        m, v, r, s = [], [], [], []
+        for b, m_prev, v_prev, r_prev, s_prev in zip(
+            self._betas, t["m"], t["v"], t["r"], t["s"], strict=True
+        ):
+            reward_h = min(max(h, -m_prev), m_prev) if self.clip_h else h
+            m.append(max(b * m_prev, habs))
+            v.append(b * b * v_prev + h * h)
+            r_new = b * r_prev - s_prev * reward_h
+            r_pos = max(r_new, 0.0)
+            r.append(r_new if self.keep_negative_r else r_pos)
+            s.append((m[-1] * self.s_init / n + r_pos) / (math.sqrt(v[-1]) + self.eps))
+        t["m"], t["v"], t["r"], t["s"] = m, v, r, s
 
     # ------------------------------------------------------------------ state and logging
     def _index(self) -> dict[int, int]:
@@ -282,14 +290,15 @@ class Mechanic(torch.optim.Optimizer):
         """The base optimizer's state dict, the tuner state, and each parameter's x_ref (and Delta)."""
         index = self._index()
         per_param = {index[id(p)]: dict(st) for p, st in self.state.items() if isinstance(p, torch.Tensor)}
-        return {"base": self.base.state_dict(), "mechanic": dict(self.state["mechanic"]), "params": per_param}
+        tuner = {k: copy.copy(v) for k, v in self.state["mechanic"].items()}
+        return {"base": self.base.state_dict(), "mechanic": tuner, "params": per_param}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.base.load_state_dict(state_dict["base"])
         self.param_groups = self.base.param_groups  # load_state_dict rebuilt the base's list
         tuner = state_dict["mechanic"]
-        self.state["mechanic"] = {
-            k: v.detach().clone().to(torch.float64) if isinstance(v, torch.Tensor) else v
+        self.state["mechanic"] = {  # tensors (checkpoints written before the tuner moved to lists)
+            k: v.detach().to(torch.float64).tolist() if isinstance(v, torch.Tensor) else copy.copy(v)
             for k, v in tuner.items()
         }
         params = [p for g in self.param_groups for p in g["params"]]
@@ -302,4 +311,4 @@ class Mechanic(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         """``s``: the learned scale ``sum_i s_i`` (specs §8), and the skip counter."""
         t = self.state["mechanic"]
-        return {"s": float(t["s"].sum()), "skipped_steps": float(t["skipped_steps"])}
+        return {"s": float(sum(t["s"])), "skipped_steps": float(t["skipped_steps"])}

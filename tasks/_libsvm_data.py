@@ -18,6 +18,7 @@ the shapes, so a run never swaps data silently.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import warnings
 from dataclasses import dataclass, field
@@ -184,10 +185,9 @@ def resolve(dataset: str, root: str | Path, source: str = "auto") -> Loaded:
 
     ``source``: ``"libsvm"`` (LIBSVM's file only), ``"embedded"`` (embedded copy only) or ``"auto"``
     (LIBSVM's file if present, else the embedded copy). Raises ``DatasetMissingError`` naming the path
-    and the fetch command when neither is there.
+    and the fetch command when neither is there. Loads are memoised in the process while the files
+    read are unchanged (each call returns its own copy).
     """
-    from tasks.base import DatasetMissingError
-
     key = dataset.lower()
     if key not in DATASETS:
         raise ValueError(f"task.dataset={dataset!r} is not one of {sorted(DATASETS)}")
@@ -195,6 +195,36 @@ def resolve(dataset: str, root: str | Path, source: str = "auto") -> Loaded:
         raise ValueError(f"task.source={source!r} is not one of ['auto', 'embedded', 'libsvm']")
     spec, root = DATASETS[key], Path(root)
     path = root / "libsvm" / spec.file
+    memo_key = (key, str(root.resolve()), source, path.is_file())
+    hit = _MEMO.get(memo_key)
+    if hit is not None and hit[0] == _stats(hit[1].source):
+        return _copy(hit[1])
+    loaded = _resolve_uncached(spec, root, path, source)
+    _MEMO[memo_key] = (_stats(loaded.source), loaded)
+    return _copy(loaded)
+
+
+#: (dataset, root, source, LIBSVM file present) -> (stats of the files read, Loaded): a sweep worker runs
+#: many runs of one problem, and parsing + hashing the files again costs more than a short run's setup
+_MEMO: dict[tuple[str, str, str, bool], tuple[list[tuple[int, int]], Loaded]] = {}
+
+
+def _stats(source: dict[str, Any]) -> list[tuple[int, int]]:
+    """(size, mtime) of every file a load read: a changed file invalidates the memo."""
+    out = []
+    for f in source["files"]:
+        st = Path(f["path"]).stat()
+        out.append((st.st_size, st.st_mtime_ns))
+    return out
+
+
+def _copy(loaded: Loaded) -> Loaded:
+    return Loaded(x=loaded.x.copy(), y=loaded.y.copy(), source=copy.deepcopy(loaded.source))
+
+
+def _resolve_uncached(spec: Spec, root: Path, path: Path, source: str) -> Loaded:
+    from tasks.base import DatasetMissingError
+
     if source in ("auto", "libsvm") and path.is_file():
         return load_libsvm_file(spec, path)
     if source in ("auto", "embedded") and spec.embedded is not None:

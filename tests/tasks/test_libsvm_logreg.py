@@ -64,6 +64,19 @@ def test_svmlight_file_loader(tmp_path: Path) -> None:
     assert resolve("iris", tmp_path, "embedded").source["kind"] == "embedded-sklearn"
 
 
+def test_memoised_load_sees_a_changed_or_new_file(tmp_path: Path) -> None:
+    """A sweep worker reuses a load, but never a stale one: a rewritten file or a new LIBSVM file is read."""
+    assert resolve("iris", tmp_path, "auto").source["kind"] == "embedded-sklearn"
+    path = _fixture(tmp_path)
+    first = resolve("iris", tmp_path, "auto")
+    assert first.source["kind"] == "libsvm-file" and first.x.shape == (5, 4)
+    first.x[:] = 7.0  # the caller's copy: the memo is not touched
+    assert resolve("iris", tmp_path, "auto").x[0, 0] == -1.0
+    path.write_text(FIXTURE + "3 1:0.5 2:0.5\n")
+    again = resolve("iris", tmp_path, "auto")
+    assert again.x.shape == (6, 4) and again.source["rows"] == 6
+
+
 def test_missing_dataset_names_path_and_command(tmp_path: Path) -> None:
     with pytest.raises(DatasetMissingError) as err:
         LibsvmLogReg(seed=0, dataset="usps", root=tmp_path)
