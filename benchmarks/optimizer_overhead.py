@@ -12,7 +12,7 @@ Issue 4, "Speed". Two tables, both measured side by side in one process, on one 
 Every config under ``configs/optimizer/`` is benchmarked through ``optimizers.build``; the methods
 the issue names but that are not registered (or fail to build) are listed as missing.
 
-Run: ``python -m benchmarks.optimizer_overhead [--repeats 5] [--threads N] [--quick]``.
+Run: ``python -m benchmarks.optimizer_overhead [--repeats 5] [--threads N] [--quick] [--only a,b]``.
 """
 
 from __future__ import annotations
@@ -365,7 +365,7 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
             rows.append(Row(label, cfg, ours, floor, ref_label, ref_factory))
     if any(r.cfg["name"] == "adamw" for r in rows):
         cfg = next(r.cfg for r in rows if r.cfg["name"] == "adamw")
-        fused = {k: v for k, v in cfg.items() if k != "name"}
+        fused = {k: v for k, v in cfg.items() if k not in ("name", "fused")}
         rows.append(
             Row("adamw (fused)", cfg, False, _adam(cfg), "torch AdamW(fused=True)", _fused_adamw(fused))
         )
@@ -575,11 +575,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved rounds (median over them)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch threads")
     parser.add_argument("--quick", action="store_true", help="3 rounds, one call per round")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated row labels to time (e.g. dadapt_adam,prodigy); the AdamW rows are always kept",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     rounds, inner = (3, 1) if args.quick else (args.repeats, 3)
     rows, missing = discover()
+    if args.only:
+        keep = set(args.only.split(","))
+        rows = [r for r in rows if r.label in keep or r.cfg["name"] == "adamw"]
     n = numel(SIZES)
     print(f"# optimizer overhead: MLP {'-'.join(map(str, SIZES))} ({n / 1e6:.2f}M params, float32), CPU")
     print(f"torch {torch.__version__}, {args.threads} threads, {rounds} interleaved rounds x {inner} calls")

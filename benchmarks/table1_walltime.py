@@ -22,14 +22,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
 from runners.reports.table1 import GRID, OPTIMIZERS  # noqa: E402
-from scripts.reproduce_table1 import GRID_LRS, plan  # noqa: E402
+from scripts.reproduce_table1 import EXTRA, GRID_LRS, plan  # noqa: E402
 from tasks._libsvm_data import DATASETS  # noqa: E402
 from tasks.libsvm_logreg import LibsvmLogReg  # noqa: E402
 
@@ -56,8 +56,10 @@ def measure(data: str, names: list[str], steps: int, rounds: int) -> dict[str, f
     cfgs = {"sgd (plain)": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}}
     for n in names:
         f = REPO / "configs" / "optimizer" / f"{n}.yaml"
-        if f.is_file():
-            cfgs[n] = yaml.safe_load(f.read_text())
+        if f.is_file():  # the config as the job runs it: with the job's protocol overrides
+            extra = [o.removeprefix("optimizer.") for o in EXTRA.get(n, [])]
+            merged = OmegaConf.merge(OmegaConf.load(f), OmegaConf.from_dotlist(extra))
+            cfgs[n] = OmegaConf.to_container(merged)
     rates: dict[str, list[float]] = {k: [] for k in cfgs}
     for _ in range(rounds):
         for k, cfg in cfgs.items():
