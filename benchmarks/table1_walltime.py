@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     est, runs, steps = estimate(rates, args.data, args.seeds, args.jobs)
     print(f"planned job: {runs} runs, {steps / 1e6:.2f} M steps, {args.seeds} seeds, JOBS={args.jobs}")
     print(f"estimated training wall time: {est / 60:.1f} min (excludes process start-up and evaluation)")
+    floor, _, _ = estimate(dict.fromkeys(rates, base), args.data, args.seeds, args.jobs)
+    print(f"the same job with every run at plain SGD's rate: {floor / 60:.1f} min (fwd+bwd bound)")
     if args.wandb:
         print(f"one W&B offline init + log + finish: {time_wandb():.1f} s")
     if args.run:
