@@ -99,10 +99,11 @@ def _se(values: pd.Series) -> float:
 
 
 def cells(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, optimizer): mean, se, n, lr (grid: best), runs, failed.
+    """One row per (dataset, optimizer): mean, se, n, lr (grid: best), edge, runs, failed.
 
     A grid LR only competes when all its seeds completed; an LR-free cell averages its completed seeds
-    and counts the others in ``failed``.
+    and counts the others in ``failed``. ``edge``: the best LR is the smallest or largest LR tried (failed
+    and diverged ones count as tried), so the grid may not bracket the optimum.
     """
     acc = accuracy_column(df)
     df = df.assign(dataset=df["dataset"].astype(str).str.lower(), ok=df["status"].eq("completed"))
@@ -119,6 +120,7 @@ def cells(df: pd.DataFrame) -> pd.DataFrame:
         else:
             pick = by_lr[0]
         lr, h, done, mean = pick
+        tried = [t[0] for t in by_lr]
         rows.append(
             {
                 "dataset": ds,
@@ -128,18 +130,19 @@ def cells(df: pd.DataFrame) -> pd.DataFrame:
                 "n": len(done),
                 "failed": len(h) - len(done),
                 "lr": lr if opt in GRID else np.nan,
+                "edge": opt in GRID and lr in (min(tried), max(tried)),
                 "run_dirs": list(h["run_dir"]) if "run_dir" in h else [],
             }
         )
     return pd.DataFrame(rows)
 
 
-def _fmt(mean: float, se: float, lr: float = np.nan, failed: int = 0) -> str:
+def _fmt(mean: float, se: float, lr: float = np.nan, failed: int = 0, edge: bool = False) -> str:
     if math.isnan(mean):
         return "diverged"
     s = f"{mean:.1f} ± {se:.2f}"
     if not math.isnan(lr):
-        s += f" (lr {lr:.0e})"
+        s += f" (lr {lr:.0e}, grid edge)" if edge else f" (lr {lr:.0e})"
     if failed:
         s += f" [{failed} failed]"
     return s
@@ -185,7 +188,9 @@ def build_table(df: pd.DataFrame, sources: Mapping[str, str | None] | None = Non
         for opt in opts:
             if opt in sub.index:
                 r = sub.loc[opt]
-                row[OPTIMIZERS.get(opt, opt)] = _fmt(r["mean"], r["se"], r["lr"], int(r["failed"]))
+                row[OPTIMIZERS.get(opt, opt)] = _fmt(
+                    r["mean"], r["se"], r["lr"], int(r["failed"]), bool(r["edge"])
+                )
             else:
                 row[OPTIMIZERS.get(opt, opt)] = "not run"
         for col in PAPER_COLS.values():
@@ -244,14 +249,20 @@ SHORT = {
 }
 
 
+def _compact_cell(cell: Any) -> Any:
+    s = str(cell)
+    return s.split(" ± ")[0] + ("^" if "grid edge" in s else "") if " ± " in s else cell
+
+
 def compact(table: pd.DataFrame) -> str:
-    """A terminal-width copy: means only ("-" = not run), the paper's D-Adapt Adam and the verdict."""
+    """A terminal-width copy: means only ("-" = not run, "^" = best LR at the grid's edge), the paper's
+    D-Adapt Adam and the verdict."""
     short = table.drop(columns=["note", "paper Adam (grid)"]).copy()
     short["data"] = (
         short["data"].str.replace("embedded-", "", regex=False).str.replace("-file", "", regex=False)
     )
     for col in short.columns[2:-1]:
-        short[col] = short[col].map(lambda s: str(s).split(" ± ")[0] if " ± " in str(s) else s)
+        short[col] = short[col].map(_compact_cell)
         short[col] = short[col].replace({"not run": "-", "diverged": "div"})
     short.columns = [SHORT.get(c, c) for c in short.columns]
     return short.to_string(index=False)
@@ -386,7 +397,8 @@ def report(
         plot_curves(c, out / "figures" / "table1_curves.png")
         plot_scales(c, out / "figures" / "table1_scales.png")
     print(
-        "\nTable 1: final train accuracy (%), mean over seeds; * = best of LR grid; paper DA = D-Adapt Adam"
+        "\nTable 1: final train accuracy (%), mean over seeds; * = best of LR grid (^ at its edge); "
+        "paper DA = D-Adapt Adam"
     )
     print(compact(table))
     figs = f", {out / 'figures'}/table1_{{curves,scales}}.png" if figures and len(df) else ""
