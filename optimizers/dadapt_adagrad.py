@@ -16,9 +16,16 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
-    skip_if_nonfinite,
 )
-from optimizers._dadapt_common import check_growth_rate, d_diagnostics, group_grads, host_floats
+from optimizers._dadapt_common import (
+    check_growth_rate,
+    d_diagnostics,
+    group_grads,
+    host_floats,
+    scratch_like,
+    skip_if_nonfinite_fast,
+    workspace,
+)
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -105,7 +112,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                     "D-Adapt AdaGrad doesn't currently support fully-sharded data parallel. "
                     "Use D-Adapt Adam instead"
                 )
-        if skip_if_nonfinite([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
+        if skip_if_nonfinite_fast([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]
@@ -138,20 +145,23 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
             if decay != 0:
                 torch._foreach_add_(dgs, dps, alpha=decay)
-            old_denom = torch._foreach_sqrt(alphas)
-            torch._foreach_add_(old_denom, eps)
-            # The sums below are of non-negative terms, so the l1 norm is the plain sum.
-            old_sksq = torch._foreach_norm(torch._foreach_div(torch._foreach_mul(sks, sks), old_denom), 1)
-            old_l1 = torch._foreach_norm(sks, 1)
-            gg = torch._foreach_mul(dgs, dgs)
-            torch._foreach_add_(alphas, gg)
-            denom = torch._foreach_sqrt(alphas)
-            torch._foreach_add_(denom, eps)
-            gsq = torch._foreach_norm(torch._foreach_div(gg, denom), 1)
-            torch._foreach_add_(sks, dgs, alpha=dlr)
-            new_sksq = torch._foreach_norm(torch._foreach_div(torch._foreach_mul(sks, sks), denom), 1)
-            new_l1 = torch._foreach_norm(sks, 1)
-            for t, vs in zip(terms, (gsq, old_sksq, new_sksq, old_l1, new_l1), strict=True):
+            # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
+            # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``).
+            dense_terms: list[list[torch.Tensor]] = [[], [], [], [], []]
+            t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
+            for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
+                torch.sqrt(a, out=t1)
+                t1.add_(eps)
+                dense_terms[1].append(torch.mul(sk, sk, out=t2).div_(t1).sum())  # old sum s^2/(sqrt(a)+eps)
+                dense_terms[3].append(torch.abs(sk, out=t2).sum())
+                a.add_(torch.mul(g, g, out=t2))
+                torch.sqrt(a, out=t1)
+                t1.add_(eps)
+                dense_terms[0].append(t2.div_(t1).sum())  # sum g^2/(sqrt(a)+eps)
+                sk.add_(g, alpha=dlr)
+                dense_terms[2].append(torch.mul(sk, sk, out=t2).div_(t1).sum())
+                dense_terms[4].append(torch.abs(sk, out=t2).sum())
+            for t, vs in zip(terms, dense_terms, strict=True):
                 t.extend(vs)
 
         n = len(terms[0])
@@ -191,16 +201,17 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                     self._sparse_move(p, g, eps)
             if dense:
                 states = [self.state[p] for p in dense]
-                denom = torch._foreach_sqrt([st["alphak"] for st in states])
-                torch._foreach_add_(denom, eps)
-                z = torch._foreach_div([st["sk"] for st in states], denom)
-                torch._foreach_neg_(z)
-                torch._foreach_add_(z, [st["x0"] for st in states])  # z = x0 - s / (sqrt(a) + eps)
-                if momentum != 0:
-                    torch._foreach_mul_(dense, 1 - ck)
-                    torch._foreach_add_(dense, z, alpha=ck)
-                else:
-                    torch._foreach_copy_(dense, z)
+                alphas = [st["alphak"] for st in states]
+                ts = scratch_like(alphas, workspace(self))
+                for p, a, st, t in zip(dense, alphas, states, ts, strict=True):
+                    torch.sqrt(a, out=t)
+                    t.add_(eps)
+                    torch.div(st["sk"], t, out=t)
+                    if momentum != 0:
+                        torch.sub(st["x0"], t, out=t)  # z = x0 - s / (sqrt(a) + eps)
+                        p.mul_(1 - ck).add_(t, alpha=ck)
+                    else:
+                        torch.sub(st["x0"], t, out=p)
             group["k"] = group["k"] + 1
         return loss
 

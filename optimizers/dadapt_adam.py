@@ -11,19 +11,24 @@ from typing import Any
 
 import torch
 
-from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
+from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss
 from optimizers._dadapt_common import (
     all_reduce_sum,
     bias_correction,
+    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
     first_device,
-    foreach_dot,
     group_grads,
     host_floats,
     max_lr,
+    moment_updates,
+    scratch_like,
     shared_lr,
+    skip_if_nonfinite_fast,
+    skip_if_reduction_nonfinite,
     uses_fsdp,
+    workspace,
 )
 from optimizers.registry import register
 
@@ -110,10 +115,18 @@ class DAdaptAdam(torch.optim.Optimizer):
         loss = closure_loss(closure)
         groups = self.param_groups
         pgs = group_grads(groups)
-        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
+        grads = [g for _, gs in pgs for g in gs]
+        g0 = groups[0]
+        decouple = g0["decouple"]
+
+        # The non-finite check rides on the dots below when they cover every gradient (see helper).
+        def covers(grp: dict[str, Any]) -> bool:
+            return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
+
+        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
+        if not fused and skip_if_nonfinite_fast(grads, *groups):
             return loss
 
-        g0 = groups[0]
         lr = shared_lr(
             groups,
             ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
@@ -122,15 +135,13 @@ class DAdaptAdam(torch.optim.Optimizer):
         beta1, beta2 = g0["betas"]
         k, d = g0["k"], g0["d"]
         dlr = d * lr * bias_correction(g0)
-        growth_rate, decouple, log_every = g0["growth_rate"], g0["decouple"], g0["log_every"]
+        growth_rate, log_every = g0["growth_rate"], g0["log_every"]
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         sqrt_beta2 = beta2 ** (0.5)
 
         dots: list[torch.Tensor] = []
-        l1s: list[torch.Tensor] = []
-        scales: list[float] = []  # layer_scale of each parameter's dot and l1 terms
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, eps, r = group["weight_decay"], group["eps"], group["layer_scale"]
+            decay, eps = group["weight_decay"], group["eps"]
             if decay != 0 and not decouple:
                 torch._foreach_add_(gs, ps, alpha=decay)
             for p in ps:
@@ -141,24 +152,35 @@ class DAdaptAdam(torch.optim.Optimizer):
                     state["exp_avg"] = torch.zeros_like(p).detach()
                     state["exp_avg_sq"] = torch.zeros_like(p).detach()
             if group["lr"] > 0.0 and ps:
+                ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
+                # <g, s / (sqrt(v) + eps)> with s_k, v_k before the update, one tensor at a time in scratch
+                for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
+                    torch.sqrt(v, out=t)
+                    t.add_(eps)
+                    torch.div(s_, t, out=t)
+                    dots.append(torch.dot(g.reshape(-1), t.reshape(-1)))
+        dot_values = host_floats(dots)
+        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return loss
+
+        l1s: list[torch.Tensor] = []
+        scales: list[float] = []  # layer_scale of each parameter's dot and l1 terms
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            r = group["layer_scale"]
+            if group["lr"] > 0.0 and ps:
                 states = [self.state[p] for p in ps]
                 ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
-                denom = torch._foreach_sqrt(vs)
-                torch._foreach_add_(denom, eps)
-                dots += foreach_dot(gs, torch._foreach_div(ss, denom))  # s_k, v_k before the update
-                torch._foreach_mul_(ms, beta1)
-                torch._foreach_add_(ms, gs, alpha=r * dlr * (1 - beta1))
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
-                torch._foreach_mul_(ss, sqrt_beta2)
-                torch._foreach_add_(ss, gs, alpha=dlr * (1 - sqrt_beta2))
-                l1s += torch._foreach_norm(ss, 1)
+                coefs = (
+                    (beta1, r * dlr * (1 - beta1)),
+                    (beta2, 1 - beta2),
+                    (sqrt_beta2, dlr * (1 - sqrt_beta2)),
+                )
+                l1s += moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
                 scales += [r] * len(ps)
-        values = host_floats(dots + l1s)
         numerator_acum, sk_l1 = 0.0, 0.0
-        for r, v in zip(scales, values[: len(dots)], strict=True):
+        for r, v in zip(scales, dot_values, strict=True):
             numerator_acum += r * dlr * v
-        for r, v in zip(scales, values[len(dots) :], strict=True):
+        for r, v in zip(scales, host_floats(l1s), strict=True):
             sk_l1 += r * v
         numerator = sqrt_beta2 * numerator + (1 - sqrt_beta2) * numerator_acum
 
@@ -187,10 +209,12 @@ class DAdaptAdam(torch.optim.Optimizer):
                 states = [self.state[p] for p in ps]
                 for st in states:
                     st["step"] += 1
-                denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])
-                torch._foreach_add_(denom, eps)
                 if decay != 0 and decouple:
                     torch._foreach_add_(ps, ps, alpha=-decay * dlr)
-                torch._foreach_addcdiv_(ps, [st["exp_avg"] for st in states], denom, value=-1)
+                vs = [st["exp_avg_sq"] for st in states]
+                for p, st, v, t in zip(ps, states, vs, scratch_like(vs, workspace(self)), strict=True):
+                    torch.sqrt(v, out=t)
+                    t.add_(eps)
+                    p.addcdiv_(st["exp_avg"], t, value=-1)
             group["k"] = k + 1
         return loss

@@ -18,10 +18,10 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
-    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
+    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
     first_device,
@@ -30,6 +30,8 @@ from optimizers._dadapt_common import (
     host_floats,
     max_lr,
     shared_lr,
+    skip_if_nonfinite_fast,
+    skip_if_reduction_nonfinite,
     uses_fsdp,
 )
 from optimizers.registry import register
@@ -104,10 +106,14 @@ class DAdaptSGD(torch.optim.Optimizer):
         loss = closure_loss(closure)
         groups = self.param_groups
         pgs = group_grads(groups)
-        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
+        grads = [g for _, gs in pgs for g in gs]
+        g0 = groups[0]
+        # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper).
+        no_decay = g0["weight_decay"] == 0
+        fused = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
+        if not fused and skip_if_nonfinite_fast(grads, *groups):
             return loss
 
-        g0 = groups[0]
         lr = shared_lr(groups)
         decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
         growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
@@ -138,7 +144,6 @@ class DAdaptSGD(torch.optim.Optimizer):
         dlr = d * lr / g0_norm
 
         dots: list[torch.Tensor] = []
-        sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             for p in ps:
                 state = self.state[p]
@@ -149,14 +154,20 @@ class DAdaptSGD(torch.optim.Optimizer):
             if decay != 0:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
+                dots += foreach_dot(gs, [self.state[p]["s"] for p in ps])  # <g_k, s_k>, s before the update
+        dot_values = host_floats(dots)
+        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return loss
+        for v in dot_values:
+            numerator += dlr * v
+
+        sqs: list[torch.Tensor] = []
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            if group["lr"] > 0.0:
                 ss = [self.state[p]["s"] for p in ps]
-                dots += foreach_dot(gs, ss)  # <g_k, s_k> with s before the update
                 torch._foreach_add_(ss, gs, alpha=dlr)
                 sqs += foreach_dot(ss, ss)
-        values = host_floats(dots + sqs)
-        for v in values[: len(dots)]:
-            numerator += dlr * v
-        sk_sq = sum(values[len(dots) :])
+        sk_sq = sum(host_floats(sqs))
 
         d_hat = d
         if fsdp:

@@ -17,19 +17,24 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
-    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
     bias_correction,
+    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
     first_device,
     group_grads,
     host_floats,
     max_lr,
+    moment_updates,
+    scratch_like,
     shared_lr,
+    skip_if_nonfinite_fast,
+    skip_if_reduction_nonfinite,
     uses_fsdp,
+    workspace,
 )
 from optimizers.registry import register
 
@@ -129,24 +134,32 @@ class Prodigy(torch.optim.Optimizer):
         loss = closure_loss(closure)
         groups = self.param_groups
         pgs = group_grads(groups)
-        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
+        grads = [g for _, gs in pgs for g in gs]
+        g0 = groups[0]
+        decouple = g0["decouple"]
+        # The non-finite check rides on the dots <g, p0 - x> when they cover every gradient element.
+        fused = can_fuse_check(
+            pgs,
+            groups,
+            self.state,
+            "step",
+            lambda grp: grp["lr"] > 0 and grp["slice_p"] == 1 and (grp["weight_decay"] == 0 or decouple),
+        )
+        if not fused and skip_if_nonfinite_fast(grads, *groups):
             return loss
 
-        g0 = groups[0]
         lr = shared_lr(groups)
         beta1, beta2 = g0["betas"]
         beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
         k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
         dlr = d * lr * bias_correction(g0)
-        growth_rate, decouple = g0["growth_rate"], g0["decouple"]
+        growth_rate = g0["growth_rate"]
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         d_numerator = g0["d_numerator"] * beta3
 
         dots: list[torch.Tensor] = []
-        l1s: list[torch.Tensor] = []
-        ratios: list[float] = []  # d / d0 of each parameter's group
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, group_d0, slice_p = group["weight_decay"], group["d0"], group["slice_p"]
+            decay, slice_p = group["weight_decay"], group["slice_p"]
             if decay != 0 and not decouple:
                 torch._foreach_add_(gs, ps, alpha=decay)
             for p in ps:
@@ -162,31 +175,33 @@ class Prodigy(torch.optim.Optimizer):
                         state["exp_avg"] = torch.zeros_like(p).detach()
                     state["exp_avg_sq"] = torch.zeros_like(p).detach()
             if group["lr"] > 0.0 and ps:
+                # <gs, p0 - xs>, p0 - xs in scratch; a scalar p0 is 0, where p0 - xs = -xs broadcasts.
+                xsl = [p.reshape(-1)[::slice_p] for p in ps]
+                ts = scratch_like(xsl, workspace(self))
+                for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
+                    torch.sub(self.state[p]["p0"], x, out=t)
+                    dots.append(torch.dot(g.reshape(-1)[::slice_p], t))
+        dot_values = host_floats(dots)
+        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return loss
+
+        l1s: list[torch.Tensor] = []
+        ratios: list[float] = []  # d / d0 of each parameter's group
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            group_d0, slice_p = group["d0"], group["slice_p"]
+            if group["lr"] > 0.0 and ps:
                 states = [self.state[p] for p in ps]
+                ms = [st["exp_avg"] for st in states] if beta1 > 0 else None
+                vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
                 gsl = [g.reshape(-1)[::slice_p] for g in gs]
-                # <gs, p0 - xs>; a scalar p0 is 0, where p0 - xs = -xs broadcasts.
-                dots += [
-                    torch.dot(g, st["p0"] - p.reshape(-1)[::slice_p])
-                    for g, p, st in zip(gsl, ps, states, strict=True)
-                ]
-                if beta1 > 0:
-                    ms = [st["exp_avg"] for st in states]
-                    torch._foreach_mul_(ms, beta1)
-                    torch._foreach_add_(ms, gs, alpha=d * (1 - beta1))
-                vs = [st["exp_avg_sq"] for st in states]
-                torch._foreach_mul_(vs, beta2)
-                torch._foreach_addcmul_(vs, gs, gs, value=d * d * (1 - beta2))
-                ss = [st["s"] for st in states]
-                torch._foreach_mul_(ss, beta3)
                 alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * dlr
-                torch._foreach_add_(ss, gsl, alpha=alpha)
-                l1s += torch._foreach_norm(ss, 1)
+                coefs = ((beta1, d * (1 - beta1)), (beta2, d * d * (1 - beta2)), (beta3, alpha))
+                l1s += moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)))
                 ratios += [d / group_d0] * len(ps)
-        values = host_floats(dots + l1s)
         delta_numerator = 0.0
-        for ratio, v in zip(ratios, values[: len(dots)], strict=True):
+        for ratio, v in zip(ratios, dot_values, strict=True):
             delta_numerator += ratio * dlr * v
-        d_denom = sum(values[len(dots) :])
+        d_denom = sum(host_floats(l1s))
 
         if d_denom == 0 and not fsdp:
             return loss
@@ -212,13 +227,16 @@ class Prodigy(torch.optim.Optimizer):
                 states = [self.state[p] for p in ps]
                 for st in states:
                     st["step"] += 1
-                denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])
-                torch._foreach_add_(denom, d * eps)  # the new d
                 if decay != 0 and decouple:
                     torch._foreach_add_(ps, ps, alpha=-decay * dlr)
-                if beta1 > 0:
-                    torch._foreach_addcdiv_(ps, [st["exp_avg"] for st in states], denom, value=-dlr)
-                else:
-                    torch._foreach_addcdiv_(ps, gs, denom, value=-dlr * d)
+                vs = [st["exp_avg_sq"] for st in states]
+                ts = scratch_like(vs, workspace(self))
+                for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
+                    torch.sqrt(v, out=t)
+                    t.add_(d * eps)  # the new d
+                    if beta1 > 0:
+                        p.addcdiv_(st["exp_avg"], t, value=-dlr)
+                    else:
+                        p.addcdiv_(g, t, value=-dlr * d)
             group["k"] = k + 1
         return loss
