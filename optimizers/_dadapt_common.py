@@ -13,7 +13,7 @@ and keep the state updates as in-place ``_foreach_*`` ops, which allocate nothin
 check (``optimizers._common``'s policy, unchanged) costs no pass of its own once the state exists: it
 reads the first per-tensor reduction over the gradients that the step computes anyway, before any
 change (``can_fuse_check``), and falls back to the exact inf-norm check only when that reduction is not
-finite; elsewhere ``finite_fast`` replaces the inf-norm (a slow kernel on CPU) by the 2-norm. Every
+finite; elsewhere it is ``optimizers._common.skip_if_nonfinite`` (its own pass over the gradients). Every
 elementwise op and every reduction keeps the packages' kernels and order (l1 norms as ``abs().sum()``).
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from optimizers._common import all_finite, foreach_dot, grads_with_params, host_floats
+from optimizers._common import foreach_dot, grads_with_params, host_floats, skip_if_nonfinite
 
 __all__ = [
     "all_reduce_sum",
@@ -34,7 +34,6 @@ __all__ = [
     "can_fuse_check",
     "check_growth_rate",
     "d_diagnostics",
-    "finite_fast",
     "first_device",
     "foreach_dot",
     "group_grads",
@@ -43,7 +42,6 @@ __all__ = [
     "moment_updates",
     "scratch_like",
     "shared_lr",
-    "skip_if_nonfinite_fast",
     "skip_if_reduction_nonfinite",
     "uses_fsdp",
     "workspace",
@@ -115,27 +113,6 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     return buf.tolist()
 
 
-def finite_fast(tensors: Sequence[torch.Tensor]) -> bool:
-    """``all_finite(tensors)`` with one host sync, through the 2-norm (a vectorised kernel, several
-    times faster on CPU than the inf-norm): NaN and inf propagate into it; only when it is not finite
-    (a non-finite entry, or an overflow of finite values) is the exact inf-norm check run."""
-    if not tensors:
-        return True
-    norms = torch._foreach_norm(tensors, 2)
-    if bool(torch.isfinite(torch.stack([n.float() for n in norms])).all()):
-        return True
-    return all_finite(tensors)
-
-
-def skip_if_nonfinite_fast(grads: Sequence[torch.Tensor], *counters: dict[str, Any]) -> bool:
-    """``optimizers._common.skip_if_nonfinite`` (same policy, same counters) on ``finite_fast``."""
-    if finite_fast(grads):
-        return False
-    for counter in counters:
-        counter["skipped_steps"] = counter.get("skipped_steps", 0) + 1
-    return True
-
-
 def scratch_like(
     tensors: Sequence[torch.Tensor], cache: dict[Any, torch.Tensor] | None = None, tag: str = ""
 ) -> list[torch.Tensor]:
@@ -185,11 +162,7 @@ def skip_if_reduction_nonfinite(
 ) -> bool:
     """The non-finite policy given host values of reductions over every gradient (``can_fuse_check``):
     False when they are all finite; otherwise the exact check decides (and counts a skip)."""
-    if all(math.isfinite(v) for v in values) or all_finite(grads):
-        return False
-    for counter in counters:
-        counter["skipped_steps"] = counter.get("skipped_steps", 0) + 1
-    return True
+    return not all(math.isfinite(v) for v in values) and skip_if_nonfinite(grads, *counters)
 
 
 CHUNK = 1 << 20  # elements per chunk (4 MB in float32): the arrays of one chunk stay in cache

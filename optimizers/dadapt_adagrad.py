@@ -16,6 +16,7 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
+    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     check_growth_rate,
@@ -23,7 +24,6 @@ from optimizers._dadapt_common import (
     group_grads,
     host_floats,
     scratch_like,
-    skip_if_nonfinite_fast,
     workspace,
 )
 from optimizers.registry import register
@@ -112,7 +112,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                     "D-Adapt AdaGrad doesn't currently support fully-sharded data parallel. "
                     "Use D-Adapt Adam instead"
                 )
-        if skip_if_nonfinite_fast([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
+        if skip_if_nonfinite([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
             return loss
 
         g0 = groups[0]

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss
+from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
 from optimizers._dadapt_common import (
     all_reduce_sum,
     bias_correction,
@@ -25,7 +25,6 @@ from optimizers._dadapt_common import (
     moment_updates,
     scratch_like,
     shared_lr,
-    skip_if_nonfinite_fast,
     skip_if_reduction_nonfinite,
     uses_fsdp,
     workspace,
@@ -124,7 +123,7 @@ class DAdaptAdam(torch.optim.Optimizer):
             return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
 
         fused = can_fuse_check(pgs, groups, self.state, "step", covers)
-        if not fused and skip_if_nonfinite_fast(grads, *groups):
+        if not fused and skip_if_nonfinite(grads, *groups):
             return loss
 
         lr = shared_lr(

@@ -18,6 +18,7 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
+    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
@@ -30,7 +31,6 @@ from optimizers._dadapt_common import (
     host_floats,
     max_lr,
     shared_lr,
-    skip_if_nonfinite_fast,
     skip_if_reduction_nonfinite,
     uses_fsdp,
 )
@@ -111,7 +111,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper).
         no_decay = g0["weight_decay"] == 0
         fused = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
-        if not fused and skip_if_nonfinite_fast(grads, *groups):
+        if not fused and skip_if_nonfinite(grads, *groups):
             return loss
 
         lr = shared_lr(groups)

@@ -17,6 +17,7 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
+    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
@@ -31,7 +32,6 @@ from optimizers._dadapt_common import (
     moment_updates,
     scratch_like,
     shared_lr,
-    skip_if_nonfinite_fast,
     skip_if_reduction_nonfinite,
     uses_fsdp,
     workspace,
@@ -145,7 +145,7 @@ class Prodigy(torch.optim.Optimizer):
             "step",
             lambda grp: grp["lr"] > 0 and grp["slice_p"] == 1 and (grp["weight_decay"] == 0 or decouple),
         )
-        if not fused and skip_if_nonfinite_fast(grads, *groups):
+        if not fused and skip_if_nonfinite(grads, *groups):
             return loss
 
         lr = shared_lr(groups)
