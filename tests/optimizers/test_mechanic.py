@@ -238,6 +238,7 @@ def test_state_dict_resume_is_bit_identical_and_holds_the_base_state():
     run(opt, model, batches[:20])
     saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
     assert saved[1]["base"]["state"] and saved[1]["params"] and "s" in saved[1]["mechanic"]
+    old = copy.deepcopy(saved[1])  # before opt2 loads it: torch's load_state_dict keeps the base's tensors
     run(opt, model, batches[20:])
 
     model2 = mlp(5)
@@ -247,6 +248,17 @@ def test_state_dict_resume_is_bit_identical_and_holds_the_base_state():
     assert opt2.param_groups is opt2.base.param_groups
     run(opt2, model2, batches[20:])
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+    # a checkpoint written when the tuner vectors were float64 tensors resumes the same way
+    for key in ("s", "m", "v", "r"):
+        old["mechanic"][key] = torch.tensor(old["mechanic"][key], dtype=torch.float64)
+    model3 = mlp(5)
+    opt3 = Mechanic(torch.optim.AdamW(model3.parameters(), lr=1.0), store_delta=True)
+    model3.load_state_dict(saved[0])
+    opt3.load_state_dict(old)
+    run(opt3, model3, batches[20:])
+    for a, b in zip(model.parameters(), model3.parameters(), strict=True):
         assert torch.equal(a, b)
 
 
