@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_betas,
     check_nonnegative,
@@ -34,7 +35,10 @@ from optimizers.registry import register
 
 @register("lion")
 class Lion(torch.optim.Optimizer):
-    """Lion with the constructor and update of ``lion_pytorch.Lion`` (foreach, per param group)."""
+    """Lion with the constructor and update of ``lion_pytorch.Lion`` (foreach, per param group).
+
+    ``fused=True`` runs the same rule as one compiled kernel per parameter (``optimizers._fused``).
+    """
 
     initial_lr_arg = "lr"
     lr_schedule_compatible = True
@@ -46,6 +50,7 @@ class Lion(torch.optim.Optimizer):
         betas: Sequence[float] = (0.9, 0.99),
         weight_decay: float = 0.0,
         decoupled_weight_decay: bool = False,
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas, length=2)
@@ -54,6 +59,7 @@ class Lion(torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.decoupled_weight_decay = bool(decoupled_weight_decay)
         self.init_lr = float(lr)
+        self.fused = bool(fused)
         self.state["lion"] = {"skipped_steps": 0.0}
 
     @torch.no_grad()
@@ -73,6 +79,9 @@ class Lion(torch.optim.Optimizer):
                 if len(self.state[p]) == 0:
                     self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             exp_avgs = [self.state[p]["exp_avg"] for p in params]
+            if self.fused:
+                _fused.per_tensor(_lion_kernel, [params, grads, exp_avgs], lr, 1.0 - lr * wd, beta1, beta2)
+                continue
             if wd != 0.0:  # x * 1.0 == x exactly: skip the pass
                 torch._foreach_mul_(params, 1.0 - lr * wd)
             update = torch._foreach_mul(exp_avgs, beta1)
@@ -86,3 +95,13 @@ class Lion(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         """Lion learns no scale: only the skip counter (specs §8)."""
         return {"skipped_steps": float(self.state["lion"]["skipped_steps"])}
+
+
+@_fused.kernel
+def _lion_kernel(
+    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, lr: float, decay: float, beta1: float, beta2: float
+) -> None:
+    """The module docstring's three lines for one parameter, in place: one read of x, g, m."""
+    c = torch.sign(m * beta1 + g * (1.0 - beta1))
+    x.mul_(decay).add_(c, alpha=-lr)
+    m.mul_(beta2).add_(g, alpha=1.0 - beta2)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from optimizers import _fused
+
 Scalars = Callable[[torch.optim.Optimizer], dict[str, float]]
 
 
@@ -118,3 +120,24 @@ def assert_same_trajectory(
         worst_noise = max(worst_noise, n)
         tol = max(rtol, 100.0 * worst_noise)
         assert gap <= tol, f"step {step}: relative gap {gap:.3e} > tolerance {tol:.3e}"
+
+
+def assert_fused_matches_eager(
+    make_opt: Callable[[torch.nn.Module, bool], torch.optim.Optimizer],
+    scalars: Scalars = lambda opt: {},
+    *,
+    rtol: float = 1e-10,
+    **kwargs,
+) -> None:
+    """``make_opt(model, True)`` (fused, ``optimizers._fused``) follows ``make_opt(model, False)``.
+
+    The compiled kernels contract the eager ops, so they agree up to rounding: the tolerance is calibrated
+    (``assert_same_trajectory``) by rerunning the eager optimizer from weights scaled by ``1 + 1e-15``. The
+    fused run must have called a kernel at every step.
+    """
+    eager = trajectory(lambda m: make_opt(m, False), scalars, **kwargs)
+    before = _fused.calls()
+    fused = trajectory(lambda m: make_opt(m, True), scalars, **kwargs)
+    assert _fused.calls() - before >= len(fused.params), "the fused optimizer ran no compiled kernel"
+    rerun = trajectory(lambda m: make_opt(m, False), scalars, scale=1.0 + 1e-15, **kwargs)
+    assert_same_trajectory(fused, eager, rtol=rtol, calibration=rerun)

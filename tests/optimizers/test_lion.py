@@ -7,7 +7,13 @@ import pytest
 import torch
 
 from optimizers.lion import Lion
-from tests.optimizers.equivalence import assert_same_trajectory, mlp, relative_gaps, trajectory
+from tests.optimizers.equivalence import (
+    assert_fused_matches_eager,
+    assert_same_trajectory,
+    mlp,
+    relative_gaps,
+    trajectory,
+)
 
 
 def two_groups(model: torch.nn.Module) -> list[dict]:
@@ -68,3 +74,20 @@ def test_non_finite_gradient_skips_the_step():
 def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, name):
     with pytest.raises(ValueError, match=name):
         Lion(mlp(0).parameters(), **kwargs)
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_fused_matches_eager(decoupled):
+    kw = dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.1, decoupled_weight_decay=decoupled)
+    assert_fused_matches_eager(lambda m, fused: Lion(two_groups(m), fused=fused, **kw))
+
+
+def test_fused_skips_a_non_finite_step():
+    model = mlp(0)
+    opt = Lion(model.parameters(), lr=1e-2, fused=True)
+    for p in model.parameters():
+        p.grad = torch.full_like(p, float("nan"))
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert opt.diagnostics() == {"skipped_steps": 1.0}
