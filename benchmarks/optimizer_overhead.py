@@ -9,7 +9,8 @@ Issue 4, "Speed". Two tables, both measured side by side in one process, on one 
 2. **Full training iteration** (zero_grad, forward, cross-entropy, backward, step) at batch 256:
    overhead in percent of the torch AdamW iteration, as MetaOptimize's Table 1 reports it.
 
-Every config under ``configs/optimizer/`` is benchmarked through ``optimizers.build``; the methods
+Every config under ``configs/optimizer/`` is benchmarked through ``optimizers.build``, and again with
+``fused=True`` (row label ``... (fused)``, ``optimizers._fused``) when the optimizer takes it; the methods
 the issue names but that are not registered (or fail to build) are listed as missing.
 
 Run: ``python -m benchmarks.optimizer_overhead [--repeats 5] [--threads N] [--quick] [--only a,b]``.
@@ -304,6 +305,11 @@ class Row:
     floor: Traffic | None
     ref_label: str | None = None
     ref: Factory | None = None
+    ref_row: str | None = None  # label of the row whose reference timing this row reuses (fused rows)
+
+    @property
+    def ref_key(self) -> str:
+        return f"ref:{self.ref_row or self.label}"
 
 
 def _set(cfg: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
@@ -363,6 +369,8 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
             floor = FLOORS[name](cfg) if name in FLOORS else None
             ref_label, ref_factory = ref if ref is not None else (None, None)
             rows.append(Row(label, cfg, ours, floor, ref_label, ref_factory))
+            if ours and takes_fused(name):
+                rows.append(Row(f"{label} (fused)", fused_cfg(cfg), ours, floor, ref_label, ref_row=label))
     if any(r.cfg["name"] == "adamw" for r in rows):
         cfg = next(r.cfg for r in rows if r.cfg["name"] == "adamw")
         fused = {k: v for k, v in cfg.items() if k not in ("name", "fused")}
@@ -372,6 +380,21 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
     registered = {r.cfg["name"] for r in rows if r.ours}
     missing = [f"{n}: not registered or no config" for n in EXPECTED if n not in registered]
     return rows, missing + problems
+
+
+def takes_fused(name: str) -> bool:
+    """Whether registered optimizer ``name`` has a ``fused`` constructor argument (``optimizers._fused``)."""
+    return "fused" in inspect.signature(optimizers.OPTIMIZERS[name]).parameters
+
+
+def fused_cfg(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """``cfg`` with ``fused=True``, and for Mechanic its base fused too (torch's or ours) when it can be."""
+    out = _set(dict(cfg), "fused", True)
+    if cfg["name"] == "mechanic":
+        base_name, _ = mechanic_base(cfg)
+        if takes_fused(base_name) and isinstance(out.get("base"), Mapping):
+            out = _set(out, "base.fused", True)
+    return out
 
 
 def _fused_adamw(kwargs: dict[str, Any]) -> Factory:
@@ -481,7 +504,7 @@ def step_table(rows: list[Row], times: Mapping[str, float], bandwidth: float, n:
     out = []
     for row in rows:
         ours = times.get(_key(row, "ours"), math.nan)
-        ref = times.get(_key(row, "ref"), math.nan)
+        ref = times.get(row.ref_key, math.nan)
         floor = row.floor.tensors * n * 4 / bandwidth if row.floor else math.nan
         # a Mechanic reference against the reference step of its own base (row "sgd", "adamw", "lion")
         base = (
@@ -533,7 +556,7 @@ def iteration_table(rows: list[Row], times: Mapping[str, float]) -> pd.DataFrame
     out = []
     for row in rows:
         ours = times.get(_key(row, "ours"), math.nan)
-        ref = times.get(_key(row, "ref"), math.nan)
+        ref = times.get(row.ref_key, math.nan)
         ours_pct, ref_pct = 100 * (ours / adamw - 1), 100 * (ref / adamw - 1)
         target, ok = _iter_target(row, ours_pct, ref_pct)
         if ok is not None and math.isnan(ours_pct + (ref_pct if "ref" in target else 0.0)):

@@ -60,6 +60,17 @@ def test_discovery_covers_every_config_and_names_the_missing(discovered):
     for name in bench.EXPECTED:
         assert (name in registered) != any(m.startswith(f"{name}:") for m in missing), name
     assert all(r.floor is not None and r.floor.tensors > 0 for r in rows if r.cfg["name"] in bench.FLOORS)
+    for row in rows:  # every optimizer of ours that takes fused=True is timed again with it
+        if row.ours and not row.label.endswith("(fused)") and bench.takes_fused(row.cfg["name"]):
+            twin = next(r for r in rows if r.label == f"{row.label} (fused)")
+            assert twin.cfg["fused"] is True and twin.ref_row == row.label and twin.floor == row.floor
+
+
+def test_fused_config_fuses_mechanics_base_when_it_can():
+    cfg = {"name": "mechanic", "base": {"name": "adamw", "lr": 1.0, "fused": None}}
+    assert bench.fused_cfg(cfg) == {"name": "mechanic", "fused": True, "base": {**cfg["base"], "fused": True}}
+    assert cfg["base"]["fused"] is None  # not mutated
+    assert bench.fused_cfg({"name": "lion", "lr": 1e-4}) == {"name": "lion", "lr": 1e-4, "fused": True}
 
 
 def test_floor_counts_follow_the_update_rules():
