@@ -7,8 +7,10 @@ one once. Rather than hand-writing C++/CUDA, a method writes its per-parameter r
 torch function of 1-D tensors and Python scalars, decorates it with :func:`kernel`, and inductor
 generates the loop (C++/OpenMP on CPU, Triton on CUDA):
 
-* compiled lazily, on the first fused step, with dynamic sizes, so one compilation serves every
-  parameter of any size (about 10-20 s per kernel on a 2-core CPU; inductor caches it on disk);
+* compiled lazily, on the first fused step, with dynamic sizes, for chunks of ``CHUNK`` parameters: one
+  compilation per chunk length serves parameters of any size (10-30 s per kernel on a 2-core CPU;
+  inductor caches it on disk), and one call updates a whole chunk (a compiled call costs 0.1-0.2 ms of
+  Python and guards, too much to pay per parameter);
 * Python-float arguments are not specialised (``torch._dynamo.config.specialize_float`` is False), so
   a learned scale or a scheduled lr that changes every step does not recompile;
 * a kernel mutates its tensor arguments in place and may return per-tensor reductions (0-dim tensors).
@@ -22,12 +24,13 @@ path, which matches the reference packages bit for bit where the tests say so.
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["calls", "kernel", "per_tensor"]
+__all__ = ["CHUNK", "Kernel", "calls", "kernel", "per_tensor"]
 
 _CALLS = [0]  # kernel calls in this process (tests check that a fused step really ran kernels)
 
@@ -37,20 +40,45 @@ def calls() -> int:
     return _CALLS[0]
 
 
-def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator: ``fn`` compiled (``fullgraph``, dynamic sizes) on its first call, then reused."""
+CHUNK = 16  # tensors per compiled call: one call's Python/guard overhead (~0.1-0.2 ms) spread over 16
 
-    @functools.cache
-    def compiled() -> Callable[..., Any]:
-        return torch.compile(fn, dynamic=True, fullgraph=True)
 
-    @functools.wraps(fn)
-    def call(*args: Any) -> Any:
-        _CALLS[0] += 1
-        return compiled()(*args)
+class Kernel:
+    """A per-parameter update rule (``rule(t_1, ..., t_k, *scalars)`` on 1-D tensors) and its compiled
+    runner, which applies the rule to up to ``CHUNK`` parameters per call (the loop is unrolled when traced,
+    so inductor generates one fused loop per parameter and one call serves them all)."""
 
-    call.eager = fn  # the uncompiled rule, for tests and debugging
-    return call
+    def __init__(self, rule: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, rule)
+        self.eager = rule  # the uncompiled rule, for tests and debugging
+        self._runner: Callable[..., Any] | None = None
+
+    def runner(self) -> Callable[..., Any]:
+        """``run(lists, scalars)``, compiled on first use (``fullgraph``, dynamic sizes)."""
+        if self._runner is None:
+            rule = self.eager
+
+            def run(lists: Sequence[Sequence[torch.Tensor]], scalars: Sequence[Any]) -> list:
+                return [rule(*(ts[i] for ts in lists), *scalars) for i in range(len(lists[0]))]
+
+            # dynamo caches compilations per code object (at most ``recompile_limit`` each): a code object of
+            # its own per kernel keeps one kernel's variants (dtype, chunk length) from evicting another's.
+            name = f"fused_{rule.__name__}"
+            code = run.__code__.replace(co_name=name, co_qualname=name)
+            own = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
+            self._runner = torch.compile(own, dynamic=True, fullgraph=True)
+        return self._runner
+
+    def __call__(self, *args: Any) -> Any:
+        """The rule on one parameter (compiled): its tensors first, then the scalars. Use
+        :func:`per_tensor` for many parameters."""
+        k = next((i for i, a in enumerate(args) if not isinstance(a, torch.Tensor)), len(args))
+        return per_tensor(self, [[t] for t in args[:k]], *args[k:])[0]
+
+
+def kernel(rule: Callable[..., Any]) -> Kernel:
+    """Decorator: a fused per-parameter rule (module docstring); apply it with :func:`per_tensor`."""
+    return Kernel(rule)
 
 
 def flat(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -61,7 +89,13 @@ def flat(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return list(ts)
 
 
-def per_tensor(fn: Callable[..., Any], tensor_lists: Sequence[Sequence[torch.Tensor]], *scalars: Any) -> list:
-    """``fn(t_1[i], ..., t_k[i], *scalars)`` for every index ``i`` of the parallel ``tensor_lists``,
-    on flattened views; the list of what each call returned."""
-    return [fn(*flat(ts), *scalars) for ts in zip(*tensor_lists, strict=True)]
+def per_tensor(fn: Kernel, tensor_lists: Sequence[Sequence[torch.Tensor]], *scalars: Any) -> list:
+    """``fn``'s rule on ``(t_1[i], ..., t_k[i], *scalars)`` for every index ``i`` of the parallel
+    ``tensor_lists`` (flattened views, ``CHUNK`` parameters per compiled call); what each returned."""
+    per_param = [flat(ts) for ts in zip(*tensor_lists, strict=True)]
+    run, out = fn.runner(), []
+    for a in range(0, len(per_param), CHUNK):
+        chunk = per_param[a : a + CHUNK]
+        _CALLS[0] += 1
+        out.extend(run([list(ts) for ts in zip(*chunk, strict=True)], scalars))
+    return out
