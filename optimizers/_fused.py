@@ -12,7 +12,9 @@ generates the loop (C++/OpenMP on CPU, Triton on CUDA):
   inductor caches it on disk), and one call updates a whole chunk (a compiled call costs 0.1-0.2 ms of
   Python and guards, too much to pay per parameter);
 * Python-float arguments are not specialised (``torch._dynamo.config.specialize_float`` is False), so
-  a learned scale or a scheduled lr that changes every step does not recompile;
+  a learned scale or a scheduled lr that changes every step does not recompile, provided the rule uses
+  them in arithmetic (``x.sub_(u * lr)``): a float passed as an op's keyword (``alpha=lr``, ``value=``) is
+  burnt into the kernel as a constant, and every new value recompiles;
 * a kernel mutates its tensor arguments in place and may return per-tensor reductions (0-dim tensors).
 
 The fused rules are the eager rules with the ops contracted, so a fused trajectory agrees with the

@@ -103,5 +103,5 @@ def _lion_kernel(
 ) -> None:
     """The module docstring's three lines for one parameter, in place: one read of x, g, m."""
     c = torch.sign(m * beta1 + g * (1.0 - beta1))
-    x.mul_(decay).add_(c, alpha=-lr)
-    m.mul_(beta2).add_(g, alpha=1.0 - beta2)
+    x.mul_(decay).sub_(c * lr)
+    m.mul_(beta2).add_(g * (1.0 - beta2))

@@ -20,8 +20,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 from optimizers import _fused
+
+MAX_FUSED_VARIANTS = 6  # compilations one fused trajectory may need (kernels x chunk lengths); more means a
+# Python float was burnt in as a constant and recompiles whenever it changes (optimizers/_fused.py)
 
 Scalars = Callable[[torch.optim.Optimizer], dict[str, float]]
 
@@ -136,8 +140,10 @@ def assert_fused_matches_eager(
     fused run must have called a kernel at every step.
     """
     eager = trajectory(lambda m: make_opt(m, False), scalars, **kwargs)
-    before = _fused.calls()
+    before, graphs = _fused.calls(), counters["stats"]["unique_graphs"]
     fused = trajectory(lambda m: make_opt(m, True), scalars, **kwargs)
     assert _fused.calls() - before >= len(fused.params), "the fused optimizer ran no compiled kernel"
+    new_graphs = counters["stats"]["unique_graphs"] - graphs
+    assert new_graphs <= MAX_FUSED_VARIANTS, f"{new_graphs} compilations: a scalar is specialised"
     rerun = trajectory(lambda m: make_opt(m, False), scalars, scale=1.0 + 1e-15, **kwargs)
     assert_same_trajectory(fused, eager, rtol=rtol, calibration=rerun)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lion_pytorch
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
 from optimizers.lion import Lion
 from tests.optimizers.equivalence import (
@@ -91,3 +92,16 @@ def test_fused_skips_a_non_finite_step():
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert opt.diagnostics() == {"skipped_steps": 1.0}
+
+
+def test_fused_does_not_recompile_when_lr_changes():
+    model = mlp(0)
+    opt = Lion(model.parameters(), lr=1e-3, weight_decay=0.1, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    graphs = counters["stats"]["unique_graphs"]
+    for i in range(10):  # a schedule: lr and the decay factor 1 - lr * wd change every step
+        opt.param_groups[0]["lr"] = 1e-3 / (i + 2)
+        opt.step()
+    assert counters["stats"]["unique_graphs"] == graphs
