@@ -65,10 +65,10 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     """
     if not tensors:
         return True
-    if bool(torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(tensors, 2)])).all()):
+    if bool(torch.isfinite(torch.stack([n.double() for n in torch._foreach_norm(tensors, 2)])).all()):
         return True
-    norms = torch._foreach_norm(tensors, ord=math.inf)
-    return bool(torch.isfinite(torch.stack([n.float() for n in norms])).all())
+    norms = torch._foreach_norm(tensors, ord=math.inf)  # in float64: a finite float64 max stays finite
+    return bool(torch.isfinite(torch.stack([n.double() for n in norms])).all())
 
 
 def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[torch.Tensor]:

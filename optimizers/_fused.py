@@ -42,6 +42,7 @@ def calls() -> int:
     return _CALLS[0]
 
 
+RECOMPILE_LIMIT = 64  # compiled variants per kernel before dynamo gives up (its default is 8)
 CHUNK = 16  # tensors per compiled call: one call's Python/guard overhead (~0.1-0.2 ms) spread over 16
 
 
@@ -69,6 +70,10 @@ class Kernel:
             code = run.__code__.replace(co_name=name, co_qualname=name)
             own = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
             self._runner = torch.compile(own, dynamic=True, fullgraph=True)
+            # variants multiply (chunk lengths x dtypes x devices x bool options x thread counts); past the
+            # limit a fullgraph function raises, so lift dynamo's per-function default of 8 (process-wide)
+            config = torch._dynamo.config
+            config.recompile_limit = max(config.recompile_limit, RECOMPILE_LIMIT)
         return self._runner
 
     def __call__(self, *args: Any) -> Any:

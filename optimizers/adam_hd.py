@@ -4,6 +4,15 @@ Per tensor with step counter t: ``g = grad + wd x``; for t > 1 the hypergradient
 ``h = <g, m / (sqrt(v) + eps)> * sqrt(1 - beta2^(t-1)) / (1 - beta1^(t-1))`` (the previous Adam direction);
 ``lr <- lr + hypergrad_lr * h``; then the Adam moments and ``x <- x - lr sqrt(1 - beta2^t) / (1 - beta1^t)
 m / (sqrt(v) + eps)``, exactly as the authors' ``adam_hd.py``, written with ``torch._foreach_*`` ops.
+
+``fused=True`` (issue 4) runs the same rule as two passes, each one compiled kernel
+(``optimizers._fused``). Pass 1, read-only, returns ``<g, m / (sqrt(v) + eps)>`` from the old
+moments (``g = grad + wd x`` formed in registers); after the one host sync and the rate update,
+pass 2 is a one-pass Adam step (``g, m, v, x -> m, v, x``). The floor rule of
+``benchmarks/optimizer_overhead.py`` writes the moments in pass 1 instead (pass 2 then reads
+``m, v, x``), but a pass that writes cannot decide the non-finite check; here the pass-1 sums decide
+it (``optimizers._dadapt_common.skip_if_reduction_nonfinite``) before anything is written, for one
+more read of ``g`` than that floor (10 + wd tensors against 9 + wd), what a separate check costs.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_betas,
     check_nonnegative,
@@ -22,6 +32,7 @@ from optimizers._common import (
     learned_lr_diagnostics,
     skip_if_nonfinite,
 )
+from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 
@@ -42,6 +53,9 @@ class AdamHD(torch.optim.Optimizer):
     the parameter dtype), and ``state[p]["step"]`` is an int. Tensors whose grad is None are skipped, as
     in the authors' code.
 
+    ``fused=True`` runs the same rule (same state, so checkpoints load either way) as two passes, each
+    one compiled kernel (module docstring); it agrees with the eager path up to rounding.
+
     An LR schedule must not scale ``group["lr"]``, the learned rate (``lr_schedule_compatible = False``).
 
     Non-finite policy: a step whose gradients hold a NaN or inf is skipped whole (no parameter or state
@@ -61,6 +75,7 @@ class AdamHD(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         hypergrad_lr: float = 1e-8,
         sequential_lr: bool = False,
+        fused: bool = False,
     ) -> None:
         check_nonnegative("lr", lr)
         check_betas("betas", betas, length=2)
@@ -76,6 +91,7 @@ class AdamHD(torch.optim.Optimizer):
             sequential_lr=bool(sequential_lr),
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
         self.state["skipped_steps"] = 0
 
     @torch.no_grad()
@@ -86,6 +102,9 @@ class AdamHD(torch.optim.Optimizer):
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             work.append((group, ps, [p.grad for p in ps]))
+        if self.fused:
+            self._fused_step(work)
+            return loss
         if skip_if_nonfinite([g for _, _, gs in work for g in gs], self.state):
             return loss
 
@@ -128,18 +147,7 @@ class AdamHD(torch.optim.Optimizer):
     ) -> None:
         """§5.2 steps 3-4: the rate update, the Adam moments and the step."""
         beta1, beta2 = group["betas"]
-        lr, beta = group["lr"], group["hypergrad_lr"]
-        if group["sequential_lr"]:  # the authors' in-loop update: tensor j uses lr + beta (h_1 + ... + h_j)
-            rates = []
-            for j in range(len(ps)):
-                if j in h:
-                    lr = lr + beta * h[j]
-                rates.append(lr)
-        else:  # the paper's rule: one update per step with the summed hypergradient
-            lr = lr + beta * sum(h[j] for j in sorted(h))
-            rates = [lr] * len(ps)
-        group["lr"] = lr
-
+        rates = self._rates(group, len(ps), h)
         states = [self.state[p] for p in ps]
         for st in states:
             st["step"] += 1
@@ -157,6 +165,112 @@ class AdamHD(torch.optim.Optimizer):
         ]
         torch._foreach_addcdiv_(ps, m, denom, steps)
 
+    @staticmethod
+    def _rates(group: dict[str, Any], n: int, h: dict[int, float]) -> list[float]:
+        """§5.2 step 3: the rate each of the ``n`` tensors steps with; sets the group's new rate."""
+        lr, beta = group["lr"], group["hypergrad_lr"]
+        if group["sequential_lr"]:  # the authors' in-loop update: tensor j uses lr + beta (h_1 + ... + h_j)
+            rates = []
+            for j in range(n):
+                if j in h:
+                    lr = lr + beta * h[j]
+                rates.append(lr)
+        else:  # the paper's rule: one update per step with the summed hypergradient
+            lr = lr + beta * sum(h[j] for j in sorted(h))
+            rates = [lr] * n
+        group["lr"] = lr
+        return rates
+
+    def _fused_step(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]) -> None:
+        """The eager step as two kernels per parameter: pass 1 the hypergradient sums (read-only, they
+        also decide the non-finite check once every parameter has a step), pass 2 the Adam step."""
+        all_grads = [g for _, _, gs in work for g in gs]
+        ready = all(self.state[p].get("step", 0) >= 1 for _, ps, _ in work for p in ps)
+        if not ready and skip_if_nonfinite(all_grads, self.state):
+            return
+        h_terms, where = [], []  # where: (work index, tensor index, bias-correction factors)
+        for wi, (group, ps, grads) in enumerate(work):
+            beta1, beta2 = group["betas"]
+            prev = [j for j, p in enumerate(ps) if self.state[p].get("step", 0) >= 1]
+            sts = [self.state[ps[j]] for j in prev]
+            lists = [[grads[j] for j in prev], [ps[j] for j in prev]]
+            lists += [[st["exp_avg"] for st in sts], [st["exp_avg_sq"] for st in sts]]
+            wd = group["weight_decay"]
+            h_terms += _fused.per_tensor(_hd_dot, lists, wd, group["eps"], wd != 0)
+            for j, st in zip(prev, sts, strict=True):
+                where.append((wi, j, math.sqrt(1 - beta2 ** st["step"]), 1 - beta1 ** st["step"]))
+        values = host_floats(h_terms)
+        if ready and skip_if_reduction_nonfinite(values, all_grads, self.state):
+            return
+        h_per_tensor: list[dict[int, float]] = [{} for _ in work]
+        for (wi, j, sq_bc2, bc1), d in zip(where, values, strict=True):
+            h_per_tensor[wi][j] = d * sq_bc2 / bc1
+
+        for wi, (group, ps, grads) in enumerate(work):
+            if not ps:
+                continue
+            rates = self._rates(group, len(ps), h_per_tensor[wi])
+            beta1, beta2 = group["betas"]
+            states = [self.state[p] for p in ps]
+            for p, st in zip(ps, states, strict=True):
+                if "step" not in st:
+                    st["step"] = 0
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+            # step sizes differ per tensor (own step count; sequential_lr): one-element tensors, one call
+            sizes = [
+                -rate * math.sqrt(1 - beta2 ** st["step"]) / (1 - beta1 ** st["step"])
+                for rate, st in zip(rates, states, strict=True)
+            ]
+            size_t = _one_element_views(sizes, ps[0])
+            lists = [ps, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], size_t]
+            wd = group["weight_decay"]
+            _fused.per_tensor(_adam_step, lists, wd, beta1, beta2, group["eps"], wd != 0)
+
     def diagnostics(self) -> dict[str, float]:
         """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
         return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])
+
+
+# Fused kernels (``fused=True``): 1-D views of one parameter, Python-float scalars (not specialised: they
+# enter only through arithmetic, never as ``alpha=``/``value=``, which would specialise them); the bool
+# ``with_wd`` is specialised, so without weight decay pass 1 does not read ``x``.
+
+
+@_fused.kernel
+def _hd_dot(
+    g: torch.Tensor, x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, wd: float, eps: float, with_wd: bool
+) -> torch.Tensor:
+    """Pass 1, read-only: ``<g + wd x, m / (sqrt(v) + eps)>`` with the old moments (§5.2 steps 1-2)."""
+    if with_wd:
+        g = g + wd * x
+    return (g * (m / (v.sqrt() + eps))).sum()
+
+
+def _one_element_views(values: list[float], like: torch.Tensor) -> list[torch.Tensor]:
+    """``values`` as one-element views of one tensor of ``like``'s dtype and device (one copy)."""
+    t = torch.tensor(values, dtype=like.dtype, device=like.device)
+    return [t[i : i + 1] for i in range(len(values))]
+
+
+@_fused.kernel
+def _adam_step(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    step_size: torch.Tensor,
+    wd: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    with_wd: bool,
+) -> None:
+    """Pass 2 (§5.2 step 4): the Adam moments, then ``x <- x + step_size m / (sqrt(v) + eps)``
+    (``step_size``, one element: minus the bias-corrected rate; ``g`` formed from the old ``x``)."""
+    if with_wd:
+        g = g + wd * x
+    m.mul_(beta1).add_(g * (1 - beta1))
+    v.mul_(beta2).add_(g * g * (1 - beta2))
+    x.add_(m / (v.sqrt() + eps) * step_size)

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_nonnegative,
     check_positive,
@@ -57,6 +58,15 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
+
+    ``fused=True`` (``optimizers._fused``): for dense gradients one compiled kernel pass per parameter
+    updates ``a``, ``s`` and ``x`` with d_k and returns the five sums above, which feed d_{k+1} (the
+    host logic is the eager one); sparse gradients keep the eager sparse path. The non-finite check runs
+    first (``skip_if_nonfinite``, its own read of the gradients). While ``||s||_1`` is still 0 (the
+    first step, or all-zero gradients so far) the step takes two passes, the accumulators and then, only
+    when the new ``||s||_1`` is not 0, the move, so the early return is the eager one; afterwards
+    ``||s||_1`` can only return to 0 by exact cancellation of every ``s`` (there the fused step has
+    already moved x, where eager would not). The decayed gradient is not written into ``p.grad``.
     """
 
     initial_lr_arg = "d0"
@@ -72,6 +82,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         eps: float = 1e-6,
         d0: float = 1e-6,
         growth_rate: float = float("inf"),
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_unit_interval("momentum", momentum)
@@ -95,6 +106,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             skipped_steps=0,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr`` (lr of group 0, the one the package uses)."""
@@ -124,6 +136,8 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
 
         # Per parameter, in order: g_sq term, old and new sum s^2/(sqrt(a)+eps), old and new ||s||_1.
         terms: list[list[torch.Tensor]] = [[], [], [], [], []]
+        # Fused: one pass (moves x with d_k), or, while ||s||_1 = 0, accumulators first (see docstring).
+        one_pass = self.fused and skl1 != 0
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             eps, decay = group["eps"], group["weight_decay"]
             for p, g in zip(ps, gs, strict=True):
@@ -143,6 +157,20 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             dps, dgs = [p for p, _ in dense], [g for _, g in dense]
             states = [self.state[p] for p in dps]
             alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
+            if self.fused:
+                x0s = [st["x0"] for st in states]
+                if not one_pass:
+                    out = _fused.per_tensor(
+                        _accumulate, [dps, dgs, alphas, sks], dlr, float(decay), float(eps)
+                    )
+                elif decay == 0 and momentum == 0:
+                    out = _fused.per_tensor(_rule_plain, [dps, dgs, alphas, sks, x0s], dlr, float(eps))
+                else:
+                    scalars = (dlr, float(decay), float(eps), float(1 - ck), float(ck))
+                    out = _fused.per_tensor(_rule, [dps, dgs, alphas, sks, x0s], *scalars)
+                for t, vs in zip(terms, zip(*out, strict=True), strict=True):
+                    t.extend(vs)
+                continue
             if decay != 0:
                 torch._foreach_add_(dgs, dps, alpha=decay)
             # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
@@ -199,7 +227,12 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             for p, g in zip(ps, gs, strict=True):
                 if g.is_sparse:
                     self._sparse_move(p, g, eps)
-            if dense:
+            if dense and self.fused and not one_pass:  # (after one pass the kernels have moved x)
+                states = [self.state[p] for p in dense]
+                lists = [dense, [st["alphak"] for st in states], [st["sk"] for st in states]]
+                lists.append([st["x0"] for st in states])
+                _fused.per_tensor(_move, lists, float(eps), float(1 - ck), float(ck))
+            elif dense and not self.fused:
                 states = [self.state[p] for p in dense]
                 alphas = [st["alphak"] for st in states]
                 ts = scratch_like(alphas, workspace(self))
@@ -249,3 +282,73 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         p_vals = p.sparse_mask(grad).coalesce()._values()
         loc_vals = x0_vals - sk_vals.div(torch.sqrt(alphak_vals + eps))
         p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))
+
+
+@_fused.kernel
+def _rule(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    x0: torch.Tensor,
+    dlr: float,
+    decay: float,
+    eps: float,
+    keep: float,
+    ck: float,
+) -> tuple[torch.Tensor, ...]:
+    """§2.3 for one dense parameter as one kernel: reads g, a, s, x0, x; writes a, s, x; returns the
+    g_sq term, old and new ``sum s^2 / (sqrt(a) + eps)``, old and new ``||s||_1`` (as eager)."""
+    g = g + x * decay  # coupled weight decay
+    den = a.sqrt() + eps
+    old_q, old_l = (s * s / den).sum(), s.abs().sum()
+    gg = g * g
+    a.add_(gg)
+    den = a.sqrt() + eps
+    s.add_(g * dlr)
+    x.mul_(keep).add_((x0 - s / den) * ck)  # x = momentum x + (1 - momentum) z, as eager
+    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+
+
+@_fused.kernel
+def _rule_plain(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    a: torch.Tensor,
+    s: torch.Tensor,
+    x0: torch.Tensor,
+    dlr: float,
+    eps: float,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`_rule` without weight decay and momentum: x is only written (x = z, as eager)."""
+    den = a.sqrt() + eps
+    old_q, old_l = (s * s / den).sum(), s.abs().sum()
+    gg = g * g
+    a.add_(gg)
+    den = a.sqrt() + eps
+    s.add_(g * dlr)
+    x.copy_(x0 - s / den)
+    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+
+
+@_fused.kernel
+def _accumulate(
+    x: torch.Tensor, g: torch.Tensor, a: torch.Tensor, s: torch.Tensor, dlr: float, decay: float, eps: float
+) -> tuple[torch.Tensor, ...]:
+    """The accumulator half of :func:`_rule` (no move): for the steps where ``||s||_1`` is still 0."""
+    g = g + x * decay
+    den = a.sqrt() + eps
+    old_q, old_l = (s * s / den).sum(), s.abs().sum()
+    gg = g * g
+    a.add_(gg)
+    den = a.sqrt() + eps
+    s.add_(g * dlr)
+    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+
+
+@_fused.kernel
+def _move(
+    x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, eps: float, keep: float, ck: float
+):
+    """The move half of :func:`_rule`: ``x = momentum x + (1 - momentum) (x0 - s / (sqrt(a) + eps))``."""
+    x.mul_(keep).add_((x0 - s / (a.sqrt() + eps)) * ck)

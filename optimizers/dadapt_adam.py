@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
 from optimizers._dadapt_common import (
     all_reduce_sum,
@@ -56,6 +57,17 @@ class DAdaptAdam(torch.optim.Optimizer):
     Under sharded training the sums are all-reduced *before* that check (the package checks first and
     can deadlock, §10).
 
+    ``fused=True`` (``optimizers._fused``) runs the same rule as two compiled kernels per parameter:
+    pass 1 reads g, s, v and returns ``<g, s / (sqrt(v) + eps)>`` and ``||sb s + lambda (1 - sb) g||_1``
+    (the new s's norm, without writing s), so nothing changes before the decisions and the non-finite
+    check rides on the dots as in the eager path; pass 2 reads g, s, m, v, x and writes s, m, v, x (the
+    move needs only the new m, v and the old d). A single pass is what the FLOORS rule counts, but
+    inductor splits a kernel that returns reductions of the old state and then mutates it into the same
+    two loops, and the single pass would need the exact non-finite check (a read of g) and could not
+    undo a move when ``sum r ||s||_1 = 0``. Coupled weight decay is written into ``p.grad`` (pass 2);
+    groups at ``lr = 0`` move in a move-only kernel; the ``sum r ||s||_1 = 0`` early return updates the
+    moments with the eager ops. Same state layout as the eager path (checkpoints interchange).
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -77,6 +89,7 @@ class DAdaptAdam(torch.optim.Optimizer):
         d0: float = 1e-6,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas, length=2)
@@ -102,6 +115,7 @@ class DAdaptAdam(torch.optim.Optimizer):
             skipped_steps=0,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr * bc`` (bc of the next step; 1 without bias correction)."""
@@ -112,6 +126,8 @@ class DAdaptAdam(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
+        if self.fused:
+            return self._fused_step(loss)
         groups = self.param_groups
         pgs = group_grads(groups)
         grads = [g for _, gs in pgs for g in gs]
@@ -217,3 +233,162 @@ class DAdaptAdam(torch.optim.Optimizer):
                     p.addcdiv_(st["exp_avg"], t, value=-1)
             group["k"] = k + 1
         return loss
+
+    def _fused_step(self, loss: Any) -> Any:
+        """The eager rule above with the per-element work in two compiled passes (class docstring)."""
+        groups = self.param_groups
+        pgs = group_grads(groups)
+        grads = [g for _, gs in pgs for g in gs]
+        g0 = groups[0]
+        decouple = g0["decouple"]
+
+        def covers(grp: dict[str, Any]) -> bool:
+            return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
+
+        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
+        if not fused and skip_if_nonfinite(grads, *groups):
+            return loss
+        lr = shared_lr(
+            groups,
+            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
+        )
+        numerator = g0["numerator_weighted"]
+        beta1, beta2 = g0["betas"]
+        k, d = g0["k"], g0["d"]
+        dlr = d * lr * bias_correction(g0)
+        growth_rate, log_every = g0["growth_rate"], g0["log_every"]
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        sqrt_beta2 = beta2 ** (0.5)
+
+        # per group at lr > 0 with gradients: [g, x, s, m, v], coupled, the kernels' scalars, r
+        work: list[tuple[list[list[torch.Tensor]], bool, tuple[float, ...], float]] = []
+        sums: list[torch.Tensor] = []  # pass 1 (read-only): the dot and the new ||s||_1 of each tensor
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            decay, eps, r = group["weight_decay"], group["eps"], group["layer_scale"]
+            coupled = decay != 0 and not decouple
+            for p in ps:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0
+                    state["s"] = torch.zeros_like(p).detach()
+                    state["exp_avg"] = torch.zeros_like(p).detach()
+                    state["exp_avg_sq"] = torch.zeros_like(p).detach()
+            if group["lr"] > 0.0 and ps:
+                states = [self.state[p] for p in ps]
+                lists = [gs, ps] + [[st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq")]
+                scalars = (decay, sqrt_beta2, dlr * (1 - sqrt_beta2), eps)
+                work.append((lists, coupled, scalars, r))
+                gs, ps, ss, _, vs = lists
+                res = _fused.per_tensor(_SUMS[coupled], [gs, ps, ss, vs], *scalars)
+                sums += [v for pair in res for v in pair]
+            elif coupled and ps:
+                torch._foreach_add_(gs, ps, alpha=decay)  # into p.grad, as the eager path
+        values = host_floats(sums)
+        dot_values, l1_values = values[0::2], values[1::2]
+        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return loss
+
+        scales = [r for lists, _, _, r in work for _ in lists[0]]
+        numerator_acum, sk_l1 = 0.0, 0.0
+        for r, v in zip(scales, dot_values, strict=True):
+            numerator_acum += r * dlr * v
+        for r, v in zip(scales, l1_values, strict=True):
+            sk_l1 += r * v
+        numerator = sqrt_beta2 * numerator + (1 - sqrt_beta2) * numerator_acum
+
+        if fsdp:
+            global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], first_device(pgs))
+        else:
+            global_numerator = numerator
+        if sk_l1 == 0:  # the early return: the moment updates alone, as the eager ops
+            for (gs, ps, ss, ms, vs), coupled, (decay, _, a3, _), r in work:
+                if coupled:
+                    torch._foreach_add_(gs, ps, alpha=decay)
+                coefs = ((beta1, r * dlr * (1 - beta1)), (beta2, 1 - beta2), (sqrt_beta2, a3))
+                moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
+            return loss
+        d_hat = d
+        if lr > 0.0:
+            d_hat = global_numerator / ((1 - sqrt_beta2) * sk_l1)
+            d = max(d, min(d_hat, d * growth_rate))
+        if log_every > 0 and k % log_every == 0:
+            log.info(
+                f"lr: {lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={sk_l1:1.1e} "
+                f"numerator_weighted={global_numerator:1.1e}"
+            )
+
+        # pass 2: the moments and the move (the move uses the new m, v and the old d only)
+        for lists, coupled, (decay, b3, a3, eps), r in work:
+            x_decay = -decay * dlr if decouple else 0.0
+            scalars = (decay, beta1, r * dlr * (1 - beta1), beta2, 1 - beta2, b3, a3, eps, x_decay)
+            _fused.per_tensor(_UPDATE[coupled], lists, *scalars)
+        for group, (ps, _) in zip(groups, pgs, strict=True):
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            if ps:
+                states = [self.state[p] for p in ps]
+                for st in states:
+                    st["step"] += 1
+                if group["lr"] == 0.0:
+                    ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+                    x_decay = -group["weight_decay"] * dlr if decouple else 0.0
+                    _fused.per_tensor(_adam_move, [ps, ms, vs], x_decay, group["eps"])
+            group["k"] = k + 1
+        return loss
+
+
+# Scalars enter as ``tensor * float`` products: an ``alpha=``/``value=`` keyword would specialise the
+# float (a recompilation whenever d changes). Coupled weight decay has kernels of its own (a bool argument
+# would make compiled variants of one kernel, and dynamo allows few per kernel).
+
+
+def _sums_rule(coupled: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """Pass 1, read-only, on ``g, x, s, v``: ``<g, s / (sqrt(v) + eps)>`` (old s, v) and
+    ``||b3 s + a3 g||_1`` (the new s), with ``g + decay x`` when ``coupled`` (x unread otherwise)."""
+
+    def rule(
+        g: torch.Tensor,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        v: torch.Tensor,
+        decay: float,
+        b3: float,
+        a3: float,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if coupled:
+            g = g + x * decay
+        return (g * (s / (v.sqrt() + eps))).sum(), (s * b3 + g * a3).abs().sum()
+
+    rule.__name__ = rule.__qualname__ = "dadapt_adam_sums" + ("_coupled" if coupled else "")
+    return rule
+
+
+def _move(x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, x_decay: float, eps: float) -> None:
+    """The move, in place: ``x <- x + x_decay x - m / (sqrt(v) + eps)`` (``x_decay = -wd dlr`` with
+    decoupled decay, else 0)."""
+    x.add_(x * x_decay).sub_(m / (v.sqrt() + eps))
+
+
+def _update_rule(coupled: bool) -> Callable[..., None]:
+    """Pass 2 on ``g, x, s, m, v``, in place: coupled decay into g (``p.grad``, as the eager path),
+    ``m <- b1 m + a1 g``, ``v <- b2 v + a2 g^2``, ``s <- b3 s + a3 g``, then the move with the new m, v."""
+
+    def rule(
+        g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, m: torch.Tensor, v: torch.Tensor, *scalars: float
+    ) -> None:
+        decay, b1, a1, b2, a2, b3, a3, eps, x_decay = scalars
+        if coupled:
+            g.add_(x * decay)
+        m.mul_(b1).add_(g * a1)
+        v.mul_(b2).add_(g * g * a2)
+        s.mul_(b3).add_(g * a3)
+        _move(x, m, v, x_decay, eps)
+
+    rule.__name__ = rule.__qualname__ = "dadapt_adam_update" + ("_coupled" if coupled else "")
+    return rule
+
+
+_SUMS = {c: _fused.kernel(_sums_rule(c)) for c in (False, True)}
+_UPDATE = {c: _fused.kernel(_update_rule(c)) for c in (False, True)}
+_adam_move = _fused.kernel(_move)

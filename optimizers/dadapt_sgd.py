@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_nonnegative,
     check_positive,
@@ -56,6 +57,17 @@ class DAdaptSGD(torch.optim.Optimizer):
     at lr 0, or ``||g_0|| = 0``) the step returns without moving and without incrementing k, as the
     package's early return; there the package itself raises (ZeroDivisionError or UnboundLocalError).
 
+    ``fused=True`` (``optimizers._fused``): one compiled kernel pass per parameter updates ``s`` and ``x``
+    with d_k and returns ``<g_k, s_k>`` and ``||s_{k+1}||^2``, which feed d_{k+1} (the host logic is the
+    eager one; the first step also takes ``||g_0||`` as eager); groups at lr 0 are moved after the
+    ``||s|| = 0`` check by a kernel of their own. The non-finite check runs first
+    (``skip_if_nonfinite``, its own read of the gradients). The fused path does not write the decayed
+    gradient into ``p.grad``, and it does not store ``z`` every step (the rule never reads it):
+    ``state_dict()`` first refreshes ``z = x0 - s``. The one eager behaviour it cannot reproduce: when
+    lr > 0 and gradients exist but the new ``||s||^2`` is 0 (every ``s`` cancelling exactly, or every
+    square underflowing) the eager step returns without moving x, while the fused one has moved the
+    groups with lr > 0 already; an all-zero lr (a schedule at 0) is caught before the kernels, as eager.
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial distance estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -74,6 +86,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         d0: float = 1e-6,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_unit_interval("momentum", momentum)
@@ -94,6 +107,7 @@ class DAdaptSGD(torch.optim.Optimizer):
             skipped_steps=0,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is ``d_lr / g0_norm``)."""
@@ -105,6 +119,8 @@ class DAdaptSGD(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         groups = self.param_groups
+        if self.fused:
+            return self._fused_step(loss)
         pgs = group_grads(groups)
         grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
@@ -122,23 +138,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         device = first_device(pgs)
 
-        if k == 0:
-            # ||g_0|| over groups with lr > 0, before weight decay (the package's add is not in place).
-            g_sq = sum(
-                host_floats(
-                    [
-                        t
-                        for (_, gs), grp in zip(pgs, groups, strict=True)
-                        if grp["lr"] > 0
-                        for t in foreach_dot(gs, gs)
-                    ]
-                )
-            )
-            if fsdp:
-                (g_sq,) = all_reduce_sum([g_sq], device)
-            g0_norm = math.sqrt(g_sq)
-        else:
-            g0_norm = g0["g0_norm"]
+        g0_norm = self._g0_norm(pgs, fsdp, device) if k == 0 else g0["g0_norm"]
         if g0_norm == 0:
             return loss
         dlr = d * lr / g0_norm
@@ -151,7 +151,7 @@ class DAdaptSGD(torch.optim.Optimizer):
                     state["z"] = p.detach().clone()
                     state["s"] = torch.zeros_like(p).detach()
                     state["x0"] = p.detach().clone()
-            if decay != 0:
+            if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
                 dots += foreach_dot(gs, [self.state[p]["s"] for p in ps])  # <g_k, s_k>, s before the update
@@ -163,7 +163,7 @@ class DAdaptSGD(torch.optim.Optimizer):
 
         sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            if group["lr"] > 0.0:
+            if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
                 torch._foreach_add_(ss, gs, alpha=dlr)
                 sqs += foreach_dot(ss, ss)
@@ -199,3 +199,134 @@ class DAdaptSGD(torch.optim.Optimizer):
                 torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z
             group["k"] = k + 1
         return loss
+
+    def _g0_norm(self, pgs: list, fsdp: bool, device: torch.device) -> float:
+        """``||g_0||`` over groups with lr > 0, before weight decay (the package's add is not in place)."""
+        g_sq = sum(
+            host_floats(
+                [
+                    t
+                    for (_, gs), grp in zip(pgs, self.param_groups, strict=True)
+                    if grp["lr"] > 0
+                    for t in foreach_dot(gs, gs)
+                ]
+            )
+        )
+        if fsdp:
+            (g_sq,) = all_reduce_sum([g_sq], device)
+        return math.sqrt(g_sq)
+
+    def _fused_step(self, loss: float | None) -> float | None:
+        """The step above with the per-element work in one kernel pass per parameter."""
+        groups = self.param_groups
+        pgs = group_grads(groups)
+        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
+            return loss
+        lr = shared_lr(groups)
+        g0 = groups[0]
+        decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
+        growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
+        numerator = g0["numerator_weighted"]
+        ck = 1 - momentum
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        device = first_device(pgs)
+        g0_norm = self._g0_norm(pgs, fsdp, device) if k == 0 else g0["g0_norm"]
+        if g0_norm == 0:
+            return loss
+        dlr = d * lr / g0_norm
+        for ps, _ in pgs:
+            for p in ps:
+                state = self.state[p]
+                if "z" not in state:
+                    state["z"] = p.detach().clone()
+                    state["s"] = torch.zeros_like(p).detach()
+                    state["x0"] = p.detach().clone()
+        if lr == 0:  # no group with lr > 0: ||s||^2 = 0, the eager step returns here without moving
+            return loss
+
+        plain = decay == 0 and momentum == 0
+        scalars = (dlr,) if plain else (dlr, float(decay), float(1 - ck), float(ck))
+        results: list[tuple[torch.Tensor, torch.Tensor]] = []
+        frozen: list[list[torch.Tensor]] = [[], [], []]  # groups at lr 0: moved after the ||s|| = 0 check
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            ss = [self.state[p]["s"] for p in ps]
+            x0s = [self.state[p]["x0"] for p in ps]
+            if group["lr"] > 0.0:
+                rule = _rule_plain if plain else _rule
+                results += _fused.per_tensor(rule, [ps, gs, ss, x0s], *scalars)
+            else:
+                for t, ts in zip(frozen, (ps, ss, x0s), strict=True):
+                    t.extend(ts)
+        values = host_floats([v for pair in results for v in pair])
+        for v in values[0::2]:
+            numerator += dlr * v
+        sk_sq = sum(values[1::2])
+
+        d_hat = d
+        if fsdp:
+            sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], device)
+        else:
+            global_numerator = numerator
+        if sk_sq == 0:
+            return loss
+        _fused.per_tensor(_move, frozen, float(1 - ck), float(ck))
+        d_hat = 2 * global_numerator / math.sqrt(sk_sq)
+        d = max(d, min(d_hat, d * growth_rate))
+
+        if log_every > 0 and k % log_every == 0:
+            log.info(
+                f"(k={k}) dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
+                f"numerator_weighted={global_numerator} g0_norm={g0_norm}"
+            )
+        for group in groups:
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            group["g0_norm"] = g0_norm
+            group["k"] = k + 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict``, after the fused path's refresh of ``z = x0 - s``."""
+        if self.fused:
+            for state in self.state.values():
+                if "z" in state:
+                    torch.sub(state["x0"], state["s"], out=state["z"])
+        return super().state_dict()
+
+
+@_fused.kernel
+def _rule(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    s: torch.Tensor,
+    x0: torch.Tensor,
+    dlr: float,
+    decay: float,
+    keep: float,
+    ck: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """§2.1 for one parameter of a group with lr > 0, as one kernel: reads g, s, x0, x; writes s, x;
+    returns ``<g, s_k>`` and ``||s_{k+1}||^2`` (g with coupled weight decay)."""
+    g = g + x * decay
+    dot = (g * s).sum()
+    s.add_(g * dlr)
+    x.mul_(keep).add_((x0 - s) * ck)  # x = momentum x + (1 - momentum) (x0 - s), as eager
+    return dot, (s * s).sum()
+
+
+@_fused.kernel
+def _rule_plain(
+    x: torch.Tensor, g: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, dlr: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_rule` without weight decay and momentum: x is only written (x = x0 - s, which the eager
+    ``0 * x + z`` equals)."""
+    dot = (g * s).sum()
+    s.add_(g * dlr)
+    x.copy_(x0 - s)
+    return dot, (s * s).sum()
+
+
+@_fused.kernel
+def _move(x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float) -> None:
+    """A group at lr 0: only the move ``x = momentum x + (1 - momentum) (x0 - s)``, as eager."""
+    x.mul_(keep).add_((x0 - s) * ck)

@@ -5,6 +5,10 @@
 Same constructor arguments, defaults and numbers as ``dog.DoG`` of dog-optimizer 1.0.3 (every param group is
 its own DoG instance; weight decay is coupled, ``g = grad + wd * x``, so it also enters G; ``eps`` is added to
 G once, at the first step; ``init_eta`` overrides the first step size and sets reps_rel to 0).
+
+``fused=True`` runs the same rule as two compiled kernels per parameter (``optimizers._fused``): a
+read-only probe returning ``||g_t||^2`` and ``||x_t - x0||^2`` (whose finiteness doubles as the non-finite
+check), then the step ``x <- x - eta g`` with the iterate average folded in.
 """
 
 from __future__ import annotations
@@ -15,8 +19,17 @@ from typing import Any
 
 import torch
 
-from optimizers._averaging import poly_decay_update_, swapped
-from optimizers._common import check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
+from optimizers import _fused
+from optimizers._averaging import poly_decay_update_, poly_decay_weight, swapped
+from optimizers._common import (
+    check_nonnegative,
+    check_positive,
+    closure_loss,
+    grads_with_params,
+    host_floats,
+    skip_if_nonfinite,
+)
+from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 
@@ -49,6 +62,13 @@ class DoG(torch.optim.Optimizer):
     Non-finite policy: a step whose gradients hold a NaN or inf is skipped whole (no parameter or state
     change); ``state["skipped_steps"]`` counts them.
 
+    ``fused=True`` (an attribute, not a group option: checkpoints load either way): per parameter one
+    read-only kernel (``_dog_probe``: ``||grad + wd x||^2``, ``||x - x0||^2``) and one update kernel
+    (``_dog_update``/``_dog_update_avg``: ``x <- x - eta (grad + wd x)``, then the average). The probes'
+    ``||g||^2`` cover every gradient element before anything changes, so their finiteness is the
+    non-finite check (the exact check decides when one is not finite). Same state and scalar logic as the
+    eager path; tensors without a gradient (frozen) and the first averaging step use the eager ops.
+
     Diagnostics (specs §8): ``eta``, ``rbar``, ``G`` per group (suffix ``@<group index>`` with several
     groups), and ``skipped_steps``.
     """
@@ -66,6 +86,7 @@ class DoG(torch.optim.Optimizer):
         eps: float = 1e-8,
         init_eta: float | None = None,
         averaging_gamma: float | None = None,
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_nonnegative("weight_decay", weight_decay)
@@ -86,6 +107,7 @@ class DoG(torch.optim.Optimizer):
             averaging_gamma=averaging_gamma,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
         self.state["skipped_steps"] = 0
 
     # -- the rule -------------------------------------------------------------------------------
@@ -95,6 +117,25 @@ class DoG(torch.optim.Optimizer):
 
     def _reduce_sq(self, sq: torch.Tensor) -> torch.Tensor:
         return sq if self._layerwise else sq.sum()
+
+    def _scalars(
+        self, group: dict[str, Any], gsq: torch.Tensor, norms: torch.Tensor, first: bool
+    ) -> torch.Tensor:
+        """§4 steps 2-4 from the per-tensor ``||g||^2`` and ``||x_0||`` (first step) or ``||x_t - x_0||``:
+        sets ``group["rbar"]``, ``group["G"]``, ``group["eta"]`` and returns eta."""
+        device, sdtype = gsq.device, gsq.dtype
+        if first:  # §4 step 2: rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
+            rbar = group["reps_rel"] * (1 + self._reduce_norms(norms))
+            G = self._reduce_sq(gsq) + group["eps"]
+        else:  # §4 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
+            # .to(): a no-op unless a checkpoint was loaded onto another device
+            rbar = torch.maximum(group["rbar"].to(device=device, dtype=sdtype), self._reduce_norms(norms))
+            G = group["G"].to(device=device, dtype=sdtype) + self._reduce_sq(gsq)
+        eta = group["lr"] * rbar / torch.sqrt(G)
+        if first and group["init_eta"] is not None:
+            eta = torch.full_like(eta, group["init_eta"])
+        group["rbar"], group["G"], group["eta"] = rbar, G, eta
+        return eta
 
     @torch.no_grad()
     def _step_group(self, group: dict[str, Any]) -> None:
@@ -121,22 +162,14 @@ class DoG(torch.optim.Optimizer):
                 gsq[index] = gn * gn
 
         first = "rbar" not in group
-        if first:  # §4 step 2: store x0; rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
+        if first:
             for p in params:
                 self.state[p]["x0"] = p.detach().clone()
-            x0n = torch.stack(torch._foreach_norm(params)).to(sdtype)
-            rbar = group["reps_rel"] * (1 + self._reduce_norms(x0n))
-            G = self._reduce_sq(gsq) + group["eps"]
-        else:  # §4 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
+            norms = torch.stack(torch._foreach_norm(params)).to(sdtype)
+        else:
             diffs = torch._foreach_sub(params, [self.state[p]["x0"] for p in params])
-            dist = self._reduce_norms(torch.stack(torch._foreach_norm(diffs)).to(sdtype))
-            # .to(): a no-op unless a checkpoint was loaded onto another device
-            rbar = torch.maximum(group["rbar"].to(device=device, dtype=sdtype), dist)
-            G = group["G"].to(device=device, dtype=sdtype) + self._reduce_sq(gsq)
-        eta = group["lr"] * rbar / torch.sqrt(G)
-        if first and group["init_eta"] is not None:
-            eta = torch.full_like(eta, group["init_eta"])
-        group["rbar"], group["G"], group["eta"] = rbar, G, eta
+            norms = torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+        eta = self._scalars(group, gsq, norms, first)
 
         if ps:  # §4 step 5: x <- x - eta g
             if self._layerwise:
@@ -159,12 +192,92 @@ class DoG(torch.optim.Optimizer):
     def step(self, closure: Any = None) -> Any:
         """One DoG step for every param group (skipped whole on a non-finite gradient)."""
         loss = closure_loss(closure)
+        if self.fused:
+            self._fused_step()
+            return loss
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if skip_if_nonfinite(grads, self.state):
             return loss
         for group in self.param_groups:
             self._step_group(group)
         return loss
+
+    # -- fused path -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _fused_step(self) -> None:
+        """The eager rule with compiled kernels: all probes (read-only) first, the skip decision, then
+        per group the scalars and the update kernels."""
+        probes = []
+        for group in self.param_groups:
+            ps, grads = grads_with_params(group["params"])
+            if "rbar" in group:
+                x0s = [self.state[p]["x0"] for p in ps]
+            else:  # no x0 yet: a stand-in (an aliased argument would compile another variant)
+                x0s = [torch.zeros_like(p) for p in ps]
+            probes.append((ps, grads, _fused.per_tensor(_dog_probe, [grads, ps, x0s], group["weight_decay"])))
+        gsq_all = [s[0] for *_, sums in probes for s in sums]
+        grads_all = [g for _, grads, _ in probes for g in grads]
+        if skip_if_reduction_nonfinite(host_floats(gsq_all), grads_all, self.state):
+            return
+        for group, (ps, grads, sums) in zip(self.param_groups, probes, strict=True):
+            if group["params"]:
+                self._fused_group(group, ps, grads, sums)
+
+    def _fused_group(
+        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], sums: list
+    ) -> None:
+        params: list[torch.Tensor] = group["params"]
+        device = params[0].device
+        sdtype = _scalar_dtype(device)
+        have = {id(p) for p in ps}
+        every = len(ps) == len(params)
+        index = torch.tensor(
+            [i for i, p in enumerate(params) if id(p) in have], dtype=torch.long, device=device
+        )
+        gsq = torch.zeros(len(params), dtype=sdtype, device=device)
+        dsq = torch.zeros(len(params), dtype=sdtype, device=device)
+        if ps:
+            gsq[index] = torch.stack([s[0] for s in sums]).to(sdtype)
+            dsq[index] = torch.stack([s[1] for s in sums]).to(sdtype)
+        first = "rbar" not in group
+        if first:
+            for p in params:
+                self.state[p]["x0"] = p.detach().clone()
+            norms = torch.stack(torch._foreach_norm(params)).to(sdtype)
+        else:
+            frozen = [p for p in params if id(p) not in have]
+            if frozen:  # no probe ran on them: ||x - x0|| the eager way
+                diffs = torch._foreach_sub(frozen, [self.state[p]["x0"] for p in frozen])
+                rest = torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+                mask = torch.ones(len(params), dtype=torch.bool, device=device)
+                mask[index] = False
+                dsq[mask] = rest * rest
+            norms = torch.sqrt(dsq)
+        eta = self._scalars(group, gsq, norms, first)
+
+        gamma = group["averaging_gamma"]
+        t = group.get("averaged_steps", 0) + 1
+        if ps:
+            if self._layerwise:
+                negs = (-(eta if every else eta[index])).tolist()
+            else:
+                negs = [-float(eta)] * len(ps)
+            wd = group["weight_decay"]
+            if gamma is None or t == 1:
+                for p, g, neg in zip(ps, grads, negs, strict=True):
+                    _dog_update(*_fused.flat([p, g]), neg, wd)
+            else:
+                w = poly_decay_weight(t, gamma)
+                for p, g, neg in zip(ps, grads, negs, strict=True):
+                    _dog_update_avg(*_fused.flat([p, g, self.state[p]["avg"]]), neg, wd, w)
+        if gamma is not None:
+            if t == 1:
+                for p in params:
+                    self.state[p]["avg"] = p.detach().clone()
+            else:
+                frozen = [p for p in params if id(p) not in have]
+                poly_decay_update_([self.state[p]["avg"] for p in frozen], frozen, t, gamma)
+            group["averaged_steps"] = t
 
     # -- averaging --------------------------------------------------------------------------------
     @contextmanager
@@ -197,3 +310,28 @@ class DoG(torch.optim.Optimizer):
                 out[k + suffix] = v
         out["skipped_steps"] = float(self.state["skipped_steps"])
         return out
+
+
+@_fused.kernel
+def _dog_probe(
+    g: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, wd: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pass 1, read-only: ``||g + wd x||^2`` (this step's gradient, §4) and ``||x - x0||^2``."""
+    d = g + x * wd
+    r = x - x0
+    return (d * d).sum(), (r * r).sum()
+
+
+@_fused.kernel
+def _dog_update(x: torch.Tensor, g: torch.Tensor, neg_eta: float, wd: float) -> None:
+    """Pass 2: ``x <- x - eta (g + wd x)`` (§4 step 5), in place."""
+    x.add_((g + x * wd) * neg_eta)
+
+
+@_fused.kernel
+def _dog_update_avg(
+    x: torch.Tensor, g: torch.Tensor, avg: torch.Tensor, neg_eta: float, wd: float, w: float
+) -> None:
+    """Pass 2 with averaging: the step, then ``avg <- (1 - w) avg + w x`` (optimizers/_averaging.py)."""
+    x.add_((g + x * wd) * neg_eta)
+    avg.mul_(1.0 - w).add_(x * w)

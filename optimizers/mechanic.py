@@ -50,6 +50,27 @@ Cost per step: four foreach reductions (``||g||^2``, ``<Delta, g>``, ``||y||^2``
 one host sync (a second one with ``decay_weights="post"``), a copy of ``x_t``, two foreach passes for
 ``Delta_{t+1}`` (plus two to recompute ``Delta_t``), and three to write ``x_{t+1}``. The tuner itself is n
 scalars updated on the CPU.
+
+``fused=True`` (``optimizers/_fused.py``; the base optimizer is fused or not on its own: torch's
+``fused=True``, ``Lion(fused=True)``) runs the same rule, the same host scalars and the same state with
+Mechanic's per-element work in compiled kernels, one call per parameter each:
+
+1. before the base step, read-only on the state: ``x, g, x_ref`` (or the stored ``Delta``) -> the four sums
+   of line 4 (Delta_t recomputed in registers, never written), plus the scratch copy ``x_t`` of ``x`` (a
+   work buffer, not state; inductor emits it as a second loop re-reading x). The sums come back in one host
+   sync and are the non-finite check (a NaN or inf gradient makes ``||g||^2`` non-finite): nothing but
+   the scratch has been written when a step is skipped;
+2. (``decay_weights="post"`` only) after the base step, read-only: ``x', x_t, x_ref`` (or ``x', Delta``)
+   -> ``||x'||^2, <Delta_t, x'>`` (host sync 2);
+3. after the tuner: ``x', x_t, x_ref`` -> ``x_{t+1}`` (recomputed Delta: one write), or
+   ``x', x_t, Delta, x_ref`` -> ``Delta_{t+1}, x_{t+1}`` (stored Delta).
+
+Mechanic's own traffic is then 5 + 4 tensors besides the base step ("post" adds 3, or 2 with a stored
+Delta, whose write costs 2 more), against 4 in the floor of ``benchmarks/optimizer_overhead.py``, which
+counts the Delta update inside the base step's pass (out of reach with an opaque base). Rounding differs
+from the eager path (inductor contracts and reorders the arithmetic and the sums), so a fused trajectory
+agrees with the eager one up to rounding, not bit for bit; the state layout is the same, so checkpoints
+move freely between the two.
 """
 
 from __future__ import annotations
@@ -61,6 +82,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_betas,
     check_choice,
@@ -109,9 +131,20 @@ def _sums(per_tensor: list[float], n: int) -> list[float]:
     return [sum(per_tensor[i : i + n]) for i in range(0, len(per_tensor), n)]
 
 
+def _columns(rows: list[torch.Tensor]) -> list[float]:
+    """Per-tensor vectors of sums (one per kernel call), fetched in one host sync; each entry summed
+    over the tensors in float64 on the host, in parameter order (as ``_sums`` does)."""
+    if any(r.dtype != rows[0].dtype for r in rows):  # mixed parameter dtypes: exact in float64
+        rows = [r.to(torch.float64) for r in rows]
+    return [sum(column) for column in zip(*torch.stack(rows).tolist(), strict=True)]
+
+
 @register("mechanic")
 class Mechanic(torch.optim.Optimizer):
-    """Mechanic around an already built ``base_optimizer`` (see the module docstring for every option)."""
+    """Mechanic around an already built ``base_optimizer`` (see the module docstring for every option).
+
+    ``fused=True`` runs Mechanic's own passes as compiled kernels (module docstring, last section).
+    """
 
     initial_lr_arg = "base.lr"
     lr_schedule_compatible = True
@@ -131,6 +164,7 @@ class Mechanic(torch.optim.Optimizer):
         clip_h: bool | None = None,
         keep_negative_r: bool | None = None,
         decay_weights: str | None = None,
+        fused: bool = False,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise ValueError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
@@ -159,6 +193,7 @@ class Mechanic(torch.optim.Optimizer):
         self.m_init, self.eps_in_m = float(opts["m_init"]), bool(opts["eps_in_m"])
         self.clip_h, self.decay_weights = bool(opts["clip_h"]), opts["decay_weights"]
         self.keep_negative_r = bool(opts["keep_negative_r"])
+        self.fused = bool(fused)
         n = len(betas)
         self.state["mechanic"] = {
             "s": [0.0] * n,
@@ -193,6 +228,8 @@ class Mechanic(torch.optim.Optimizer):
                 self.state[p]["delta"] = torch.zeros_like(p)
         x_refs = [self.state[p]["x_ref"] for p in params]
         s_sum = sum(tuner["s"])
+        if self.fused:
+            return self._fused_step(params, grads, x_refs, s_sum, closure, loss)
         if self.store_delta:
             deltas = [self.state[p]["delta"] for p in params]
         else:  # line 2: Delta_t = (x_t - x_ref) / (S_t + eps)
@@ -215,10 +252,7 @@ class Mechanic(torch.optim.Optimizer):
         if self.decay_weights == "post":
             post = [*torch._foreach_powsum(params, 2), *_dots(deltas, params)]
             values += _sums(host_floats(post), len(params))  # host sync 2
-        g_sq, delta_g, y_sq, delta_y = values
-        # line 4: h = <Delta_t, g + s_decay * S * ||g|| / (||y|| + eps) * y>
-        h = delta_g + self.s_decay * s_sum * math.sqrt(g_sq) / (math.sqrt(y_sq) + self.eps) * delta_y
-        self._tune(h)
+        self._tune(self._h(s_sum, *values))
         # line 3: Delta_{t+1} = Delta_t + u_t, with u_t = x'_t - x_t (sign flipped twice: exact)
         torch._foreach_sub_(x_t, params)
         torch._foreach_sub_(deltas, x_t)
@@ -229,6 +263,53 @@ class Mechanic(torch.optim.Optimizer):
         torch._foreach_add_(params, x_refs)
         tuner["step"] += 1
         return loss
+
+    def _fused_step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        x_refs: list[torch.Tensor],
+        s_sum: float,
+        closure: Callable[[], torch.Tensor] | None,
+        loss: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """The step above with Mechanic's own per-element work in two compiled kernels per tensor
+        (three with ``decay_weights="post"``), the same scalars and the same state."""
+        tuner, denom = self.state["mechanic"], s_sum + self.eps
+        x_t = self._scratch("x_t", params)  # a work buffer, not state: writing it before the skip is fine
+        stored = [self.state[p]["delta"] for p in params] if self.store_delta else None
+        # pass 1 (reads g, x, x_ref or Delta; writes the scratch copy x_t): line 4's four sums, one sync
+        if stored is None:
+            outs = _fused.per_tensor(_sums_recomputed, [params, grads, x_refs, x_t], denom)
+        else:
+            outs = _fused.per_tensor(_sums_stored, [params, grads, stored, x_t])
+        values = _columns(outs)
+        if self.decay_weights == "post":
+            values = values[:2]  # ||x_t||^2, <Delta, x_t> are not used: the norms of x'_t are
+        if not all(math.isfinite(v) for v in values):  # nothing but the scratch buffer was written
+            tuner["skipped_steps"] += 1.0
+            return loss
+
+        self.base.step(self._replay(closure, loss))  # line 1: p <- x'_t = x_t + u_t
+        if self.decay_weights == "post":  # a read-only pass over x'_t (and x_t, x_ref or Delta)
+            if stored is None:
+                outs = _fused.per_tensor(_post_sums_recomputed, [params, x_t, x_refs], denom)
+            else:
+                outs = _fused.per_tensor(_post_sums_stored, [params, stored])
+            values += _columns(outs)  # host sync 2
+        self._tune(self._h(s_sum, *values))
+        # last pass, lines 3 and 6: Delta_{t+1} = Delta_t + u_t, x_{t+1} = x_ref + S_{t+1} * Delta_{t+1}
+        scale = max(sum(tuner["s"]), 0.0)
+        if stored is None:
+            _fused.per_tensor(_update_recomputed, [params, x_t, x_refs], denom, scale)
+        else:
+            _fused.per_tensor(_update_stored, [params, x_t, stored, x_refs], scale)
+        tuner["step"] += 1
+        return loss
+
+    def _h(self, s_sum: float, g_sq: float, delta_g: float, y_sq: float, delta_y: float) -> float:
+        """Line 4: ``h = <Delta, g + s_decay * S * ||g|| / (||y|| + eps) * y>`` from the four sums."""
+        return delta_g + self.s_decay * s_sum * math.sqrt(g_sq) / (math.sqrt(y_sq) + self.eps) * delta_y
 
     def _scratch(self, name: str, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-parameter work buffers kept between steps (not state: never saved, overwritten each step).
@@ -312,3 +393,59 @@ class Mechanic(torch.optim.Optimizer):
         """``s``: the learned scale ``sum_i s_i`` (specs §8), and the skip counter."""
         t = self.state["mechanic"]
         return {"s": float(sum(t["s"])), "skipped_steps": float(t["skipped_steps"])}
+
+
+# ---------------------------------------------------------------------------------------------------- fused
+# One parameter each, on 1-D views (optimizers/_fused.py). ``denom = S_t + eps``; ``x_t`` is the scratch copy.
+
+
+@_fused.kernel
+def _sums_recomputed(
+    x: torch.Tensor, g: torch.Tensor, x_ref: torch.Tensor, x_t: torch.Tensor, denom: float
+) -> torch.Tensor:
+    """Lines 2 and 4: ``Delta_t = (x - x_ref) / denom`` (never stored) and the sums ``||g||^2, <Delta, g>,
+    ||x||^2, <Delta, x>``, in one read of x, g, x_ref; writes ``x_t <- x`` for the u_t of the last pass."""
+    delta = (x - x_ref) / denom
+    x_t.copy_(x)
+    return torch.stack([(g * g).sum(), (delta * g).sum(), (x * x).sum(), (delta * x).sum()])
+
+
+@_fused.kernel
+def _sums_stored(x: torch.Tensor, g: torch.Tensor, delta: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
+    """Line 4's sums with the stored Delta_t (``store_delta``); writes ``x_t <- x``."""
+    x_t.copy_(x)
+    return torch.stack([(g * g).sum(), (delta * g).sum(), (x * x).sum(), (delta * x).sum()])
+
+
+@_fused.kernel
+def _post_sums_recomputed(
+    x: torch.Tensor, x_t: torch.Tensor, x_ref: torch.Tensor, denom: float
+) -> torch.Tensor:
+    """``decay_weights="post"``: ``||x'||^2, <Delta_t, x'>`` after the base step, Delta_t from x_t."""
+    delta = (x_t - x_ref) / denom
+    return torch.stack([(x * x).sum(), (delta * x).sum()])
+
+
+@_fused.kernel
+def _post_sums_stored(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """``decay_weights="post"`` with the stored Delta_t: ``||x'||^2, <Delta_t, x'>``."""
+    return torch.stack([(x * x).sum(), (delta * x).sum()])
+
+
+@_fused.kernel
+def _update_recomputed(
+    x: torch.Tensor, x_t: torch.Tensor, x_ref: torch.Tensor, denom: float, scale: float
+) -> None:
+    """Lines 3 and 6 on ``x = x'_t``: ``Delta_{t+1} = Delta_t - (x_t - x'_t)``, then
+    ``x <- Delta_{t+1} * scale + x_ref`` (``scale = max(S_{t+1}, 0)``): reads x', x_t, x_ref, writes x."""
+    delta = (x_t - x_ref) / denom - (x_t - x)
+    x.copy_(delta * scale + x_ref)
+
+
+@_fused.kernel
+def _update_stored(
+    x: torch.Tensor, x_t: torch.Tensor, delta: torch.Tensor, x_ref: torch.Tensor, scale: float
+) -> None:
+    """Lines 3 and 6 with the stored Delta: ``Delta <- Delta - (x_t - x'_t)``, ``x <- Delta * S + x_ref``."""
+    delta.sub_(x_t - x)
+    x.copy_(delta * scale + x_ref)

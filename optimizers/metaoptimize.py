@@ -44,6 +44,16 @@ Semantics the suite fixes:
   Python scalars ``step``, ``skipped_steps`` and the running products for the bias corrections
   (kept as products, as ``HF.py`` does, for bit-level parity). All of it is in ``state_dict()``.
 - Host syncs: one per step for the finite check and one to read α as Python floats.
+
+``fused=True`` (an attribute, not a hyper-parameter: checkpoints load either way) runs the same rule as
+one compiled kernel per block (``optimizers._fused``, CHUNK tensors per call; the ``FLOORS`` rule
+"g,h,m,v,x -> h,m,v,x"): per tensor it returns the share of z_k = <h, g> from the old trace and writes
+m/v, w and h once. Inductor emits the <h, g> reduction as its own loop (it does not fuse a reduction
+with the later in-place write of h), so h and g are read twice: 11 tensors of traffic instead of 9
+(AdamW base). The per-block sum of the shares, the α read and the meta update on the K scalars are the
+eager host logic. Every base, meta (``fixed`` included: a kernel without h), normalisation and
+block layout is fused; there is no eager fallback. The non-finite check is ``skip_if_nonfinite`` (one
+read of g) before any kernel, so a skipped step mutates nothing.
 """
 
 from __future__ import annotations
@@ -54,6 +64,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_choice,
     check_nonnegative,
@@ -104,6 +115,7 @@ class MetaOptimize(torch.optim.Optimizer):
         meta_weight_decay: float = 0.0,
         normalization: str = "code",
         eps: float | None = None,
+        fused: bool = False,
     ) -> None:
         base, meta, normalization = _lower(base), _lower(meta), _lower(normalization)
         check_choice("base", base, BASES)
@@ -151,6 +163,7 @@ class MetaOptimize(torch.optim.Optimizer):
             eps=eps,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
 
     @classmethod
     def from_model(
@@ -276,6 +289,53 @@ class MetaOptimize(torch.optim.Optimizer):
             return delta, trace
         return delta, None
 
+    def _base_scalars(self, a: float) -> list[float]:
+        """The base rule's per-step scalars for the ``KERNELS`` (as in the eager ``_displacement``)."""
+        d, meta = self.defaults, self.state[META_KEY]
+        base, norm, t = d["base"], d["normalization"], meta["step"]
+        rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]
+        if base == "sgdm":
+            return [a, rho]
+        if base == "lion":
+            return [a, d["lion_c"], rho]
+        # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out (§4)
+        if norm == "package":  # m_hat, v_hat EMAs with bias-corrected weights
+            b1, b2 = (1.0 - rho) / (1.0 - rho**t), (1.0 - lam) / (1.0 - lam**t)
+            m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
+        elif norm == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+            mu = (1.0 - lam) / (1.0 - meta["lam_acc"])
+            m_ab, v_ab, s_in_div_out = [rho, 1.0], [lam, 1.0], [eps / mu, 1.0, 0.0]
+            scale = 1.0 / math.sqrt(mu)
+        else:  # paper
+            m_ab, v_ab = [rho, 1.0 - rho], [lam, 1.0 - lam]
+            s_in_div_out, scale = [0.0, math.sqrt(1.0 - meta["lam_acc"]), eps], 1.0
+        if base == "rmsprop":
+            return [a * scale, *v_ab, *s_in_div_out]
+        m_scale = scale / (1.0 - meta["rho_acc"]) if norm == "paper" else scale
+        return [a, a * m_scale, *m_ab, *v_ab, *s_in_div_out]
+
+    def _fused_block(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        states: list[dict],
+        a: float,
+        kappa: float,
+    ) -> list[torch.Tensor]:
+        """One block's step as one kernel per tensor; the tensors' shares of z_k (empty when untracked)."""
+        d = self.defaults
+        base, track = d["base"], d["meta"] != "fixed"
+        keys = {"sgdm": ["m"], "lion": ["m"], "rmsprop": ["v"], "adamw": ["m", "v"]}[base]
+        lists = [params, grads] + [[s[k] for s in states] for k in keys]
+        scalars = [a * kappa, *self._base_scalars(a)]
+        name = "adamw_package" if d["normalization"] == "package" else base
+        if not track:
+            _fused.per_tensor(KERNELS[name][1], lists, *scalars)
+            return []
+        decay = d["gamma"] * (1.0 - kappa * a)
+        lists.insert(2, [s["h"] for s in states])
+        return _fused.per_tensor(KERNELS[name][0], lists, decay, *scalars)
+
     def _meta_update(self, z: torch.Tensor) -> None:
         """β update on the K block scalars from z (§3.2 step 4; textbook form for ``paper``)."""
         d, meta = self.defaults, self.state[META_KEY]
@@ -338,6 +398,11 @@ class MetaOptimize(torch.optim.Optimizer):
                 continue
             states = [self._init_state(p) for p in params]
             kappa = group["weight_decay"]
+            if self.fused:
+                z = self._fused_block(params, grads, states, a, kappa)
+                if track:
+                    zs.append(torch.stack(z).sum().to(torch.float64))
+                continue
             if track:
                 h = [s["h"] for s in states]
                 dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, grads, strict=True)]
@@ -369,3 +434,106 @@ class MetaOptimize(torch.optim.Optimizer):
                 out.update({f"{key}/{n}": float(x) for n, x in zip(names, values, strict=True)})
         out["skipped_steps"] = float(meta["skipped_steps"])
         return out
+
+
+# ------------------------------------------------------------------ fused kernels (fused=True)
+# Each base rule returns (Δ, trace term or None) for one flattened tensor, updating its m/v in place;
+# ``_kernel_pair`` wraps it into the traced kernel (z share from the old h, then h and w) and the
+# untraced one (meta="fixed"). Same ops as ``_displacement``, contracted into one loop. In-place chains
+# with a Python-float operand (``m.mul_(r).add_(g, alpha=1 - r)``, ``addcmul_(.., value=b)``) make dynamo
+# specialise on the float's value (a recompile whenever α or a bias correction changes; torch 2.14), so
+# every update is ``t.copy_(expr)`` (test_fused_does_not_recompile_when_alpha_and_bias_corrections_change).
+Rule = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
+
+
+def _sgdm(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, ak: float, a: float, rho: float) -> Any:
+    """SGDm: Δ = a κ w + a m with the momentum before this gradient, then m ← ρ m + (1 − ρ) g."""
+    delta = x * ak + m * a
+    m.copy_(m * rho + g * (1.0 - rho))
+    return delta, None
+
+
+def _lion(
+    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, ak: float, a: float, c: float, rho: float
+) -> Any:
+    """Lion: Δ = a κ w + a sign(c m + (1 − c) g), then m ← ρ m + (1 − ρ) g."""
+    delta = x * ak + torch.sign(m * c + g * (1.0 - c)) * a
+    m.copy_(m * rho + g * (1.0 - rho))
+    return delta, None
+
+
+def _denominator(
+    g: torch.Tensor, v: torch.Tensor, va: float, vb: float, s_in: float, s_div: float, s_out: float
+) -> torch.Tensor:
+    """v ← va v + vb g², then s = sqrt(v + s_in) / s_div + s_out (``_normalizer``, all three forms)."""
+    v_new = v * va + g * g * vb
+    v.copy_(v_new)
+    return torch.sqrt(v_new + s_in) / s_div + s_out
+
+
+def _rmsprop(
+    x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, ak: float, a_scale: float, *norm: float
+) -> Any:
+    """RMSProp: Δ = a κ w + a scale g / s."""
+    return x * ak + g / _denominator(g, v, *norm) * a_scale, None
+
+
+def _adamw_parts(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    m: torch.Tensor,
+    v: torch.Tensor,
+    ak: float,
+    a_scale: float,
+    ma: float,
+    mb: float,
+    *norm: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    s = _denominator(g, v, *norm)
+    m_new = m * ma + g * mb
+    m.copy_(m_new)
+    return x * ak + m_new / s * a_scale, s
+
+
+def _adamw(
+    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ak: float, a: float, *rest: float
+) -> Any:
+    """AdamW: m ← ma m + mb g, Δ = a κ w + a scale m / s."""
+    return _adamw_parts(x, g, m, v, ak, *rest)[0], None
+
+
+def _adamw_package(
+    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ak: float, a: float, *rest: float
+) -> Any:
+    """The pip package's AdamW: as ``_adamw``, and the trace term a g / s (§11)."""
+    delta, s = _adamw_parts(x, g, m, v, ak, *rest)
+    return delta, g / s * a
+
+
+def _kernel_pair(rule: Rule, n_states: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """(traced, untraced) kernels for ``rule``: ``traced(x, g, h, *states, decay, *scalars)`` returns
+    <h, g> with the old h (§3.2 step 2) and sets h ← decay h − (Δ or the trace term), w ← w − Δ."""
+
+    def traced(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, *args: Any) -> torch.Tensor:
+        states, decay, scalars = args[:n_states], args[n_states], args[n_states + 1 :]
+        z = (h * g).sum()
+        delta, trace = rule(x, g, *states, *scalars)
+        h.copy_(h * decay - (delta if trace is None else trace))
+        x.copy_(x - delta)
+        return z
+
+    def untraced(x: torch.Tensor, g: torch.Tensor, *args: Any) -> None:
+        x.copy_(x - rule(x, g, *args)[0])
+
+    for fn, kind in ((traced, "traced"), (untraced, "untraced")):
+        fn.__name__ = fn.__qualname__ = f"metaoptimize{rule.__name__}_{kind}"
+    return _fused.kernel(traced), _fused.kernel(untraced)
+
+
+KERNELS = {
+    "sgdm": _kernel_pair(_sgdm, 1),
+    "lion": _kernel_pair(_lion, 1),
+    "rmsprop": _kernel_pair(_rmsprop, 1),
+    "adamw": _kernel_pair(_adamw, 2),
+    "adamw_package": _kernel_pair(_adamw_package, 2),
+}

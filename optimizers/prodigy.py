@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_betas,
     check_nonnegative,
@@ -63,6 +64,16 @@ class Prodigy(torch.optim.Optimizer):
     step returns after the moment updates, without moving and without incrementing k, exactly as the
     package.
 
+    ``fused=True`` (``optimizers._fused``) runs the same rule as two compiled kernels per parameter:
+    pass 1 reads g, x, p0, s and returns ``<g, p0 - x>`` and ``||beta3 s + alpha g||_1`` (the new s's
+    norm, computed without writing s), so nothing changes before the decisions and the non-finite
+    check rides on the dots as in the eager path; pass 2, after the new d is known, reads g, s, m, v, x
+    and writes s, m, v, x (coupled weight decay is written into ``p.grad`` there). Groups at ``lr = 0``
+    move in a move-only kernel; the ``sum ||s||_1 = 0`` early return updates the moments with the eager
+    ops. With ``slice_p > 1`` in any group, or a non-contiguous parameter or gradient, the step falls
+    back to the eager path. Same state layout as
+    the eager path (checkpoints interchange).
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -87,6 +98,7 @@ class Prodigy(torch.optim.Optimizer):
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
         slice_p: int = 1,
+        fused: bool = False,
     ) -> None:
         check_positive("lr", lr)
         check_betas("betas", betas, length=2)
@@ -120,6 +132,7 @@ class Prodigy(torch.optim.Optimizer):
             skipped_steps=0,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
         """§8: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat`` (d before a step), ``d_max``."""
@@ -132,6 +145,8 @@ class Prodigy(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
+        if self.fused and all(self._fusable(group) for group in self.param_groups):
+            return self._fused_step(loss)
         groups = self.param_groups
         pgs = group_grads(groups)
         grads = [g for _, gs in pgs for g in gs]
@@ -240,3 +255,196 @@ class Prodigy(torch.optim.Optimizer):
                         p.addcdiv_(g, t, value=-dlr * d)
             group["k"] = k + 1
         return loss
+
+    @staticmethod
+    def _fusable(group: dict[str, Any]) -> bool:
+        """Whether the fused path covers ``group``: ``slice_p = 1``, contiguous parameters and gradients."""
+        return group["slice_p"] == 1 and all(_contiguous(p) for p in group["params"])
+
+    def _fused_step(self, loss: Any) -> Any:
+        """The eager rule above with the per-element work in two compiled passes (class docstring);
+        every group has ``slice_p = 1``."""
+        groups = self.param_groups
+        pgs = group_grads(groups)
+        grads = [g for _, gs in pgs for g in gs]
+        g0 = groups[0]
+        decouple = g0["decouple"]
+
+        def covers(grp: dict[str, Any]) -> bool:
+            return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
+
+        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
+        if not fused and skip_if_nonfinite(grads, *groups):
+            return loss
+
+        lr = shared_lr(groups)
+        beta1, beta2 = g0["betas"]
+        beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
+        k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
+        dlr = d * lr * bias_correction(g0)
+        growth_rate = g0["growth_rate"]
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        d_numerator = g0["d_numerator"] * beta3
+
+        # per group at lr > 0 with gradients: [g, x, s, v, m?], coupled, decay, alpha (of s), d / d0, group
+        work: list[tuple[list[list[torch.Tensor]], bool, float, float, float, dict[str, Any]]] = []
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            decay, group_d0 = group["weight_decay"], group["d0"]
+            coupled = decay != 0 and not decouple
+            for p in ps:
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = 0
+                    state["s"] = torch.zeros_like(p.flatten()).detach()
+                    if p.any():
+                        state["p0"] = p.flatten().detach().clone()
+                    else:  # all zeros: a scalar 0, as the package (saves memory)
+                        state["p0"] = torch.tensor(0, device=p.device, dtype=p.dtype)
+                    if beta1 > 0:
+                        state["exp_avg"] = torch.zeros_like(p).detach()
+                    state["exp_avg_sq"] = torch.zeros_like(p).detach()
+            if group["lr"] > 0.0 and ps:
+                alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * dlr
+                states = [self.state[p] for p in ps]
+                lists = [gs, ps] + [[st[key] for st in states] for key in ("s", "exp_avg_sq")]
+                if beta1 > 0:
+                    lists.append([st["exp_avg"] for st in states])
+                work.append((lists, coupled, decay, alpha, d / group_d0, group))
+            elif coupled and ps:
+                torch._foreach_add_(gs, ps, alpha=decay)  # into p.grad, as the eager path
+        # pass 1 (read-only), tensors with a scalar p0 (zero) apart; one host sync for all the sums
+        sums: list[torch.Tensor] = []
+        for lists, coupled, decay, alpha, _, _ in work:
+            gs, ps, ss = lists[:3]
+            p0s = [self.state[p]["p0"] for p in ps]
+            full = [i for i, p0 in enumerate(p0s) if p0.dim() > 0]
+            zero = [i for i, p0 in enumerate(p0s) if p0.dim() == 0]
+            out: list[Any] = [None] * len(ps)
+            for idx, kern, tl in (
+                (full, _SUMS[coupled, False], [gs, ps, p0s, ss]),
+                (zero, _SUMS[coupled, True], [gs, ps, ss]),
+            ):
+                res = _fused.per_tensor(kern, [[t[i] for i in idx] for t in tl], decay, beta3, alpha)
+                for i, pair in zip(idx, res, strict=True):
+                    out[i] = pair
+            sums += [v for pair in out for v in pair]
+        values = host_floats(sums)
+        dot_values, l1_values = values[0::2], values[1::2]
+        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return loss
+        ratios = [ratio for lists, _, _, _, ratio, _ in work for _ in lists[0]]
+        delta_numerator = 0.0
+        for ratio, v in zip(ratios, dot_values, strict=True):
+            delta_numerator += ratio * dlr * v
+        d_denom = sum(l1_values)
+        (b1, a1), (b2, a2) = coefs = ((beta1, d * (1 - beta1)), (beta2, d * d * (1 - beta2)))
+
+        if d_denom == 0 and not fsdp:  # the early return: the moment updates alone, as the eager ops
+            for lists, coupled, decay, alpha, _, _ in work:
+                gs, ps, ss, vs, *ms = lists
+                if coupled:
+                    torch._foreach_add_(gs, ps, alpha=decay)
+                gsl = [g.reshape(-1) for g in gs]
+                ms_ = ms[0] if ms else None
+                moment_updates(
+                    ms_, vs, ss, gs, gsl, (*coefs, (beta3, alpha)), scratch_like(ss, workspace(self))
+                )
+            return loss
+        if fsdp:
+            delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
+        d_numerator = d_numerator + delta_numerator
+        d_hat = d
+        if lr > 0.0:
+            d_hat = d_coef * d_numerator / d_denom
+            if d == groups[-1]["d0"]:  # the package compares with the last group's d0
+                d = max(d, d_hat)
+            d_max = max(d_max, d_hat)
+            d = min(d_max, d * growth_rate)
+
+        # pass 2: the moments with the old d, the move with the new d in the denominator
+        step = dlr if beta1 > 0 else dlr * d
+        for lists, coupled, decay, alpha, _, group in work:
+            x_decay = -decay * dlr if decouple else 0.0
+            scalars = (b1, a1, decay, b2, a2, beta3, alpha, x_decay, step, d * group["eps"])
+            _fused.per_tensor(_UPDATE[coupled, beta1 > 0], lists, *scalars)
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            group["d_numerator"] = d_numerator
+            group["d_denom"] = d_denom
+            group["d"] = d
+            group["d_max"] = d_max
+            group["d_hat"] = d_hat
+            states = [self.state[p] for p in ps]
+            for st in states:
+                st["step"] += 1
+            if ps and group["lr"] == 0.0:  # the move alone, with the old moments (g with beta1 = 0)
+                us = [st["exp_avg"] for st in states] if beta1 > 0 else gs
+                vs = [st["exp_avg_sq"] for st in states]
+                x_decay = -group["weight_decay"] * dlr if decouple else 0.0
+                _fused.per_tensor(_prodigy_move, [ps, us, vs], x_decay, step, d * group["eps"])
+            group["k"] = k + 1
+        return loss
+
+
+def _contiguous(p: torch.Tensor) -> bool:
+    """Whether ``p`` and its gradient (if any) are contiguous (the fused kernels take flat views)."""
+    return p.is_contiguous() and (p.grad is None or p.grad.is_contiguous())
+
+
+# Scalars enter as ``tensor * float`` products: an ``alpha=``/``value=`` keyword would specialise the
+# float (a recompilation whenever d changes). Each variant (coupled decay, beta1 > 0, scalar p0) is a
+# kernel of its own: a bool argument would make compiled variants of one kernel, and dynamo allows few.
+
+
+def _sums_rule(coupled: bool, zero_p0: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """Pass 1, read-only: ``<g, p0 - x>`` and ``||b3 s + alpha g||_1`` (the new s), with ``g + decay x``
+    when ``coupled``; ``zero_p0``: the tensor's p0 is the scalar 0 (no p0 argument)."""
+
+    def rule(g: torch.Tensor, x: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        if zero_p0:
+            s, decay, b3, alpha = rest
+            diff = 0.0 - x  # as the eager ``torch.sub(p0, x)`` with a 0-dim p0 = 0
+        else:
+            p0, s, decay, b3, alpha = rest
+            diff = p0 - x
+        if coupled:
+            g = g + x * decay
+        return (g * diff).sum(), (s * b3 + g * alpha).abs().sum()
+
+    rule.__name__ = rule.__qualname__ = (
+        f"prodigy_sums{'_coupled' if coupled else ''}{'_zero_p0' if zero_p0 else ''}"
+    )
+    return rule
+
+
+def _move(
+    x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, x_decay: float, step: float, d_eps: float
+) -> None:
+    """``x <- x + x_decay x - step u / (sqrt(v) + d eps)`` in place (u = m, or g when beta1 = 0)."""
+    x.add_(x * x_decay).sub_(u / (v.sqrt() + d_eps) * step)
+
+
+def _update_rule(coupled: bool, with_m: bool) -> Callable[..., None]:
+    """Pass 2 on ``g, x, s, v[, m]``: coupled decay into g (``p.grad``, as the eager path),
+    ``m <- b1 m + a1 g``, ``v <- b2 v + a2 g^2``, ``s <- b3 s + alpha g``, then the move along m (g
+    when beta1 = 0) with the updated v."""
+
+    def rule(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, v: torch.Tensor, *rest: Any) -> None:
+        m, rest = (rest[0], rest[1:]) if with_m else (None, rest)
+        b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d_eps = rest
+        if coupled:
+            g.add_(x * decay)
+        if m is not None:
+            m.mul_(b1).add_(g * a1)
+        v.mul_(b2).add_(g * g * a2)
+        s.mul_(b3).add_(g * alpha)
+        _move(x, m if m is not None else g, v, x_decay, step, d_eps)
+
+    rule.__name__ = rule.__qualname__ = (
+        f"prodigy_update{'_coupled' if coupled else ''}{'_m' if with_m else ''}"
+    )
+    return rule
+
+
+_SUMS = {(c, z): _fused.kernel(_sums_rule(c, z)) for c in (False, True) for z in (False, True)}
+_UPDATE = {(c, m): _fused.kernel(_update_rule(c, m)) for c in (False, True) for m in (False, True)}
+_prodigy_move = _fused.kernel(_move)

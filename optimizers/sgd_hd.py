@@ -4,6 +4,13 @@ Per step: ``g = grad + wd x``; ``h = <g, u_prev>`` (``u_prev = 0`` at the first 
 then the torch-SGD direction ``u`` (plain ``g``; momentum buffer ``b = g`` at first, else
 ``b = mu b + (1 - dampening) g``; ``u = b``, or ``u = g + mu b`` with Nesterov); ``x <- x - lr u``;
 ``u_prev <- u``. This is the authors' ``sgd_hd.py`` rule, written with ``torch._foreach_*`` ops.
+
+``fused=True`` (issue 4) runs the same rule as two passes, each one compiled kernel
+(``optimizers._fused``), the passes of the memory-traffic floor in ``benchmarks/optimizer_overhead.py``:
+pass 1 (read-only) returns ``<g, u_prev>`` (``g = grad + wd x`` formed in registers); after the one
+host sync and the rate update, pass 2 forms ``g`` again, updates the momentum buffer, steps ``x`` and
+writes ``u_prev``. Once every parameter has its ``u_prev``, the pass-1 sums also decide the non-finite
+check (``optimizers._dadapt_common.skip_if_reduction_nonfinite``): nothing is written before it.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_nonnegative,
     closure_loss,
@@ -20,6 +28,7 @@ from optimizers._common import (
     learned_lr_diagnostics,
     skip_if_nonfinite,
 )
+from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 
@@ -38,6 +47,9 @@ class SGDHD(torch.optim.Optimizer):
       which still moves it by its momentum and weight decay, and crash for non-vector tensors);
     * the user's ``.grad`` is not modified (the authors add weight decay to it in place);
     * the rate is kept as a Python float (the authors' becomes a 0-dim tensor of the parameter dtype).
+
+    ``fused=True`` runs the same rule (same state, so checkpoints load either way) as two passes, each one
+    compiled kernel (module docstring); it agrees with the eager path up to rounding.
 
     An LR schedule must not scale ``group["lr"]``, the learned rate (``lr_schedule_compatible = False``).
 
@@ -58,6 +70,7 @@ class SGDHD(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         nesterov: bool = False,
         hypergrad_lr: float = 1e-6,
+        fused: bool = False,
     ) -> None:
         check_nonnegative("lr", lr)
         check_nonnegative("momentum", momentum)
@@ -75,6 +88,7 @@ class SGDHD(torch.optim.Optimizer):
             hypergrad_lr=hypergrad_lr,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
         self.state["skipped_steps"] = 0
 
     def _prev_key(self, group: dict[str, Any]) -> str:
@@ -90,6 +104,9 @@ class SGDHD(torch.optim.Optimizer):
             ps = [p for p in group["params"] if p.grad is not None]
             grads = [p.grad for p in ps]
             groups.append((group, ps, grads))
+        if self.fused:
+            self._fused_step(groups)
+            return loss
         if skip_if_nonfinite([g for _, _, gs in groups for g in gs], self.state):
             return loss
 
@@ -138,6 +155,129 @@ class SGDHD(torch.optim.Optimizer):
                 if "u_prev" not in self.state[p]:
                     self.state[p]["u_prev"] = u[j].detach().clone()
 
+    def _fused_step(
+        self, groups: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]
+    ) -> None:
+        """The eager step as two kernels per parameter: pass 1 ``<g, u_prev>``, pass 2 the update."""
+        all_grads = [g for _, _, gs in groups for g in gs]
+        keys = [self._prev_key(group) for group, _, _ in groups]
+        ready = all(key in self.state[p] for key, (_, ps, _) in zip(keys, groups, strict=True) for p in ps)
+        # the pass-1 sums cover every gradient only once every parameter has its u_prev
+        if not ready and skip_if_nonfinite(all_grads, self.state):
+            return
+        h_terms, owners = [], []
+        for gi, (key, (group, ps, grads)) in enumerate(zip(keys, groups, strict=True)):
+            seen = [j for j, p in enumerate(ps) if key in self.state[p]]
+            wd = group["weight_decay"]
+            lists = [[grads[j] for j in seen], [ps[j] for j in seen], [self.state[ps[j]][key] for j in seen]]
+            h_terms += _fused.per_tensor(_hd_dot, lists, wd, wd != 0)
+            owners += [gi] * len(seen)
+        values = host_floats(h_terms)
+        if ready and skip_if_reduction_nonfinite(values, all_grads, self.state):
+            return
+        h = [0.0] * len(groups)
+        for gi, v in zip(owners, values, strict=True):
+            h[gi] += v
+        for gi, (group, ps, grads) in enumerate(groups):
+            group["lr"] = group["lr"] + group["hypergrad_lr"] * h[gi]  # §5.1 step 3
+            if ps:
+                self._fused_apply(group, ps, grads)
+
+    def _fused_apply(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
+        """Pass 2 (§5.1 steps 4-5), one kernel per parameter; lazy buffers are allocated, not copied:
+        a new momentum buffer is zeros updated with ``mu = 0``, ``1 - dampening = 1`` (so ``b = g``)."""
+        lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
+        states = [self.state[p] for p in ps]
+        if mu == 0:
+            for st, p in zip(states, ps, strict=True):
+                if "u_prev" not in st:
+                    st["u_prev"] = torch.empty_like(p)
+            _fused.per_tensor(_sgd_step, [ps, grads, [st["u_prev"] for st in states]], lr, wd, wd != 0)
+            return
+        nesterov = group["nesterov"]
+        new = [j for j, st in enumerate(states) if "momentum_buffer" not in st]
+        for j in new:
+            states[j]["momentum_buffer"] = torch.zeros_like(ps[j])
+            if nesterov:
+                states[j]["u_prev"] = torch.empty_like(ps[j])
+        old = [j for j in range(len(ps)) if j not in set(new)]
+        for idx, decay, keep in ((old, mu, 1 - group["dampening"]), (new, 0.0, 1.0)):
+            if not idx:
+                continue
+            lists = [
+                [ps[j] for j in idx],
+                [grads[j] for j in idx],
+                [states[j]["momentum_buffer"] for j in idx],
+            ]
+            if nesterov:
+                lists.append([states[j]["u_prev"] for j in idx])
+                _fused.per_tensor(_nesterov_step, lists, lr, wd, decay, keep, mu, wd != 0)
+            else:
+                _fused.per_tensor(_momentum_step, lists, lr, wd, decay, keep, wd != 0)
+
     def diagnostics(self) -> dict[str, float]:
         """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
         return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])
+
+
+# Fused kernels (``fused=True``): 1-D views of one parameter, Python-float scalars (not specialised);
+# the bool ``with_wd`` is specialised, so without weight decay ``x`` is not read where the rule needs no x.
+# Scalars enter only through arithmetic: an ``alpha=``/``value=`` argument would specialise the float
+# (a recompilation for every new rate).
+
+
+@_fused.kernel
+def _hd_dot(g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, wd: float, with_wd: bool) -> torch.Tensor:
+    """Pass 1, read-only: ``<g + wd x, u_prev>`` (§5.1 steps 1-2)."""
+    if with_wd:
+        g = g + wd * x
+    return (g * u).sum()
+
+
+@_fused.kernel
+def _sgd_step(x: torch.Tensor, g: torch.Tensor, u: torch.Tensor, lr: float, wd: float, with_wd: bool) -> None:
+    """Pass 2 without momentum: ``x <- x - lr g``, ``u_prev <- g`` (g read from the old x)."""
+    if with_wd:
+        g = g + wd * x
+    x.sub_(g * lr)
+    u.copy_(g)
+
+
+@_fused.kernel
+def _momentum_step(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    lr: float,
+    wd: float,
+    decay_b: float,
+    keep: float,
+    with_wd: bool,
+) -> None:
+    """Pass 2, heavy ball: ``b <- decay_b b + keep g``, ``x <- x - lr b`` (``u_prev`` is ``b``)."""
+    if with_wd:
+        g = g + wd * x
+    b.mul_(decay_b).add_(g * keep)
+    x.sub_(b * lr)
+
+
+@_fused.kernel
+def _nesterov_step(
+    x: torch.Tensor,
+    g: torch.Tensor,
+    b: torch.Tensor,
+    u: torch.Tensor,
+    lr: float,
+    wd: float,
+    decay_b: float,
+    keep: float,
+    mu: float,
+    with_wd: bool,
+) -> None:
+    """Pass 2, Nesterov: ``b <- decay_b b + keep g``, ``u = g + mu b``, ``x <- x - lr u``, ``u_prev <- u``."""
+    if with_wd:
+        g = g + wd * x
+    b.mul_(decay_b).add_(g * keep)
+    step = g + b * mu
+    x.sub_(step * lr)
+    u.copy_(step)

@@ -8,14 +8,17 @@ from typing import Any
 
 import torch
 
+from optimizers import _fused
 from optimizers._common import (
     check_choice,
     check_nonnegative,
     check_positive,
     check_unit_interval,
     closure_loss,
+    host_floats,
     skip_if_nonfinite,
 )
+from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 MODES = ("sgd", "gd")
@@ -93,6 +96,15 @@ class TLR(torch.optim.Optimizer):
     groups plus ``alpha`` = their parameter-count-weighted mean (the mean rate a coordinate sees);
     ``skipped_steps``.
 
+    ``fused=True`` (an attribute, not a group option: checkpoints load either way) runs the same rule with
+    compiled kernels (``optimizers._fused``), one call per parameter tensor: ``sgd`` mode, after the
+    non-finite check (one read of the gradients), one kernel per step (``d = grad + wd x``, the buffer,
+    ``x <- x - alpha b``) and at a window's end one kernel (``G_j = (x_start - x) / alpha_j``, its
+    ``||G_j||^2`` and ``<G_j, G_{j-1}>``, the next window's start ``<- x``); ``gd`` mode a read-only kernel
+    (``||g_t||^2``, ``<g_t, g_{t-1}>``, whose finiteness doubles as the non-finite check), then one
+    kernel for the step and ``g_{t-1} <- g_t``. A missing momentum buffer or ``g_{t-1}`` starts as zeros
+    (``mu 0 + d = d``), which equals the eager first step for finite values.
+
     Distributed (spec 10): under DDP (replicated parameters, reduced gradients) every rank computes the
     same alpha, no extra communication. Sharded parameters (FSDP/ZeRO) are not supported: the window
     inner products would need an all-reduce.
@@ -112,6 +124,7 @@ class TLR(torch.optim.Optimizer):
         update_every: int | None = None,
         per_tensor: bool = False,
         mode: str = "sgd",
+        fused: bool = False,
     ) -> None:
         check_choice("mode", mode, MODES)
         check_positive("c", c)
@@ -135,6 +148,7 @@ class TLR(torch.optim.Optimizer):
             mode=mode,
         )
         super().__init__(params, defaults)
+        self.fused = bool(fused)
         self.param_groups[0].setdefault("step", 0)
         self.param_groups[0].setdefault("skipped_steps", 0)
 
@@ -222,6 +236,9 @@ class TLR(torch.optim.Optimizer):
                     gs.append(p.grad)
                 k += 1
             todo.append((group, idx, ps, gs))
+        if self.fused:
+            self._fused_step(todo)
+            return loss
         if skip_if_nonfinite([g for *_, gs in todo for g in gs], head):
             return loss
         gd = head["mode"] == "gd"
@@ -323,6 +340,107 @@ class TLR(torch.optim.Optimizer):
         if reuse:
             torch._foreach_copy_(reuse, [ps[i] for i in has_prev])
 
+    # ----------------------------------------------------------------------------------- fused
+    def _group_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[float]:
+        """The current rate of each of ``ps`` (tensors of ``group``)."""
+        if not self.param_groups[0]["per_tensor"]:
+            return [float(group["lr"])] * len(ps)
+        pos = {id(p): j for j, p in enumerate(group["params"])}
+        return [group["tensor_lrs"][pos[id(p)]] for p in ps]
+
+    def _buffers(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """The momentum buffers of ``ps`` (zeros where missing: ``mu 0 + d = d``), None for momentum 0."""
+        if group["momentum"] == 0:
+            return None
+        for p in ps:
+            if "momentum_buffer" not in self.state[p]:
+                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [self.state[p]["momentum_buffer"] for p in ps]
+
+    def _fused_step(
+        self, todo: list[tuple[dict[str, Any], list[int], list[torch.Tensor], list[torch.Tensor]]]
+    ) -> None:
+        """``step()`` with compiled kernels (class docstring): same rule, state and counters."""
+        head = self.param_groups[0]
+        grads = [g for *_, gs in todo for g in gs]
+        if head["mode"] == "gd":
+            self._fused_gd(todo, grads)
+            return
+        if skip_if_nonfinite(grads, head):
+            return
+        for group, _, ps, gs in todo:
+            for p in ps:
+                if "window_start" not in self.state[p]:
+                    self.state[p]["window_start"] = p.detach().clone()
+            bufs = self._buffers(group, ps)
+            wd = group["weight_decay"]
+            for i, (p, g, lr) in enumerate(zip(ps, gs, self._group_lrs(group, ps), strict=True)):
+                if bufs is None:
+                    _tlr_sgd(*_fused.flat([p, g]), wd, -lr)
+                else:
+                    _tlr_sgdm(*_fused.flat([p, g, bufs[i]]), group["momentum"], wd, -lr)
+        head["step"] += 1
+        if head["step"] % head["update_every"] == 0:
+            self._fused_window_end()
+
+    def _fused_gd(self, todo: list, grads: list[torch.Tensor]) -> None:
+        """Algorithm 2 fused: read-only probe of ``(g_t, g_{t-1})``, alpha, then step and store ``g_t``."""
+        head = self.param_groups[0]
+        prevs, sums = [], []
+        for group, _, ps, gs in todo:
+            wd = group["weight_decay"]
+            for p, g in zip(ps, gs, strict=True):
+                prev = self.state[p].get("prev_grad")
+                prev = torch.zeros_like(p) if prev is None else prev  # g_{-1} = 0: rho = 0
+                prevs.append(prev)
+                if wd == 0:  # Algorithm 2 verbatim: x is not read
+                    sums.append(_tlr_gd_probe_g(*_fused.flat([g, prev])))
+                else:
+                    sums.append(_tlr_gd_probe(*_fused.flat([g, p, prev]), wd))
+        sq, rho = [s[0] for s in sums], [s[1] for s in sums]
+        if skip_if_reduction_nonfinite(host_floats(sq), grads, head):
+            return
+        self._update_alphas([i for _, idx, *_ in todo for i in idx], rho, sq)
+        k = 0
+        for group, _, ps, gs in todo:
+            bufs = self._buffers(group, ps)
+            wd = group["weight_decay"]
+            for i, (p, g, lr) in enumerate(zip(ps, gs, self._group_lrs(group, ps), strict=True)):
+                self.state[p]["prev_grad"] = prevs[k]
+                if bufs is None:
+                    _tlr_gd_step(*_fused.flat([p, g, prevs[k]]), wd, -lr)
+                else:
+                    _tlr_gd_step_m(*_fused.flat([p, g, prevs[k], bufs[i]]), group["momentum"], wd, -lr)
+                k += 1
+        for group in self.param_groups:  # a tensor without a gradient has g_t = 0 (as in _gd_alpha)
+            for p in group["params"]:
+                if p.grad is None:
+                    self.state[p].pop("prev_grad", None)
+        head["step"] += 1
+
+    def _fused_window_end(self) -> None:
+        """:meth:`_window_end` in one kernel per tensor: ``G_j`` into the start buffer, its reductions,
+        and the previous ``G`` buffer (zeros at the first window) becomes the next start ``<- x``."""
+        alphas = self._alphas()
+        idx, ps = [], []
+        k = 0
+        for group in self.param_groups:
+            for p in group["params"]:
+                if "window_start" in self.state[p]:
+                    idx.append(k)
+                    ps.append(p)
+                k += 1
+        if not ps:
+            return
+        sums = []
+        for p, a in zip(ps, [alphas[k] for k in idx], strict=True):
+            st = self.state[p]
+            prev = st.get("prev_window")
+            prev = torch.zeros_like(p) if prev is None else prev
+            sums.append(_tlr_window(*_fused.flat([st["window_start"], p, prev]), a))
+            st["prev_window"], st["window_start"] = st["window_start"], prev
+        self._update_alphas(idx, [s[1] for s in sums], [s[0] for s in sums])
+
     # ----------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, float]:
         """``alpha`` (and ``alpha/<i>`` per tensor when ``per_tensor``) and ``skipped_steps`` (spec 8)."""
@@ -338,3 +456,65 @@ class TLR(torch.optim.Optimizer):
             out["alpha"] = float(head["lr"])
         out["skipped_steps"] = float(head["skipped_steps"])
         return out
+
+
+def _acc(t: torch.Tensor) -> torch.Tensor:
+    """16-bit tensors in float32 for reductions (as :func:`_dots`)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+@_fused.kernel
+def _tlr_sgd(x: torch.Tensor, g: torch.Tensor, wd: float, neg_lr: float) -> None:
+    """SGD without momentum: ``x <- x - alpha (g + wd x)``."""
+    x.add_((g + x * wd) * neg_lr)
+
+
+@_fused.kernel
+def _tlr_sgdm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, mu: float, wd: float, neg_lr: float) -> None:
+    """Heavy ball, torch semantics: ``b <- mu b + (g + wd x)``, ``x <- x - alpha b``."""
+    b.mul_(mu).add_(g + x * wd)
+    x.add_(b * neg_lr)
+
+
+@_fused.kernel
+def _tlr_window(start: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, alpha: float) -> tuple:
+    """Eq. 10: ``start <- G_j = (start - x) / alpha_j``; returns ``||G_j||^2``, ``<G_j, G_{j-1}>`` (``prev``);
+    then ``prev <- x`` (the next window's start)."""
+    start.sub_(x).div_(alpha)
+    gj = _acc(start)
+    out = (gj * gj).sum(), (gj * _acc(prev)).sum()
+    prev.copy_(x)
+    return out
+
+
+@_fused.kernel
+def _tlr_gd_probe(g: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, wd: float) -> tuple:
+    """Algorithm 2 line 5, read-only: ``||g_t||^2`` and ``<g_t, g_{t-1}>`` with ``g_t = g + wd x``."""
+    d = _acc(g + x * wd)
+    return (d * d).sum(), (d * _acc(prev)).sum()
+
+
+@_fused.kernel
+def _tlr_gd_probe_g(g: torch.Tensor, prev: torch.Tensor) -> tuple:
+    """:func:`_tlr_gd_probe` without weight decay (``g_t = grad``): reads only ``g`` and ``g_{t-1}``."""
+    d = _acc(g)
+    return (d * d).sum(), (d * _acc(prev)).sum()
+
+
+@_fused.kernel
+def _tlr_gd_step(x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, wd: float, neg_lr: float) -> None:
+    """Algorithm 2 lines 6-7: ``x <- x - alpha g_t``, ``prev <- g_t``."""
+    d = g + x * wd
+    prev.copy_(d)
+    x.add_(d * neg_lr)
+
+
+@_fused.kernel
+def _tlr_gd_step_m(
+    x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, b: torch.Tensor, mu: float, wd: float, neg_lr: float
+) -> None:
+    """Lines 6-7 with the heavy-ball buffer: ``b <- mu b + g_t``, ``x <- x - alpha b``, ``prev <- g_t``."""
+    d = g + x * wd
+    prev.copy_(d)
+    b.mul_(mu).add_(d)
+    x.add_(b * neg_lr)

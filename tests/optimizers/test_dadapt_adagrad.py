@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+
 import dadaptation
 import pytest
 import torch
 
+from optimizers import _fused
 from optimizers.dadapt_adagrad import DAdaptAdaGrad
 from tests.optimizers._dadapt_cases import ours_scalars, package_pair
-from tests.optimizers.equivalence import assert_same_trajectory, mlp, trajectory
+from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp, trajectory
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -86,3 +89,86 @@ def test_zero_gradient_step_returns_without_moving_or_counting():
     opt.step()
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert opt.param_groups[0]["k"] == 0
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_fused_matches_eager(case):
+    """``fused=True`` (one kernel pass per dense parameter; two on the first step) follows eager."""
+    kwargs, second = CASES[case]
+
+    def make(m: torch.nn.Module, fused: bool) -> DAdaptAdaGrad:
+        ps = list(m.parameters())
+        params = ps if second is None else [{"params": ps[:2]}, {"params": ps[2:], **second}]
+        return DAdaptAdaGrad(params, fused=fused, **kwargs)
+
+    assert_fused_matches_eager(make, ours_scalars, steps=150)
+
+
+def test_fused_momentum_and_weight_decay_two_groups():
+    """The general kernel (x read) next to the plain one, momentum with weight decay in one group."""
+
+    def make(m: torch.nn.Module, fused: bool) -> DAdaptAdaGrad:
+        ps = list(m.parameters())
+        groups = [{"params": ps[:2], "weight_decay": 1e-2}, {"params": ps[2:], "eps": 1e-4}]
+        return DAdaptAdaGrad(groups, momentum=0.9, d0=1e-3, fused=fused)
+
+    assert_fused_matches_eager(make, ours_scalars)
+
+
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+def test_fused_with_sparse_gradients_matches_eager():
+    """Sparse gradients keep the eager sparse path next to the dense kernels."""
+    run = {"make_model": SparseModel, "task": "regression"}
+    eager = trajectory(lambda m: DAdaptAdaGrad(m.parameters(), d0=1e-4), ours_scalars, **run)
+    before = _fused.calls()
+    fused = trajectory(lambda m: DAdaptAdaGrad(m.parameters(), d0=1e-4, fused=True), ours_scalars, **run)
+    assert _fused.calls() - before >= 100
+    assert_same_trajectory(fused, eager, rtol=1e-10)
+
+
+def test_fused_zero_gradient_steps_return_without_moving_like_eager():
+    """While ||s||_1 = 0 the fused step takes two passes, so the early return moves nothing (momentum:
+    0.9 x + 0.1 x may differ from x in the last bit), and the next step matches eager."""
+    models = [mlp(), mlp()]
+    opts = [
+        DAdaptAdaGrad(m.parameters(), momentum=0.9, fused=f)
+        for m, f in zip(models, (False, True), strict=True)
+    ]
+    before = [p.detach().clone() for p in models[1].parameters()]
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for model, opt in zip(models, opts, strict=True):
+        for _ in range(2):
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            opt.step()
+        assert opt.param_groups[0]["k"] == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, models[1].parameters(), strict=True))
+    for model, opt in zip(models, opts, strict=True):
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def test_fused_skips_a_non_finite_step():
+    model = mlp()
+    opt = DAdaptAdaGrad(model.parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+    state = copy.deepcopy(opt.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = _fused.calls()
+    for i, p in enumerate(model.parameters()):
+        p.grad = torch.full_like(p, float("inf") if i == 3 else 1.0)
+    opt.step()
+    assert _fused.calls() == calls  # decided before any kernel
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    after = opt.state_dict()
+    for key, st in state["state"].items():
+        assert all(torch.equal(v, after["state"][key][name]) for name, v in st.items())
+    assert opt.param_groups[0]["k"] == 3 and opt.diagnostics()["skipped_steps"] == 1.0

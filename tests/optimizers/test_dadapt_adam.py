@@ -6,14 +6,17 @@ import dadaptation
 import pytest
 import torch
 
+from optimizers import _fused
 from optimizers.dadapt_adam import DAdaptAdam
 from tests.optimizers._dadapt_cases import (
+    ours_scalars,
     package_bias_correction,
     package_pair,
     sharded_and_plain,
+    two_groups,
     zero_gradient_first_step_pair,
 )
-from tests.optimizers.equivalence import assert_same_trajectory, mlp
+from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -94,3 +97,93 @@ def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_gro
     kwargs = {"weight_decay": 1e-2}
     sharded, plain = sharded_and_plain(DAdaptAdam, kwargs)
     assert_same_trajectory(sharded, plain, rtol=1e-15)
+
+
+# name: (constructor kwargs, second-group overrides or None for one group)
+FUSED_CASES = {
+    "default": ({}, None),
+    "coupled_weight_decay_growth_rate": ({"weight_decay": 1e-2, "growth_rate": 1.05}, None),
+    "two_groups_decoupled_bias_correction_layer_scale": (
+        {"use_bias_correction": True, "decouple": True, "weight_decay": 1e-2, "betas": (0.8, 0.99)},
+        {"layer_scale": 0.5, "eps": 1e-6, "weight_decay": 1e-3},
+    ),
+    "two_groups_coupled_one_at_lr_0": ({"weight_decay": 1e-2}, {"lr": 0.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_matches_eager(case):
+    kwargs, second = FUSED_CASES[case]
+
+    def make(model: torch.nn.Module, fused: bool) -> DAdaptAdam:
+        params = model.parameters() if second is None else two_groups(model, **second)
+        return DAdaptAdam(params, fused=fused, **kwargs)
+
+    assert_fused_matches_eager(make, ours_scalars, task="regression")
+
+
+def test_fused_zero_gradient_first_step_matches_eager():
+    """The early return (sum r ||s||_1 = 0: moments updated, no move, k stays 0) in the fused path, with
+    decoupled decay (which must not move x then) and a group at ``layer_scale`` 0."""
+    x = torch.randn(8, 6, dtype=torch.float64)
+    runs = []
+    for fused in (False, True):
+        model = mlp()
+        opt = DAdaptAdam(two_groups(model, layer_scale=0.0), fused=fused, weight_decay=1e-2, decouple=True)
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+        before = _fused.calls()
+        opt.step()
+        assert opt.param_groups[0]["k"] == 0 and (_fused.calls() > before) == fused
+        for _ in range(5):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        runs.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt.param_groups[0]))
+    (eager, g_eager), (fused_x, g_fused) = runs
+    torch.testing.assert_close(fused_x, eager, rtol=1e-12, atol=0)
+    assert g_fused["k"] == g_eager["k"] == 5
+    assert g_fused["d"] == pytest.approx(g_eager["d"], rel=1e-12)
+
+
+def test_fused_resumes_from_an_eager_checkpoint():
+    """Same state layout: a ``fused=False`` checkpoint loads into ``fused=True`` and goes on as eager."""
+    kwargs = {"weight_decay": 1e-2}
+    x = [torch.randn(8, 6, dtype=torch.float64) for _ in range(20)]
+
+    def run(switch: bool) -> torch.Tensor:
+        model = mlp()
+        opt = DAdaptAdam(model.parameters(), **kwargs)
+        for i, xi in enumerate(x):
+            if switch and i == 10:
+                resumed = DAdaptAdam(model.parameters(), fused=True, **kwargs)
+                resumed.load_state_dict(opt.state_dict())
+                opt = resumed
+            opt.zero_grad()
+            model(xi).pow(2).mean().backward()
+            opt.step()
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    torch.testing.assert_close(run(True), run(False), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_fused_skips_a_non_finite_step(first):
+    """Before any state (the exact check) and once the state exists (the check rides on pass 1's dots)."""
+    model = mlp()
+    opt = DAdaptAdam(model.parameters(), fused=True)
+    x = torch.randn(8, 6, dtype=torch.float64)
+    if not first:
+        model(x).pow(2).mean().backward()
+        opt.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in opt.state[model[0].weight].items() if torch.is_tensor(v)}
+    k = opt.param_groups[0]["k"]
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    after = opt.state[model[0].weight]
+    assert all(torch.equal(v, after[key]) for key, v in state.items())
+    assert opt.param_groups[0]["k"] == k and opt.diagnostics()["skipped_steps"] == 1.0

@@ -8,7 +8,14 @@ import torch
 
 from optimizers._averaging import PolynomialDecayAverager
 from optimizers.dog import DoG
-from tests.optimizers.equivalence import assert_same_trajectory, minibatches, mlp, relative_gaps, trajectory
+from tests.optimizers.equivalence import (
+    assert_fused_matches_eager,
+    assert_same_trajectory,
+    minibatches,
+    mlp,
+    relative_gaps,
+    trajectory,
+)
 
 
 def groups_of(model: torch.nn.Module, two: bool, **second: float) -> list[dict]:
@@ -181,3 +188,64 @@ def test_non_finite_gradient_skips_without_state_change():
     assert torch.equal(p, before[0]) and float(opt.param_groups[0]["G"]) == before[1]
     assert torch.equal(opt.state[p]["avg"], before[2])
     assert opt.diagnostics()["skipped_steps"] == 1.0
+
+
+FUSED_CASES = {
+    "defaults": ({}, False, {}),
+    "wd_averaging": ({"weight_decay": 1e-2, "averaging_gamma": 8.0}, False, {}),
+    "init_eta": ({"init_eta": 1e-3, "lr": 0.8}, False, {}),
+    "two_groups": (
+        {"weight_decay": 1e-3, "averaging_gamma": 2.0},
+        True,
+        {"weight_decay": 0.0, "reps_rel": 1e-4},
+    ),
+}
+
+
+def fused_factory(cls: type, case: str, frozen: bool = False):
+    """``make_opt(model, fused)`` for a FUSED_CASES entry; ``frozen``: the last tensor never gets a grad."""
+    kw, two, second = FUSED_CASES[case]
+
+    def make(model: torch.nn.Module, fused: bool) -> torch.optim.Optimizer:
+        if frozen:
+            list(model.parameters())[-1].requires_grad_(False)
+        return cls(groups_of(model, two, **second), fused=fused, **kw)
+
+    return make
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_matches_eager(case):
+    assert_fused_matches_eager(fused_factory(DoG, case), lambda o: o.diagnostics())
+
+
+def test_fused_matches_eager_with_a_frozen_tensor():
+    assert_fused_matches_eager(fused_factory(DoG, "wd_averaging", frozen=True), lambda o: o.diagnostics())
+
+
+def fused_skip_check(cls: type) -> None:
+    """A fused NaN step changes nothing but the counter; an eager checkpoint resumes fused."""
+    torch.manual_seed(0)
+    p, q = torch.nn.Parameter(torch.randn(5, dtype=torch.float64)), torch.nn.Parameter(torch.ones(3))
+    opt = cls([p, q], averaging_gamma=8.0, weight_decay=1e-2)
+    for _ in range(2):
+        p.grad, q.grad = torch.randn_like(p), torch.randn_like(q)
+        opt.step()
+    fused = cls([p, q], averaging_gamma=8.0, weight_decay=1e-2, fused=True)
+    fused.load_state_dict(opt.state_dict())
+    before = [
+        t.clone() for t in (p, q, fused.state[p]["avg"], fused.state[p]["x0"], fused.param_groups[0]["G"])
+    ]
+    p.grad = torch.full_like(p, float("nan"))
+    fused.step()
+    after = (p, q, fused.state[p]["avg"], fused.state[p]["x0"], fused.param_groups[0]["G"])
+    assert all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert fused.diagnostics()["skipped_steps"] == 1.0 and fused.param_groups[0]["averaged_steps"] == 2
+    # finite gradients whose squares overflow float32: not skipped (the exact check decides)
+    p.grad, q.grad = torch.randn_like(p), torch.full_like(q, 3e38)
+    fused.step()
+    assert fused.diagnostics()["skipped_steps"] == 1.0 and fused.param_groups[0]["averaged_steps"] == 3
+
+
+def test_fused_skips_a_non_finite_step():
+    fused_skip_check(DoG)

@@ -7,8 +7,20 @@ import pytest
 import torch
 
 from optimizers.ldog import LDoG
-from tests.optimizers.equivalence import assert_same_trajectory, relative_gaps, trajectory
-from tests.optimizers.test_dog import CASES, _averaged_runs, groups_of  # the same cases as DoG
+from tests.optimizers.equivalence import (
+    assert_fused_matches_eager,
+    assert_same_trajectory,
+    relative_gaps,
+    trajectory,
+)
+from tests.optimizers.test_dog import (  # the same cases as DoG
+    CASES,
+    FUSED_CASES,
+    _averaged_runs,
+    fused_factory,
+    fused_skip_check,
+    groups_of,
+)
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -70,3 +82,16 @@ def test_averaged_weights_match_package_averager():
 def test_bad_input_names_the_argument(kw, name):
     with pytest.raises(ValueError, match=name):
         LDoG([torch.zeros(2, requires_grad=True)], **kw)
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_matches_eager(case):
+    assert_fused_matches_eager(fused_factory(LDoG, case), our_scalars)
+
+
+def test_fused_matches_eager_with_a_frozen_tensor():
+    assert_fused_matches_eager(fused_factory(LDoG, "two_groups", frozen=True), our_scalars)
+
+
+def test_fused_skips_a_non_finite_step():
+    fused_skip_check(LDoG)

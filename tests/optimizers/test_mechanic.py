@@ -18,9 +18,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from optimizers import _fused
 from optimizers.lion import Lion
 from optimizers.mechanic import Mechanic
-from tests.optimizers.equivalence import assert_same_trajectory, minibatches, mlp, relative_gaps, trajectory
+from tests.optimizers.equivalence import (
+    assert_fused_matches_eager,
+    assert_same_trajectory,
+    minibatches,
+    mlp,
+    relative_gaps,
+    trajectory,
+)
 
 jax = pytest.importorskip("jax")
 jax.config.update("jax_enable_x64", True)
@@ -305,3 +313,111 @@ def test_bad_hyper_parameters_raise_value_error_naming_them(kwargs, name):
 def test_base_that_is_not_an_optimizer_raises(base):
     with pytest.raises(ValueError, match="base_optimizer"):
         Mechanic(base)
+
+
+# ---------------------------------------------------------------------------------------------------- fused
+def fused_mechanic(
+    base: str, n_groups: int, compat: str, **kw
+) -> Callable[[torch.nn.Module, bool], Mechanic]:
+    """Mechanic's fused passes (``fused=True``) over an eager base: Mechanic's own work is compared."""
+    return lambda m, fused: Mechanic(torch_base(base, groups(m, n_groups)), compat=compat, fused=fused, **kw)
+
+
+@pytest.mark.parametrize("n_groups", [1, 2])
+@pytest.mark.parametrize("base", BASES)
+@pytest.mark.parametrize("compat", ["optax", "mechanic-pytorch"])
+def test_fused_matches_eager(compat, base, n_groups):
+    """The default Delta (recomputed): optax's preset (sums of x_t, one kernel before and one after the base
+    step) and mechanic-pytorch's (sums of x'_t: a third, read-only kernel)."""
+    assert_fused_matches_eager(fused_mechanic(base, n_groups, compat), our_s)
+
+
+@pytest.mark.parametrize(
+    ("base", "n_groups", "compat", "task"),
+    [("adamw", 2, "optax", "regression"), ("lion", 1, "mechanic-pytorch", "classification")],
+)
+def test_fused_matches_eager_with_a_stored_delta(base, n_groups, compat, task):
+    assert_fused_matches_eager(fused_mechanic(base, n_groups, compat, store_delta=True), our_s, task=task)
+
+
+@pytest.mark.parametrize("compat", ["optax", "mechanic-pytorch"])
+def test_fused_matches_eager_with_a_parameter_without_gradient(compat):
+    """A frozen parameter (grad None) is left out of the sums and of the write, in both paths."""
+
+    def make(m: torch.nn.Module, fused: bool) -> Mechanic:
+        list(m.parameters())[1].requires_grad_(False)
+        return fused_mechanic("sgd", 2, compat)(m, fused)
+
+    assert_fused_matches_eager(make, our_s)
+
+
+def _train(opt: Mechanic, model: torch.nn.Module, batches) -> None:
+    for x, y in batches:
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+
+
+@pytest.mark.parametrize("store_delta", [False, True])
+def test_fused_skips_a_non_finite_step(store_delta):
+    """Nothing changes (parameters, base state, x_ref, Delta, tuner) but the skip counter: at the first
+    step (before any state exists) and later (the check is on the first kernel's sums)."""
+    model = mlp(0)
+    opt = Mechanic(torch.optim.AdamW(model.parameters(), lr=1.0), store_delta=store_delta, fused=True)
+    batches = minibatches(6)
+    x, y = batches[0]
+    F.cross_entropy(model(x), y).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    opt.step()
+    assert opt.diagnostics()["skipped_steps"] == 1.0 and not opt.base.state
+    assert not any(opt.state[p] for p in model.parameters()), "x_ref was taken at a skipped step"
+    _train(opt, model, batches[1:])
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    list(model.parameters())[2].grad[1] = float("nan")
+    calls = _fused.calls()
+    opt.step()
+    assert _fused.calls() > calls, "the fused path did not run"
+    after = opt.state_dict()
+    assert after["mechanic"].pop("skipped_steps") == before[1]["mechanic"].pop("skipped_steps") + 1.0
+    assert after["mechanic"] == before[1]["mechanic"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[0][key])
+    for i, st in before[1]["params"].items():
+        assert all(torch.equal(after["params"][i][k], v) for k, v in st.items())
+    for i, st in before[1]["base"]["state"].items():
+        assert all(torch.equal(after["base"]["state"][i][k], v) for k, v in st.items())
+
+
+def test_fused_resumes_an_eager_checkpoint_and_its_own_bit_identically():
+    """State layout is shared: an eager checkpoint continues under fused=True (equal up to rounding), and a
+    fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run."""
+
+    def fresh(fused: bool, seed: int = 5) -> tuple[torch.nn.Module, Mechanic]:
+        model = mlp(seed)
+        return model, Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9), fused=fused)
+
+    batches = minibatches(40)
+    model, opt = fresh(False, seed=0)
+    _train(opt, model, batches[:20])
+    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    _train(opt, model, batches[20:])
+    model2, opt2 = fresh(True)
+    model2.load_state_dict(saved[0])
+    opt2.load_state_dict(copy.deepcopy(saved[1]))
+    _train(opt2, model2, batches[20:])
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
+    assert opt2.diagnostics()["s"] == pytest.approx(opt.diagnostics()["s"], rel=1e-9)
+
+    model3, opt3 = fresh(True, seed=0)
+    _train(opt3, model3, batches[:20])
+    fused_saved = copy.deepcopy((model3.state_dict(), opt3.state_dict()))
+    _train(opt3, model3, batches[20:])
+    model4, opt4 = fresh(True)
+    model4.load_state_dict(fused_saved[0])
+    opt4.load_state_dict(fused_saved[1])
+    _train(opt4, model4, batches[20:])
+    for a, b in zip(model3.parameters(), model4.parameters(), strict=True):
+        assert torch.equal(a, b)

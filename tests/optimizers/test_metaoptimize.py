@@ -8,6 +8,7 @@ with ``numpy.allclose`` at the tolerance the run file recommends. ``HF.py`` runs
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
@@ -19,8 +20,10 @@ import torch
 import torch.nn.functional as F
 
 import optimizers
+from optimizers import _fused
 from optimizers._metaoptimize_blocks import partition
 from optimizers.metaoptimize import MetaOptimize
+from tests.optimizers.equivalence import assert_fused_matches_eager
 
 REF = Path(__file__).resolve().parents[3] / "shared" / "reference" / "metaoptimize"
 INDEX = json.loads((REF / "index.json").read_text())["runs"] if (REF / "index.json").exists() else []
@@ -431,3 +434,110 @@ def test_add_param_group_adds_a_block_at_alpha0():
     with pytest.raises(ValueError, match="meta_lr"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.zeros(2))], "meta_lr": 1.0})
     assert len(opt.param_groups) == 2
+
+
+# ----------------------------------------------------------------- fused=True (optimizers._fused)
+def fused_groups(model: torch.nn.Module, blocks: str) -> list[dict[str, Any]]:
+    """Scalar (one block) or two blocks, the second with its own weight decay, over ``equivalence.mlp``."""
+    params = list(model.parameters())
+    if blocks == "scalar":
+        return [{"params": params}]
+    return [
+        {"params": params[:2], "name": "first"},
+        {"params": params[2:], "name": "rest", "weight_decay": 0.0},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("base", "meta", "normalization", "blocks"),
+    [
+        ("adamw", "adam", "code", "scalar"),
+        ("adamw", "adam", "code", "blocks"),
+        ("sgdm", "adam", "code", "blocks"),
+        ("lion", "adam", "code", "blocks"),
+        ("rmsprop", "adam", "code", "blocks"),
+        ("sgdm", "lion", "code", "scalar"),
+        ("lion", "rmsprop", "code", "scalar"),
+        ("rmsprop", "lion", "code", "scalar"),
+        ("adamw", "rmsprop", "code", "blocks"),
+        ("adamw", "adam", "paper", "blocks"),
+        ("rmsprop", "rmsprop", "paper", "blocks"),
+        ("adamw", "lion", "package", "blocks"),
+        ("adamw", "fixed", "code", "blocks"),
+        ("sgdm", "fixed", "code", "scalar"),
+    ],
+)
+def test_fused_matches_eager(base, meta, normalization, blocks):
+    kw = dict(alpha0=1e-2, meta_lr=1e-2, gamma=0.99, weight_decay=0.1, normalization=normalization)
+    assert_fused_matches_eager(
+        lambda m, fused: MetaOptimize(fused_groups(m, blocks), base=base, meta=meta, fused=fused, **kw),
+        lambda opt: opt.diagnostics(),
+    )
+
+
+def test_fused_grad_none_and_float32_match_eager():
+    """A tensor without a gradient (g = 0, decay and weight decay still act) and float32 tensors."""
+    torch.set_default_dtype(torch.float32)
+    runs = []
+    for fused in (False, True):
+        model, batches = tiny_problem()
+        model[2].bias.requires_grad_(False)
+        opt = MetaOptimize.from_model(
+            model, blocks=[2, 2], base="adamw", meta="adam", alpha0=1e-2, fused=fused
+        )
+        train(model, opt, batches)
+        assert all(p.dtype == torch.float32 for p in model.parameters())
+        runs.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt.diagnostics()))
+    (eager, d_eager), (fused, d_fused) = runs
+    torch.testing.assert_close(fused, eager, rtol=1e-4, atol=1e-6)
+    assert d_fused == pytest.approx(d_eager, rel=1e-3)
+
+
+def test_fused_resumes_from_an_eager_checkpoint():
+    """Same state layout: an eager state_dict loads into a fused optimizer and keeps training."""
+    kw = dict(base="rmsprop", meta="adam", alpha0=1e-2, meta_lr=1e-2, gamma=0.999)
+    model, batches = tiny_problem()
+    eager = MetaOptimize.from_model(model, blocks=[2, 2], **kw)
+    train(model, eager, batches[:10])
+    model2, _ = tiny_problem()
+    model2.load_state_dict(model.state_dict())
+    fused = MetaOptimize.from_model(model2, blocks=[2, 2], fused=True, **kw)
+    fused.load_state_dict(copy.deepcopy(eager.state_dict()))  # load_state_dict may share tensors
+    train(model, eager, batches[10:])
+    train(model2, fused, batches[10:])
+    for a, b in zip(model.parameters(), model2.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert fused.state_dict()["state"].keys() == eager.state_dict()["state"].keys()
+
+
+def test_fused_skips_a_non_finite_step():
+    model, batches = tiny_problem()
+    opt = MetaOptimize.from_model(model, blocks=[2, 2], base="adamw", meta="adam", alpha0=1e-2, fused=True)
+    train(model, opt, batches[:3])
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in opt.state[model[0].weight].items()}
+    beta = opt.state["metaoptimize"]["beta"].clone()
+    opt.zero_grad()
+    F.cross_entropy(model(batches[3][0]), batches[3][1]).backward()
+    model[0].weight.grad[0, 0] = math.inf
+    calls = _fused.calls()
+    opt.step()
+    assert _fused.calls() == calls
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(torch.equal(v, opt.state[model[0].weight][k]) for k, v in state.items())
+    assert torch.equal(beta, opt.state["metaoptimize"]["beta"])
+    assert opt.state["metaoptimize"]["step"] == 3 and opt.diagnostics()["skipped_steps"] == 1.0
+
+
+@pytest.mark.parametrize("base", ["adamw", "sgdm"])
+def test_fused_does_not_recompile_when_alpha_and_bias_corrections_change(base):
+    """The step's floats (α, κα, bias corrections) change every step: no recompilation after warm-up."""
+    from torch._dynamo.utils import counters
+
+    model, batches = tiny_problem()
+    opt = MetaOptimize(model.parameters(), base=base, meta="lion", alpha0=1e-2, meta_lr=0.1, fused=True)
+    train(model, opt, batches[:2])
+    graphs, alpha = counters["stats"]["unique_graphs"], opt.diagnostics()["alpha"]
+    train(model, opt, batches[2:12])
+    assert opt.diagnostics()["alpha"] != alpha
+    assert counters["stats"]["unique_graphs"] == graphs

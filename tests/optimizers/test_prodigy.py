@@ -6,14 +6,17 @@ import prodigyopt
 import pytest
 import torch
 
+from optimizers import _fused
 from optimizers.prodigy import Prodigy
 from tests.optimizers._dadapt_cases import (
+    ours_scalars,
     package_bias_correction,
     package_pair,
     sharded_and_plain,
+    two_groups,
     zero_gradient_first_step_pair,
 )
-from tests.optimizers.equivalence import assert_same_trajectory, mlp
+from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
@@ -103,3 +106,108 @@ def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_gro
     kwargs = {"weight_decay": 1e-2}
     sharded, plain = sharded_and_plain(Prodigy, kwargs)
     assert_same_trajectory(sharded, plain, rtol=1e-15)
+
+
+# name: (constructor kwargs, second-group overrides or None for one group)
+FUSED_CASES = {
+    "default": ({}, None),
+    "beta1_0_safeguard_warmup_bias_correction_growth_rate": (
+        {"betas": (0.0, 0.999), "safeguard_warmup": True, "use_bias_correction": True, "growth_rate": 1.05},
+        None,
+    ),
+    "coupled_weight_decay_d_coef_beta3": (
+        {"weight_decay": 1e-2, "decouple": False, "d_coef": 0.5, "beta3": 0.9},
+        None,
+    ),
+    "two_groups_decoupled_weight_decay_d0": (
+        {"weight_decay": 1e-2, "d0": 1e-5},
+        {"weight_decay": 0.1, "eps": 1e-6, "d0": 1e-4},
+    ),
+    "two_groups_coupled_one_at_lr_0": ({"weight_decay": 1e-2, "decouple": False}, {"lr": 0.0}),
+    # at lr 0, v stays 0 and beta1 = 0 moves by dlr d g / (d eps): a large eps keeps it bounded
+    "two_groups_beta1_0_one_at_lr_0": ({"betas": (0.0, 0.99), "weight_decay": 1e-2}, {"lr": 0.0, "eps": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_matches_eager(case):
+    kwargs, second = FUSED_CASES[case]
+
+    def make(model: torch.nn.Module, fused: bool) -> Prodigy:
+        with torch.no_grad():
+            model[2].bias.zero_()  # an all-zero tensor: the scalar p0 broadcasts in the kernel
+        params = model.parameters() if second is None else two_groups(model, **second)
+        return Prodigy(params, fused=fused, **kwargs)
+
+    assert_fused_matches_eager(make, ours_scalars, task="regression")
+
+
+def run_steps(opt: Prodigy, model: torch.nn.Module, steps: int, zero_first: bool = False) -> torch.Tensor:
+    """``steps`` steps on fixed random inputs (the first with all-zero gradients if ``zero_first``)."""
+    gen = torch.Generator().manual_seed(0)
+    for i in range(steps):
+        opt.zero_grad()
+        if zero_first and i == 0:
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+        else:
+            model(torch.randn(8, 6, dtype=torch.float64, generator=gen)).pow(2).mean().backward()
+        opt.step()
+        if zero_first and i == 0:
+            assert opt.param_groups[0]["k"] == 0
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def test_fused_zero_gradient_first_step_and_slice_p_fallback_match_eager():
+    """The early return (sum ||s||_1 = 0: moments updated, no move, k stays 0) in the fused path; and
+    ``slice_p > 1``, which runs the eager path (bit-identical, no kernel called)."""
+    outs = []
+    for fused in (False, True):
+        model = mlp()
+        opt = Prodigy(model.parameters(), weight_decay=1e-2, fused=fused)
+        outs.append((run_steps(opt, model, 6, zero_first=True), opt.param_groups[0]["k"]))
+    torch.testing.assert_close(outs[1][0], outs[0][0], rtol=1e-12, atol=0)
+    assert outs[0][1] == outs[1][1] == 5
+
+    sliced = []
+    for fused in (False, True):
+        model = mlp()
+        before = _fused.calls()
+        sliced.append(run_steps(Prodigy(two_groups(model, slice_p=2), fused=fused), model, 5))
+        assert _fused.calls() == before
+    assert torch.equal(sliced[0], sliced[1])
+
+
+def test_fused_resumes_from_an_eager_checkpoint():
+    """Same state layout: a ``fused=False`` checkpoint loads into ``fused=True`` and goes on as eager."""
+    results = []
+    for switch in (False, True):
+        model = mlp()
+        opt = Prodigy(model.parameters(), weight_decay=1e-2)
+        run_steps(opt, model, 10)
+        if switch:
+            resumed = Prodigy(model.parameters(), weight_decay=1e-2, fused=True)
+            resumed.load_state_dict(opt.state_dict())
+            opt = resumed
+        results.append(run_steps(opt, model, 10))
+    torch.testing.assert_close(results[1], results[0], rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_fused_skips_a_non_finite_step(first):
+    """Before any state (the exact check) and once the state exists (the check rides on pass 1's dots)."""
+    model = mlp()
+    opt = Prodigy(model.parameters(), fused=True)
+    if not first:
+        run_steps(opt, model, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    state = {k: v.clone() for k, v in opt.state[model[0].weight].items() if torch.is_tensor(v)}
+    k = opt.param_groups[0]["k"]
+    opt.zero_grad()
+    model(torch.randn(8, 6, dtype=torch.float64)).pow(2).mean().backward()
+    model[0].weight.grad[0, 0] = float("inf")
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    after = opt.state[model[0].weight]
+    assert all(torch.equal(v, after[key]) for key, v in state.items())
+    assert opt.param_groups[0]["k"] == k and opt.diagnostics()["skipped_steps"] == 1.0

@@ -16,6 +16,7 @@ import torch
 
 import optimizers
 from optimizers.tlr import TLR
+from tests.optimizers.equivalence import assert_fused_matches_eager
 
 SHAPES = [(2, 3), (3,), (1,)]  # a "weight", a "bias", a scalar
 H = [torch.tensor([[1.0, 2.0, 0.5], [3.0, 0.7, 1.5]]), torch.tensor([0.2, 4.0, 1.0]), torch.tensor([2.5])]
@@ -324,3 +325,71 @@ def test_bad_group_and_window_arguments():
         TLR([{"params": [a]}, {"params": [b], "momentum": 1.5}], lr=0.1, update_every=2)
     with pytest.raises(ValueError, match=r"^update_every_epochs\b"):
         TLR.from_model(torch.nn.Linear(2, 2), steps_per_epoch=10, update_every_epochs=0.0, lr=0.1)
+
+
+FUSED_CASES = {
+    # name: (constructor kwargs, second group's options or None for one group, freeze the last tensor)
+    "sgd_global": ({"lr": 0.05, "update_every": 3}, None, False),
+    "sgd_per_tensor_two_groups": (
+        {"lr": 0.05, "update_every": 5, "per_tensor": True},
+        {"momentum": 0.0, "weight_decay": 0.0, "lr": 0.1},
+        True,
+    ),
+    "gd_algorithm2": ({"lr": 0.05, "mode": "gd", "momentum": 0.0, "weight_decay": 0.0}, None, False),
+    "gd_per_tensor_two_groups": (
+        {"lr": 0.05, "mode": "gd", "per_tensor": True, "momentum": 0.5, "weight_decay": 1e-2},
+        {"momentum": 0.0, "weight_decay": 0.0},
+        True,
+    ),
+}
+
+
+def fused_tlr(case: str):
+    kw, second, frozen = FUSED_CASES[case]
+
+    def make(model: torch.nn.Module, fused: bool) -> TLR:
+        params = list(model.parameters())
+        if frozen:
+            params[-1].requires_grad_(False)
+        groups = (
+            [{"params": params}]
+            if second is None
+            else [{"params": params[:3]}, {"params": params[3:], **second}]
+        )
+        return TLR(groups, fused=fused, **kw)
+
+    return make
+
+
+@pytest.mark.parametrize("case", list(FUSED_CASES))
+def test_fused_matches_eager(case):
+    assert_fused_matches_eager(fused_tlr(case), lambda o: o.diagnostics())
+
+
+@pytest.mark.parametrize("mode", ["gd", "sgd"])
+def test_fused_skips_a_non_finite_step(mode):
+    torch.manual_seed(0)
+    x = [torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3))]
+    kw = {"update_every": 2} if mode == "sgd" else {}
+    eager = TLR(x, lr=0.05, mode=mode, **kw)
+    for _ in range(3):
+        for p in x:
+            p.grad = torch.randn_like(p)
+        eager.step()
+    opt = TLR(x, lr=0.05, mode=mode, fused=True, **kw)
+    opt.load_state_dict(eager.state_dict())  # an eager checkpoint resumes fused
+    state = copy.deepcopy(opt.state_dict())
+    before = [p.detach().clone() for p in x]
+    x[1].grad[0] = math.inf
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, x, strict=True))
+    assert opt.diagnostics()["skipped_steps"] == 1.0 and opt.param_groups[0]["step"] == 3
+    after = opt.state_dict()
+    for p in range(2):
+        for k, v in state["state"][p].items():
+            assert torch.equal(v, after["state"][p][k]), k
+    x[1].grad[0] = 1.0
+    opt.step()
+    assert opt.param_groups[0]["step"] == 4 and not all(
+        torch.equal(a, b) for a, b in zip(before, x, strict=True)
+    )
