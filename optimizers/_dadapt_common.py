@@ -1,8 +1,10 @@
 """Helpers shared by the D-Adaptation (SGD, Adam, AdaGrad) and Prodigy modules.
 
-The growth-rate check, the shared-lr rule, the
-Adam-style bias correction, the sharded-training all-reduce of specs/optimizers.md §10, the
-``d`` / ``d_lr`` diagnostics of §8, a fast form of the non-finite check and a shared scratch buffer.
+``AdamForm``, the step of D-Adapt Adam and Prodigy (eager skeleton and the host part of the fused one),
+the non-finite start of a step (``grads_or_skip``), coupled decay, the end-of-step bookkeeping, the
+growth-rate check, the shared-lr rule, the Adam-style bias correction, the sharded-training all-reduce
+of specs/optimizers.md §10, the ``d`` / ``d_lr`` diagnostics of §8, a fast form of the non-finite check
+and a shared scratch buffer.
 
 Speed notes (issue 4): on CPU, every out-of-place ``torch._foreach_*`` op allocates a parameter-sized
 temporary for *every* tensor at once; glibc hands such a >32 MB block back to the kernel when it is
@@ -26,17 +28,21 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from optimizers._common import foreach_dot, grads_with_params, host_floats, skip_if_nonfinite
+from optimizers._common import closure_loss, foreach_dot, grads_with_params, host_floats, skip_if_nonfinite
 
 __all__ = [
+    "AdamForm",
+    "add_coupled_decay",
     "all_reduce_sum",
     "bias_correction",
     "can_fuse_check",
     "check_growth_rate",
     "d_diagnostics",
+    "finish_step",
     "first_device",
     "foreach_dot",
     "group_grads",
+    "grads_or_skip",
     "host_floats",
     "max_lr",
     "moment_updates",
@@ -48,6 +54,8 @@ __all__ = [
 ]
 
 GroupGrads = list[tuple[list[torch.Tensor], list[torch.Tensor]]]
+Group = dict[str, Any]  # a param group
+Tensors = list[torch.Tensor]
 
 
 def check_growth_rate(value: float) -> None:
@@ -94,6 +102,25 @@ def d_diagnostics(group: dict[str, Any], d_lr: float, **extra: float) -> dict[st
         **{name: float(v) for name, v in extra.items()},
         "skipped_steps": float(group.get("skipped_steps", 0)),
     }
+
+
+def finish_step(opt: torch.optim.Optimizer, pgs: GroupGrads, k: int, scalars: dict[str, float]) -> None:
+    """The bookkeeping of a step that moved: ``scalars`` (the new d and its sums) into every group, each
+    parameter's ``step`` and every group's ``k`` (from group 0's ``k`` at the start) + 1."""
+    for group, (ps, _) in zip(opt.param_groups, pgs, strict=True):
+        group.update(scalars)
+        for p in ps:
+            opt.state[p]["step"] += 1
+        group["k"] = k + 1
+
+
+def add_coupled_decay(
+    group: dict[str, Any], ps: list[torch.Tensor], gs: list[torch.Tensor], decouple: bool
+) -> None:
+    """Coupled weight decay written into ``p.grad`` as the packages do, ``g <- g + wd x``, when ``group``'s
+    ``weight_decay`` is not 0 and not ``decouple`` (§2.2, §3)."""
+    if group["weight_decay"] != 0 and not decouple:
+        torch._foreach_add_(gs, ps, alpha=group["weight_decay"])
 
 
 def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
@@ -149,6 +176,22 @@ def can_fuse_check(
     if not all(covers(grp) for grp, _ in with_grads):
         return False
     return all(key in state[p] for _, ps in with_grads for p in ps)
+
+
+def grads_or_skip(
+    opt: torch.optim.Optimizer, key: str, covers: Callable[[dict], bool]
+) -> tuple[GroupGrads, list[torch.Tensor], bool] | None:
+    """The start of a step under the non-finite policy: the gradients per group (``group_grads``), all of
+    them, and whether the check is left to the step's reductions (``can_fuse_check`` with ``key`` and
+    ``covers``; the step then calls ``skip_if_reduction_nonfinite``); otherwise the exact check runs here,
+    and None means the step is skipped (counted in every group)."""
+    groups = opt.param_groups
+    pgs = group_grads(groups)
+    grads = [g for _, gs in pgs for g in gs]
+    check_later = can_fuse_check(pgs, groups, opt.state, key, covers)
+    if not check_later and skip_if_nonfinite(grads, *groups):
+        return None
+    return pgs, grads, check_later
 
 
 def workspace(opt: torch.optim.Optimizer) -> dict[Any, torch.Tensor]:
@@ -220,3 +263,119 @@ def moment_updates(
             torch.abs(s, out=t)
         out[i] = scratch[i].sum()
     return [t for t in out if t is not None]
+
+
+class AdamForm(torch.optim.Optimizer):
+    """The step shared by D-Adapt Adam (§2.2) and Prodigy (§3). The eager path is the packages' skeleton,
+    with the per-group pieces from the subclass, each keeping the package's operations and their order:
+
+    1. ``_begin()``: the gradients, the non-finite policy (None: the step is skipped), group 0's scalars
+       ``sc`` and the lazy state;
+    2. per group, the coupled decay into ``p.grad`` and (``lr > 0``) ``_dots``, the per-tensor dots of the
+       d estimate (old state); the non-finite check on them when ``_begin`` left it to them;
+    3. per group at ``lr > 0``, ``_moments`` (each tensor's new ``||s||_1``) and ``_weight`` (of the
+       group's dot and l1 terms);
+    4. ``_host_update``: the new d and the scalars to store (None: the package's early return, no move);
+    5. per group with gradients, the decoupled decay ``x <- x - wd dlr x`` and ``_move``; then
+       ``finish_step``.
+
+    When ``_use_fused()`` (default: the ``fused`` flag) ``_fused_step(pgs, grads, check_later, sc)`` runs
+    instead of 2-5: its pass 1 returns each tensor's dot and new ``||s||_1`` without writing, and
+    ``_fused_update`` does steps 2-4 on the host from them.
+    """
+
+    fused: bool
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = closure_loss(closure)
+        start = self._begin()
+        if start is not None:
+            (self._fused_step if self._use_fused() else self._eager_step)(*start)
+        return loss
+
+    def _use_fused(self) -> bool:
+        return self.fused
+
+    def _eager_step(self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any) -> None:
+        """Steps 2-5 of the class docstring."""
+        groups = self.param_groups
+        dots: list[torch.Tensor] = []
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            add_coupled_decay(group, ps, gs, sc.decouple)
+            if group["lr"] > 0.0 and ps:
+                dots += self._dots(group, ps, gs)
+        dot_values = host_floats(dots)
+        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return
+
+        l1s: list[torch.Tensor] = []
+        weights: list[float] = []  # of each tensor's dot and l1 terms
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            if group["lr"] > 0.0 and ps:
+                l1s += self._moments(group, ps, gs, sc)
+                weights += [self._weight(group, sc)] * len(ps)
+        update = self._host_update(sc, pgs, weights, dot_values, host_floats(l1s))
+        if update is None:
+            return
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            if ps:
+                if group["weight_decay"] != 0 and sc.decouple:
+                    torch._foreach_add_(ps, ps, alpha=-group["weight_decay"] * sc.dlr)
+                self._move(group, ps, gs, sc, update)
+        finish_step(self, pgs, sc.k, update)
+
+    def _fused_update(
+        self,
+        pgs: GroupGrads,
+        grads: list[torch.Tensor],
+        check_later: bool,
+        sc: Any,
+        work: list[tuple[dict[str, Any], list[list[torch.Tensor]], bool]],
+        sums: list[torch.Tensor],
+    ) -> dict[str, float] | None:
+        """A fused step after pass 1, with ``work`` its ``(group, [g, x, ...], coupled)`` at ``lr > 0`` and
+        ``sums`` each tensor's dot and new ``||s||_1`` (interleaved): one host sync, the non-finite check on
+        the dots when ``_begin`` left it to them, ``_host_update``. None: no move (a skipped step; or the
+        package's early return, where the coupled decay and the eager ``_moments`` leave every tensor as
+        the eager step does)."""
+        values = host_floats(sums)
+        dot_values, l1_values = values[0::2], values[1::2]
+        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *self.param_groups):
+            return None
+        weights = [self._weight(group, sc) for group, lists, _ in work for _ in lists[0]]
+        update = self._host_update(sc, pgs, weights, dot_values, l1_values)
+        if update is None:
+            for group, (gs, ps, *_), _ in work:
+                add_coupled_decay(group, ps, gs, sc.decouple)
+                self._moments(group, ps, gs, sc)
+        return update
+
+    # the subclass's pieces (class docstring)
+    def _begin(self) -> tuple[GroupGrads, list[torch.Tensor], bool, Any] | None:
+        raise NotImplementedError
+
+    def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
+        raise NotImplementedError
+
+    def _moments(self, group: Group, ps: Tensors, gs: Tensors, sc: Any) -> Tensors:
+        raise NotImplementedError
+
+    def _weight(self, group: Group, sc: Any) -> float:
+        raise NotImplementedError
+
+    def _host_update(
+        self,
+        sc: Any,
+        pgs: GroupGrads,
+        weights: Sequence[float],
+        dot_values: Sequence[float],
+        l1_values: Sequence[float],
+    ) -> dict[str, float] | None:
+        raise NotImplementedError
+
+    def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: Any, update: dict[str, float]) -> None:
+        raise NotImplementedError
+
+    def _fused_step(self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any) -> None:
+        raise NotImplementedError

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from optimizers import _fused
 from optimizers._common import (
@@ -32,7 +33,7 @@ from optimizers.registry import register
 log = logging.getLogger(__name__)
 
 
-def _sparse_values(g: torch.Tensor) -> torch.Tensor:
+def _sparse_values(g: Tensor) -> Tensor:
     return g.coalesce()._values() if g.is_sparse else g
 
 
@@ -74,7 +75,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
 
     def __init__(
         self,
-        params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1.0,
         momentum: float = 0,
         log_every: int = 0,
@@ -135,7 +136,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         dlr = d * lr
 
         # Per parameter, in order: g_sq term, old and new sum s^2/(sqrt(a)+eps), old and new ||s||_1.
-        terms: list[list[torch.Tensor]] = [[], [], [], [], []]
+        terms: list[list[Tensor]] = [[], [], [], [], []]
         # Fused: one pass (moves x with d_k), or, while ||s||_1 = 0, accumulators first (see docstring).
         one_pass = self.fused and skl1 != 0
         for group, (ps, gs) in zip(groups, pgs, strict=True):
@@ -175,7 +176,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                 torch._foreach_add_(dgs, dps, alpha=decay)
             # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
             # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``).
-            dense_terms: list[list[torch.Tensor]] = [[], [], [], [], []]
+            dense_terms: list[list[Tensor]] = [[], [], [], [], []]
             t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
             for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
                 torch.sqrt(a, out=t1)
@@ -248,9 +249,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             group["k"] = group["k"] + 1
         return loss
 
-    def _sparse_terms(
-        self, p: torch.Tensor, grad: torch.Tensor, dlr: float, eps: float
-    ) -> tuple[torch.Tensor, ...]:
+    def _sparse_terms(self, p: Tensor, grad: Tensor, dlr: float, eps: float) -> tuple[Tensor, ...]:
         """The package's sparse path for one tensor (no weight decay; denominator ``sqrt(a + eps)``)."""
         state = self.state[p]
         sk, alphak, weighted_sk = state["sk"], state["alphak"], state["weighted_sk"]
@@ -272,7 +271,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         weighted_sk.add_(torch.sparse_coo_tensor(grad.indices(), delta, grad.shape))
         return g_sq, old_q, new_q, old_l1, sk_vals.abs().sum()
 
-    def _sparse_move(self, p: torch.Tensor, grad: torch.Tensor, eps: float) -> None:
+    def _sparse_move(self, p: Tensor, grad: Tensor, eps: float) -> None:
         """The package's sparse parameter update: only the coordinates in the gradient move."""
         state = self.state[p]
         grad = grad.coalesce()
@@ -284,71 +283,61 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))
 
 
+def _accumulate_terms(
+    g: Tensor, a: Tensor, s: Tensor, dlr: float, eps: float
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """The accumulator part of §2.3 that every dense kernel traces (a plain function: inlined when
+    compiled): ``a <- a + g^2``, ``s <- s + dlr g`` in place; returns the new denominator
+    ``sqrt(a) + eps`` and the five sums, as eager: the g_sq term, old and new ``sum s^2 / (sqrt(a) + eps)``,
+    old and new ``||s||_1``."""
+    den = a.sqrt() + eps
+    old_q, old_l = (s * s / den).sum(), s.abs().sum()
+    gg = g * g
+    a.add_(gg)
+    den = a.sqrt() + eps
+    s.add_(g * dlr)
+    return den, ((gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum())
+
+
 @_fused.kernel
 def _rule(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    a: torch.Tensor,
-    s: torch.Tensor,
-    x0: torch.Tensor,
+    x: Tensor,
+    g: Tensor,
+    a: Tensor,
+    s: Tensor,
+    x0: Tensor,
     dlr: float,
     decay: float,
     eps: float,
     keep: float,
     ck: float,
-) -> tuple[torch.Tensor, ...]:
-    """§2.3 for one dense parameter as one kernel: reads g, a, s, x0, x; writes a, s, x; returns the
-    g_sq term, old and new ``sum s^2 / (sqrt(a) + eps)``, old and new ``||s||_1`` (as eager)."""
-    g = g + x * decay  # coupled weight decay
-    den = a.sqrt() + eps
-    old_q, old_l = (s * s / den).sum(), s.abs().sum()
-    gg = g * g
-    a.add_(gg)
-    den = a.sqrt() + eps
-    s.add_(g * dlr)
+) -> tuple[Tensor, ...]:
+    """§2.3 for one dense parameter as one kernel: reads g, a, s, x0, x; writes a, s, x; returns
+    :func:`_accumulate_terms`' five sums (g with coupled weight decay)."""
+    den, sums = _accumulate_terms(g + x * decay, a, s, dlr, eps)
     x.mul_(keep).add_((x0 - s / den) * ck)  # x = momentum x + (1 - momentum) z, as eager
-    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+    return sums
 
 
 @_fused.kernel
 def _rule_plain(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    a: torch.Tensor,
-    s: torch.Tensor,
-    x0: torch.Tensor,
-    dlr: float,
-    eps: float,
-) -> tuple[torch.Tensor, ...]:
+    x: Tensor, g: Tensor, a: Tensor, s: Tensor, x0: Tensor, dlr: float, eps: float
+) -> tuple[Tensor, ...]:
     """:func:`_rule` without weight decay and momentum: x is only written (x = z, as eager)."""
-    den = a.sqrt() + eps
-    old_q, old_l = (s * s / den).sum(), s.abs().sum()
-    gg = g * g
-    a.add_(gg)
-    den = a.sqrt() + eps
-    s.add_(g * dlr)
+    den, sums = _accumulate_terms(g, a, s, dlr, eps)
     x.copy_(x0 - s / den)
-    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+    return sums
 
 
 @_fused.kernel
 def _accumulate(
-    x: torch.Tensor, g: torch.Tensor, a: torch.Tensor, s: torch.Tensor, dlr: float, decay: float, eps: float
-) -> tuple[torch.Tensor, ...]:
+    x: Tensor, g: Tensor, a: Tensor, s: Tensor, dlr: float, decay: float, eps: float
+) -> tuple[Tensor, ...]:
     """The accumulator half of :func:`_rule` (no move): for the steps where ``||s||_1`` is still 0."""
-    g = g + x * decay
-    den = a.sqrt() + eps
-    old_q, old_l = (s * s / den).sum(), s.abs().sum()
-    gg = g * g
-    a.add_(gg)
-    den = a.sqrt() + eps
-    s.add_(g * dlr)
-    return (gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum()
+    return _accumulate_terms(g + x * decay, a, s, dlr, eps)[1]
 
 
 @_fused.kernel
-def _move(
-    x: torch.Tensor, a: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, eps: float, keep: float, ck: float
-):
+def _move(x: Tensor, a: Tensor, s: Tensor, x0: Tensor, eps: float, keep: float, ck: float):
     """The move half of :func:`_rule`: ``x = momentum x + (1 - momentum) (x0 - s / (sqrt(a) + eps))``."""
     x.mul_(keep).add_((x0 - s / (a.sqrt() + eps)) * ck)

@@ -7,26 +7,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from optimizers import _fused
-from optimizers._common import check_betas, check_nonnegative, check_positive, closure_loss, skip_if_nonfinite
+from optimizers._common import check_betas, check_nonnegative, check_positive
 from optimizers._dadapt_common import (
+    AdamForm,
+    Group,
+    GroupGrads,
+    Tensors,
+    add_coupled_decay,
     all_reduce_sum,
     bias_correction,
-    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
+    finish_step,
     first_device,
-    group_grads,
-    host_floats,
+    grads_or_skip,
     max_lr,
     moment_updates,
     scratch_like,
     shared_lr,
-    skip_if_reduction_nonfinite,
     uses_fsdp,
     workspace,
 )
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 
 
 @register("dadapt_adam")
-class DAdaptAdam(torch.optim.Optimizer):
+class DAdaptAdam(AdamForm):
     """Adam with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdam`` 3.2.
 
     Per step (§2.2), with ``sb = sqrt(beta2)``, ``r`` the group's ``layer_scale`` and
@@ -123,42 +126,40 @@ class DAdaptAdam(torch.optim.Optimizer):
         lr = max_lr(self.param_groups)
         return d_diagnostics(g, g["d"] * lr * bias_correction(g))
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = closure_loss(closure)
-        if self.fused:
-            return self._fused_step(loss)
+    def _begin(self) -> tuple[GroupGrads, list[torch.Tensor], bool, _Scalars] | None:
+        """The start both paths share: gradients and the non-finite policy (``grads_or_skip``; None: the
+        step is skipped), group 0's scalars, and each parameter's state (zeros on first use)."""
         groups = self.param_groups
-        pgs = group_grads(groups)
-        grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
         decouple = g0["decouple"]
 
-        # The non-finite check rides on the dots below when they cover every gradient (see helper).
+        # The non-finite check rides on the dots when they cover every gradient (see helper).
         def covers(grp: dict[str, Any]) -> bool:
             return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
 
-        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
-        if not fused and skip_if_nonfinite(grads, *groups):
-            return loss
-
+        start = grads_or_skip(self, "step", covers)
+        if start is None:
+            return None
+        pgs, grads, check_later = start
         lr = shared_lr(
             groups,
             ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
         )
-        numerator = g0["numerator_weighted"]
         beta1, beta2 = g0["betas"]
-        k, d = g0["k"], g0["d"]
-        dlr = d * lr * bias_correction(g0)
-        growth_rate, log_every = g0["growth_rate"], g0["log_every"]
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        sqrt_beta2 = beta2 ** (0.5)
-
-        dots: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, eps = group["weight_decay"], group["eps"]
-            if decay != 0 and not decouple:
-                torch._foreach_add_(gs, ps, alpha=decay)
+        d = g0["d"]
+        sc = _Scalars(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            sqrt_beta2=beta2 ** (0.5),
+            k=g0["k"],
+            d=d,
+            dlr=d * lr * bias_correction(g0),
+            numerator=g0["numerator_weighted"],
+            decouple=decouple,
+            fsdp=uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs)),
+        )
+        for ps, _ in pgs:
             for p in ps:
                 state = self.state[p]
                 if "step" not in state:
@@ -166,175 +167,142 @@ class DAdaptAdam(torch.optim.Optimizer):
                     state["s"] = torch.zeros_like(p).detach()
                     state["exp_avg"] = torch.zeros_like(p).detach()
                     state["exp_avg_sq"] = torch.zeros_like(p).detach()
-            if group["lr"] > 0.0 and ps:
-                ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
-                # <g, s / (sqrt(v) + eps)> with s_k, v_k before the update, one tensor at a time in scratch
-                for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
-                    torch.sqrt(v, out=t)
-                    t.add_(eps)
-                    torch.div(s_, t, out=t)
-                    dots.append(torch.dot(g.reshape(-1), t.reshape(-1)))
-        dot_values = host_floats(dots)
-        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return loss
+        return pgs, grads, check_later, sc
 
-        l1s: list[torch.Tensor] = []
-        scales: list[float] = []  # layer_scale of each parameter's dot and l1 terms
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            r = group["layer_scale"]
-            if group["lr"] > 0.0 and ps:
-                states = [self.state[p] for p in ps]
-                ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
-                coefs = (
-                    (beta1, r * dlr * (1 - beta1)),
-                    (beta2, 1 - beta2),
-                    (sqrt_beta2, dlr * (1 - sqrt_beta2)),
-                )
-                l1s += moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
-                scales += [r] * len(ps)
-        numerator_acum, sk_l1 = 0.0, 0.0
-        for r, v in zip(scales, dot_values, strict=True):
-            numerator_acum += r * dlr * v
-        for r, v in zip(scales, host_floats(l1s), strict=True):
-            sk_l1 += r * v
-        numerator = sqrt_beta2 * numerator + (1 - sqrt_beta2) * numerator_acum
+    def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
+        """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, one tensor at a time in
+        scratch (§2.2)."""
+        eps, dots = group["eps"], []
+        ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
+        for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
+            torch.sqrt(v, out=t)
+            t.add_(eps)
+            torch.div(s_, t, out=t)
+            dots.append(torch.dot(g.reshape(-1), t.reshape(-1)))
+        return dots
 
-        if fsdp:
-            global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], first_device(pgs))
-        else:
-            global_numerator = numerator
-        if sk_l1 == 0:
-            return loss
-        d_hat = d
-        if lr > 0.0:
-            d_hat = global_numerator / ((1 - sqrt_beta2) * sk_l1)
-            d = max(d, min(d_hat, d * growth_rate))
+    @staticmethod
+    def _coefs(sc: _Scalars, r: float) -> tuple[tuple[float, float], ...]:
+        """§2.2: ``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``, ``s <- b s + a g``, layer scale r."""
+        dlr, sb = sc.dlr, sc.sqrt_beta2
+        return ((sc.beta1, r * dlr * (1 - sc.beta1)), (sc.beta2, 1 - sc.beta2), (sb, dlr * (1 - sb)))
 
-        if log_every > 0 and k % log_every == 0:
-            log.info(
-                f"lr: {lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={sk_l1:1.1e} "
-                f"numerator_weighted={global_numerator:1.1e}"
-            )
+    def _moments(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars) -> Tensors:
+        """The eager moment updates of one group (``moment_updates``); each tensor's new ``||s||_1``."""
+        states = [self.state[p] for p in ps]
+        ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
+        coefs = self._coefs(sc, group["layer_scale"])
+        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
 
-        for group, (ps, _) in zip(groups, pgs, strict=True):
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            decay, eps = group["weight_decay"], group["eps"]
-            if ps:
-                states = [self.state[p] for p in ps]
-                for st in states:
-                    st["step"] += 1
-                if decay != 0 and decouple:
-                    torch._foreach_add_(ps, ps, alpha=-decay * dlr)
-                vs = [st["exp_avg_sq"] for st in states]
-                for p, st, v, t in zip(ps, states, vs, scratch_like(vs, workspace(self)), strict=True):
-                    torch.sqrt(v, out=t)
-                    t.add_(eps)
-                    p.addcdiv_(st["exp_avg"], t, value=-1)
-            group["k"] = k + 1
-        return loss
+    def _weight(self, group: Group, sc: _Scalars) -> float:
+        """The weight of the group's dot and l1 terms: its ``layer_scale`` r (§2.2)."""
+        return group["layer_scale"]
 
-    def _fused_step(self, loss: Any) -> Any:
-        """The eager rule above with the per-element work in two compiled passes (class docstring)."""
-        groups = self.param_groups
-        pgs = group_grads(groups)
-        grads = [g for _, gs in pgs for g in gs]
-        g0 = groups[0]
-        decouple = g0["decouple"]
-
-        def covers(grp: dict[str, Any]) -> bool:
-            return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
-
-        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
-        if not fused and skip_if_nonfinite(grads, *groups):
-            return loss
-        lr = shared_lr(
-            groups,
-            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
-        )
-        numerator = g0["numerator_weighted"]
-        beta1, beta2 = g0["betas"]
-        k, d = g0["k"], g0["d"]
-        dlr = d * lr * bias_correction(g0)
+    def _host_update(
+        self,
+        sc: _Scalars,
+        pgs: GroupGrads,
+        scales: Sequence[float],
+        dot_values: Sequence[float],
+        l1_values: Sequence[float],
+    ) -> dict[str, float] | None:
+        """§2.2 on the host, from each tensor's dot and new ``||s||_1`` (``scales``: its layer_scale r):
+        ``numerator <- sb numerator + (1 - sb) sum r dlr dot``, ``sk_l1 = sum r ||s||_1`` (both all-reduced
+        when sharded, §10), ``d_hat`` and the new ``d``, the log line; the group scalars to write, or None
+        for the package's early return when ``sk_l1 = 0``."""
+        g0 = self.param_groups[0]
         growth_rate, log_every = g0["growth_rate"], g0["log_every"]
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        sqrt_beta2 = beta2 ** (0.5)
-
-        # per group at lr > 0 with gradients: [g, x, s, m, v], coupled, the kernels' scalars, r
-        work: list[tuple[list[list[torch.Tensor]], bool, tuple[float, ...], float]] = []
-        sums: list[torch.Tensor] = []  # pass 1 (read-only): the dot and the new ||s||_1 of each tensor
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, eps, r = group["weight_decay"], group["eps"], group["layer_scale"]
-            coupled = decay != 0 and not decouple
-            for p in ps:
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["s"] = torch.zeros_like(p).detach()
-                    state["exp_avg"] = torch.zeros_like(p).detach()
-                    state["exp_avg_sq"] = torch.zeros_like(p).detach()
-            if group["lr"] > 0.0 and ps:
-                states = [self.state[p] for p in ps]
-                lists = [gs, ps] + [[st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq")]
-                scalars = (decay, sqrt_beta2, dlr * (1 - sqrt_beta2), eps)
-                work.append((lists, coupled, scalars, r))
-                gs, ps, ss, _, vs = lists
-                res = _fused.per_tensor(_SUMS[coupled], [gs, ps, ss, vs], *scalars)
-                sums += [v for pair in res for v in pair]
-            elif coupled and ps:
-                torch._foreach_add_(gs, ps, alpha=decay)  # into p.grad, as the eager path
-        values = host_floats(sums)
-        dot_values, l1_values = values[0::2], values[1::2]
-        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return loss
-
-        scales = [r for lists, _, _, r in work for _ in lists[0]]
+        dlr, sqrt_beta2, d = sc.dlr, sc.sqrt_beta2, sc.d
         numerator_acum, sk_l1 = 0.0, 0.0
         for r, v in zip(scales, dot_values, strict=True):
             numerator_acum += r * dlr * v
         for r, v in zip(scales, l1_values, strict=True):
             sk_l1 += r * v
-        numerator = sqrt_beta2 * numerator + (1 - sqrt_beta2) * numerator_acum
+        numerator = sqrt_beta2 * sc.numerator + (1 - sqrt_beta2) * numerator_acum
 
-        if fsdp:
+        if sc.fsdp:
             global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], first_device(pgs))
         else:
             global_numerator = numerator
-        if sk_l1 == 0:  # the early return: the moment updates alone, as the eager ops
-            for (gs, ps, ss, ms, vs), coupled, (decay, _, a3, _), r in work:
-                if coupled:
-                    torch._foreach_add_(gs, ps, alpha=decay)
-                coefs = ((beta1, r * dlr * (1 - beta1)), (beta2, 1 - beta2), (sqrt_beta2, a3))
-                moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
-            return loss
+        if sk_l1 == 0:
+            return None
         d_hat = d
-        if lr > 0.0:
+        if sc.lr > 0.0:
             d_hat = global_numerator / ((1 - sqrt_beta2) * sk_l1)
             d = max(d, min(d_hat, d * growth_rate))
-        if log_every > 0 and k % log_every == 0:
+
+        if log_every > 0 and sc.k % log_every == 0:
             log.info(
-                f"lr: {lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={sk_l1:1.1e} "
+                f"lr: {sc.lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={sk_l1:1.1e} "
                 f"numerator_weighted={global_numerator:1.1e}"
             )
+        return {"numerator_weighted": numerator, "d": d}
+
+    def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
+        """After the decoupled decay (``AdamForm``): ``x <- x - m / (sqrt(v) + eps)`` (§2.2, the old d)."""
+        eps = group["eps"]
+        states = [self.state[p] for p in ps]
+        vs = [st["exp_avg_sq"] for st in states]
+        for p, st, v, t in zip(ps, states, vs, scratch_like(vs, workspace(self)), strict=True):
+            torch.sqrt(v, out=t)
+            t.add_(eps)
+            p.addcdiv_(st["exp_avg"], t, value=-1)
+
+    def _fused_step(
+        self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: _Scalars
+    ) -> None:
+        """The eager rule above with the per-element work in two compiled passes (class docstring)."""
+        groups = self.param_groups
+
+        # per group at lr > 0 with gradients: the group, [g, x, s, m, v], coupled
+        work: list[tuple[dict[str, Any], list[list[torch.Tensor]], bool]] = []
+        sums: list[torch.Tensor] = []  # pass 1 (read-only): the dot and the new ||s||_1 of each tensor
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            decay, eps, r = group["weight_decay"], group["eps"], group["layer_scale"]
+            coupled = decay != 0 and not sc.decouple
+            if group["lr"] > 0.0 and ps:
+                states = [self.state[p] for p in ps]
+                lists = [gs, ps] + [[st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq")]
+                work.append((group, lists, coupled))
+                gs, ps, ss, _, vs = lists
+                b3, a3 = self._coefs(sc, r)[2]
+                res = _fused.per_tensor(_SUMS[coupled], [gs, ps, ss, vs], decay, b3, a3, eps)
+                sums += [v for pair in res for v in pair]
+            elif ps:
+                add_coupled_decay(group, ps, gs, sc.decouple)  # into p.grad, as the eager path
+        update = self._fused_update(pgs, grads, check_later, sc, work, sums)
+        if update is None:
+            return
 
         # pass 2: the moments and the move (the move uses the new m, v and the old d only)
-        for lists, coupled, (decay, b3, a3, eps), r in work:
-            x_decay = -decay * dlr if decouple else 0.0
-            scalars = (decay, beta1, r * dlr * (1 - beta1), beta2, 1 - beta2, b3, a3, eps, x_decay)
-            _fused.per_tensor(_UPDATE[coupled], lists, *scalars)
+        for group, lists, coupled in work:
+            decay = group["weight_decay"]
+            (b1, a1), (b2, a2), (b3, a3) = self._coefs(sc, group["layer_scale"])
+            x_decay = -decay * sc.dlr if sc.decouple else 0.0
+            _fused.per_tensor(_UPDATE[coupled], lists, decay, b1, a1, b2, a2, b3, a3, group["eps"], x_decay)
         for group, (ps, _) in zip(groups, pgs, strict=True):
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            if ps:
+            if ps and group["lr"] == 0.0:
                 states = [self.state[p] for p in ps]
-                for st in states:
-                    st["step"] += 1
-                if group["lr"] == 0.0:
-                    ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
-                    x_decay = -group["weight_decay"] * dlr if decouple else 0.0
-                    _fused.per_tensor(_adam_move, [ps, ms, vs], x_decay, group["eps"])
-            group["k"] = k + 1
-        return loss
+                ms, vs = [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states]
+                x_decay = -group["weight_decay"] * sc.dlr if sc.decouple else 0.0
+                _fused.per_tensor(_adam_move, [ps, ms, vs], x_decay, group["eps"])
+        finish_step(self, pgs, sc.k, update)
+
+
+class _Scalars(NamedTuple):
+    """Group 0's scalars at the start of a step (§2.2): the shared lr, the betas, ``sqrt(beta2)``, ``k``,
+    the old ``d``, ``dlr = d lr bc``, ``numerator_weighted``, ``decouple`` and whether to all-reduce."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    sqrt_beta2: float
+    k: int
+    d: float
+    dlr: float
+    numerator: float
+    decouple: bool
+    fsdp: bool
 
 
 # Scalars enter as ``tensor * float`` products: an ``alpha=``/``value=`` keyword would specialise the

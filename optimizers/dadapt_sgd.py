@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +39,18 @@ from optimizers._dadapt_common import (
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Host:
+    """One step's host scalars shared by the eager and fused paths (§2.1): the shared ``lr``,
+    ``dlr = lambda_k = d_k lr / ||g_0||``, ``||g_0||``, and where the §10 all-reduce runs."""
+
+    lr: float
+    dlr: float
+    g0_norm: float
+    fsdp: bool
+    device: torch.device
 
 
 @register("dadapt_sgd")
@@ -129,28 +142,13 @@ class DAdaptSGD(torch.optim.Optimizer):
         fused = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
         if not fused and skip_if_nonfinite(grads, *groups):
             return loss
-
-        lr = shared_lr(groups)
-        decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
-        growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
-        numerator = g0["numerator_weighted"]
-        ck = 1 - momentum
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        device = first_device(pgs)
-
-        g0_norm = self._g0_norm(pgs, fsdp, device) if k == 0 else g0["g0_norm"]
-        if g0_norm == 0:
+        host = self._begin(pgs)
+        if host is None:
             return loss
-        dlr = d * lr / g0_norm
+        decay, ck = g0["weight_decay"], 1 - g0["momentum"]
 
         dots: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            for p in ps:
-                state = self.state[p]
-                if "z" not in state:
-                    state["z"] = p.detach().clone()
-                    state["s"] = torch.zeros_like(p).detach()
-                    state["x0"] = p.detach().clone()
             if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
@@ -158,38 +156,17 @@ class DAdaptSGD(torch.optim.Optimizer):
         dot_values = host_floats(dots)
         if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
             return loss
-        for v in dot_values:
-            numerator += dlr * v
 
         sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
-                torch._foreach_add_(ss, gs, alpha=dlr)
+                torch._foreach_add_(ss, gs, alpha=host.dlr)
                 sqs += foreach_dot(ss, ss)
-        sk_sq = sum(host_floats(sqs))
-
-        d_hat = d
-        if fsdp:
-            sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], device)
-        else:
-            global_numerator = numerator
-        if sk_sq == 0:
+        if not self._update_d(host, dot_values, sum(host_floats(sqs))):
             return loss
-        if lr > 0.0:
-            d_hat = 2 * global_numerator / math.sqrt(sk_sq)
-            d = max(d, min(d_hat, d * growth_rate))
 
-        if log_every > 0 and k % log_every == 0:
-            log.info(
-                f"(k={k}) dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
-                f"numerator_weighted={global_numerator} g0_norm={g0_norm}"
-            )
-
-        for group, (ps, _) in zip(groups, pgs, strict=True):
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            group["g0_norm"] = g0_norm
+        for ps, _ in pgs:
             if ps:
                 states = [self.state[p] for p in ps]
                 zs = [st["z"] for st in states]
@@ -197,8 +174,62 @@ class DAdaptSGD(torch.optim.Optimizer):
                 torch._foreach_sub_(zs, [st["s"] for st in states])  # z = x0 - s
                 torch._foreach_mul_(ps, 1 - ck)
                 torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z
-            group["k"] = k + 1
         return loss
+
+    def _begin(self, pgs: list) -> _Host | None:
+        """Both paths' start, after the non-finite check: the shared lr, ``||g_0||`` (first step),
+        ``dlr = d_k lr / ||g_0||`` (§2.1's lambda_k) and the lazy state ``z = x0 = x``, ``s = 0``; None
+        on the ``||g_0|| = 0`` early return (no state created)."""
+        groups = self.param_groups
+        lr = shared_lr(groups)
+        g0 = groups[0]
+        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
+        device = first_device(pgs)
+        g0_norm = self._g0_norm(pgs, fsdp, device) if g0["k"] == 0 else g0["g0_norm"]
+        if g0_norm == 0:
+            return None
+        for ps, _ in pgs:
+            for p in ps:
+                state = self.state[p]
+                if "z" not in state:
+                    state["z"] = p.detach().clone()
+                    state["s"] = torch.zeros_like(p).detach()
+                    state["x0"] = p.detach().clone()
+        return _Host(lr=lr, dlr=g0["d"] * lr / g0_norm, g0_norm=g0_norm, fsdp=fsdp, device=device)
+
+    def _update_d(self, host: _Host, dots: Sequence[float], sk_sq: float) -> bool:
+        """Both paths' host half of §2.1 from the step's reductions (``dots`` = <g_k, s_k> per tensor,
+        ``sk_sq`` = ||s_{k+1}||^2): ``numerator += lambda_k <g_k, s_k>``, the all-reduce of §10, the
+        ``||s|| = 0`` early return (False: nothing written), ``d_hat = 2 numerator / ||s||``,
+        ``d <- max(d, min(d_hat, d growth_rate))`` (when lr > 0), the log line, and the new scalars
+        (``numerator_weighted``, ``d``, ``g0_norm``, ``k + 1``) written into every group."""
+        g0 = self.param_groups[0]
+        k, d, numerator = g0["k"], g0["d"], g0["numerator_weighted"]
+        for v in dots:
+            numerator += host.dlr * v
+        d_hat = d
+        if host.fsdp:
+            sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], host.device)
+        else:
+            global_numerator = numerator
+        if sk_sq == 0:
+            return False
+        if host.lr > 0.0:
+            d_hat = 2 * global_numerator / math.sqrt(sk_sq)
+            d = max(d, min(d_hat, d * g0["growth_rate"]))
+
+        log_every = g0["log_every"]
+        if log_every > 0 and k % log_every == 0:
+            log.info(
+                f"(k={k}) dlr: {host.dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
+                f"numerator_weighted={global_numerator} g0_norm={host.g0_norm}"
+            )
+        for group in self.param_groups:
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            group["g0_norm"] = host.g0_norm
+            group["k"] = k + 1
+        return True
 
     def _g0_norm(self, pgs: list, fsdp: bool, device: torch.device) -> float:
         """``||g_0||`` over groups with lr > 0, before weight decay (the package's add is not in place)."""
@@ -217,35 +248,22 @@ class DAdaptSGD(torch.optim.Optimizer):
         return math.sqrt(g_sq)
 
     def _fused_step(self, loss: float | None) -> float | None:
-        """The step above with the per-element work in one kernel pass per parameter."""
+        """The step above with the per-element work in one kernel pass per parameter (host logic shared:
+        :meth:`_begin`, :meth:`_update_d`)."""
         groups = self.param_groups
         pgs = group_grads(groups)
         if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
             return loss
-        lr = shared_lr(groups)
-        g0 = groups[0]
-        decay, momentum, log_every = g0["weight_decay"], g0["momentum"], g0["log_every"]
-        growth_rate, k, d = g0["growth_rate"], g0["k"], g0["d"]
-        numerator = g0["numerator_weighted"]
-        ck = 1 - momentum
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        device = first_device(pgs)
-        g0_norm = self._g0_norm(pgs, fsdp, device) if k == 0 else g0["g0_norm"]
-        if g0_norm == 0:
+        host = self._begin(pgs)
+        if host is None:
             return loss
-        dlr = d * lr / g0_norm
-        for ps, _ in pgs:
-            for p in ps:
-                state = self.state[p]
-                if "z" not in state:
-                    state["z"] = p.detach().clone()
-                    state["s"] = torch.zeros_like(p).detach()
-                    state["x0"] = p.detach().clone()
-        if lr == 0:  # no group with lr > 0: ||s||^2 = 0, the eager step returns here without moving
+        if host.lr == 0:  # no group with lr > 0: ||s||^2 = 0, the eager step returns here without moving
             return loss
 
+        decay, momentum = groups[0]["weight_decay"], groups[0]["momentum"]
+        ck = 1 - momentum
         plain = decay == 0 and momentum == 0
-        scalars = (dlr,) if plain else (dlr, float(decay), float(1 - ck), float(ck))
+        scalars = (host.dlr,) if plain else (host.dlr, float(decay), float(1 - ck), float(ck))
         results: list[tuple[torch.Tensor, torch.Tensor]] = []
         frozen: list[list[torch.Tensor]] = [[], [], []]  # groups at lr 0: moved after the ||s|| = 0 check
         for group, (ps, gs) in zip(groups, pgs, strict=True):
@@ -258,31 +276,8 @@ class DAdaptSGD(torch.optim.Optimizer):
                 for t, ts in zip(frozen, (ps, ss, x0s), strict=True):
                     t.extend(ts)
         values = host_floats([v for pair in results for v in pair])
-        for v in values[0::2]:
-            numerator += dlr * v
-        sk_sq = sum(values[1::2])
-
-        d_hat = d
-        if fsdp:
-            sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], device)
-        else:
-            global_numerator = numerator
-        if sk_sq == 0:
-            return loss
-        _fused.per_tensor(_move, frozen, float(1 - ck), float(ck))
-        d_hat = 2 * global_numerator / math.sqrt(sk_sq)
-        d = max(d, min(d_hat, d * growth_rate))
-
-        if log_every > 0 and k % log_every == 0:
-            log.info(
-                f"(k={k}) dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
-                f"numerator_weighted={global_numerator} g0_norm={g0_norm}"
-            )
-        for group in groups:
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            group["g0_norm"] = g0_norm
-            group["k"] = k + 1
+        if self._update_d(host, values[0::2], sum(values[1::2])):
+            _fused.per_tensor(_move, frozen, float(1 - ck), float(ck))
         return loss
 
     def state_dict(self) -> dict[str, Any]:

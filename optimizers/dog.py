@@ -137,6 +137,17 @@ class DoG(torch.optim.Optimizer):
         group["rbar"], group["G"], group["eta"] = rbar, G, eta
         return eta
 
+    def _take_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
+        """§4 step 1 (first step): ``x_0 <- x`` per tensor; returns the per-tensor ``||x_0||``."""
+        for p in params:
+            self.state[p]["x0"] = p.detach().clone()
+        return torch.stack(torch._foreach_norm(params)).to(sdtype)
+
+    def _dist_from_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
+        """The per-tensor ``||x_t - x_0||`` of §4 step 3."""
+        diffs = torch._foreach_sub(params, [self.state[p]["x0"] for p in params])
+        return torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+
     @torch.no_grad()
     def _step_group(self, group: dict[str, Any]) -> None:
         params: list[torch.Tensor] = group["params"]
@@ -162,13 +173,7 @@ class DoG(torch.optim.Optimizer):
                 gsq[index] = gn * gn
 
         first = "rbar" not in group
-        if first:
-            for p in params:
-                self.state[p]["x0"] = p.detach().clone()
-            norms = torch.stack(torch._foreach_norm(params)).to(sdtype)
-        else:
-            diffs = torch._foreach_sub(params, [self.state[p]["x0"] for p in params])
-            norms = torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+        norms = self._take_x0(params, sdtype) if first else self._dist_from_x0(params, sdtype)
         eta = self._scalars(group, gsq, norms, first)
 
         if ps:  # §4 step 5: x <- x - eta g
@@ -180,12 +185,7 @@ class DoG(torch.optim.Optimizer):
 
         if group["averaging_gamma"] is not None:
             t = group.get("averaged_steps", 0) + 1
-            if t == 1:
-                for p in params:
-                    self.state[p]["avg"] = p.detach().clone()
-            else:
-                avg = [self.state[p]["avg"] for p in params]
-                poly_decay_update_(avg, params, t, group["averaging_gamma"])
+            self._average(params, t, group["averaging_gamma"])
             group["averaged_steps"] = t
 
     @torch.no_grad()
@@ -241,14 +241,11 @@ class DoG(torch.optim.Optimizer):
             dsq[index] = torch.stack([s[1] for s in sums]).to(sdtype)
         first = "rbar" not in group
         if first:
-            for p in params:
-                self.state[p]["x0"] = p.detach().clone()
-            norms = torch.stack(torch._foreach_norm(params)).to(sdtype)
+            norms = self._take_x0(params, sdtype)
         else:
             frozen = [p for p in params if id(p) not in have]
             if frozen:  # no probe ran on them: ||x - x0|| the eager way
-                diffs = torch._foreach_sub(frozen, [self.state[p]["x0"] for p in frozen])
-                rest = torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+                rest = self._dist_from_x0(frozen, sdtype)
                 mask = torch.ones(len(params), dtype=torch.bool, device=device)
                 mask[index] = False
                 dsq[mask] = rest * rest
@@ -270,16 +267,19 @@ class DoG(torch.optim.Optimizer):
                 w = poly_decay_weight(t, gamma)
                 for p, g, neg in zip(ps, grads, negs, strict=True):
                     _dog_update_avg(*_fused.flat([p, g, self.state[p]["avg"]]), neg, wd, w)
-        if gamma is not None:
-            if t == 1:
-                for p in params:
-                    self.state[p]["avg"] = p.detach().clone()
-            else:
-                frozen = [p for p in params if id(p) not in have]
-                poly_decay_update_([self.state[p]["avg"] for p in frozen], frozen, t, gamma)
+        if gamma is not None:  # the kernels averaged the tensors they updated (t > 1): the rest here
+            self._average(params if t == 1 else [p for p in params if id(p) not in have], t, gamma)
             group["averaged_steps"] = t
 
     # -- averaging --------------------------------------------------------------------------------
+    def _average(self, params: list[torch.Tensor], t: int, gamma: float) -> None:
+        """Polynomial-decay average of ``params`` at averaged step ``t``: ``avg <- x`` at ``t = 1``."""
+        if t == 1:
+            for p in params:
+                self.state[p]["avg"] = p.detach().clone()
+        else:
+            poly_decay_update_([self.state[p]["avg"] for p in params], params, t, gamma)
+
     @contextmanager
     def evaluation_weights(self) -> Iterator[None]:
         """Inside the block the parameters hold their polynomial-decay average; restored afterwards.

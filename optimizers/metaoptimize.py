@@ -216,21 +216,20 @@ class MetaOptimize(torch.optim.Optimizer):
                 state["v"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         return state
 
-    def _normalizer(self, v: list[torch.Tensor], lam_acc: float) -> tuple[list[torch.Tensor], float]:
-        """(s, scale) with u = scale * x / s for x = m or g: the AdamW/RMSProp denominator (§3.2, §4)."""
-        d = self.defaults
-        lam, eps = d["normalizer"], d["eps"]
-        if d["normalization"] == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
-            mu = (1.0 - lam) / (1.0 - lam_acc)
-            s = torch._foreach_add(v, eps / mu)
+    @staticmethod
+    def _normalizer(v: list[torch.Tensor], s_in: float, s_div: float, s_out: float) -> list[torch.Tensor]:
+        """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (§3.2, §4; the scalars of
+        :meth:`_base_scalars`); a neutral scalar (0 added, division by 1) is an exact skip."""
+        if s_in:  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+            s = torch._foreach_add(v, s_in)
             torch._foreach_sqrt_(s)
-            return s, 1.0 / math.sqrt(mu)
-        # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
-        s = torch._foreach_sqrt(v)
-        if d["normalization"] == "paper":
-            torch._foreach_div_(s, math.sqrt(1.0 - lam_acc))
-        torch._foreach_add_(s, eps)
-        return s, 1.0
+        else:  # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
+            s = torch._foreach_sqrt(v)
+        if s_div != 1.0:
+            torch._foreach_div_(s, s_div)
+        if s_out:
+            torch._foreach_add_(s, s_out)
+        return s
 
     def _displacement(
         self,
@@ -240,57 +239,49 @@ class MetaOptimize(torch.optim.Optimizer):
         a: float,
         kappa: float,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Δ_i = a (u_i + κ w_i) for one block (§3.2 step 3), updating m and v; and the package trace term."""
-        d, meta = self.defaults, self.state[META_KEY]
-        base, norm, t = d["base"], d["normalization"], meta["step"]
-        rho, lam = d["momentum"], d["normalizer"]
+        """Δ_i = a (u_i + κ w_i) for one block (§3.2 step 3), updating m and v; and the package trace term.
+        The per-step scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
+        base = self.defaults["base"]
+        scalars = self._base_scalars(a)
         delta = torch._foreach_mul(params, a * kappa)
-        if base == "sgdm":  # u = m BEFORE this step's gradient, then m <- rho m + (1 - rho) g
-            m = [s["m"] for s in states]
-            torch._foreach_add_(delta, m, alpha=a)
+        if base in ("sgdm", "lion"):
+            m, rho = [s["m"] for s in states], scalars[-1]
+            if base == "sgdm":  # u = m BEFORE this step's gradient, then m <- rho m + (1 - rho) g
+                torch._foreach_add_(delta, m, alpha=a)
+            else:  # u = sign(c m + (1 - c) g) with the old m, then m <- rho m + (1 - rho) g
+                c = scalars[1]
+                u = torch._foreach_mul(m, c)
+                torch._foreach_add_(u, grads, alpha=1.0 - c)
+                torch._foreach_sign_(u)
+                torch._foreach_add_(delta, u, alpha=a)
             torch._foreach_mul_(m, rho)
             torch._foreach_add_(m, grads, alpha=1.0 - rho)
             return delta, None
-        if base == "lion":  # u = sign(c m + (1 - c) g) with the old m, then m <- rho m + (1 - rho) g
-            m = [s["m"] for s in states]
-            u = torch._foreach_mul(m, d["lion_c"])
-            torch._foreach_add_(u, grads, alpha=1.0 - d["lion_c"])
-            torch._foreach_sign_(u)
-            torch._foreach_add_(delta, u, alpha=a)
-            torch._foreach_mul_(m, rho)
-            torch._foreach_add_(m, grads, alpha=1.0 - rho)
-            return delta, None
-        v = [s["v"] for s in states]
-        if norm == "package":  # v_hat <- (1 - b2) v_hat + b2 g^2, b2 = (1 - lam)/(1 - lam^t)
-            b2 = (1.0 - lam) / (1.0 - lam**t)
-            torch._foreach_mul_(v, 1.0 - b2)
-            torch._foreach_addcmul_(v, grads, grads, value=b2)
-        else:
-            torch._foreach_mul_(v, lam)
-            torch._foreach_addcmul_(v, grads, grads, value=1.0 if norm == "code" else 1.0 - lam)
-        s, scale = self._normalizer(v, meta["lam_acc"])
         if base == "rmsprop":
-            torch._foreach_addcdiv_(delta, grads, s, value=a * scale)
+            value, v_a, v_b, *norm = scalars
+        else:
+            _, value, m_a, m_b, v_a, v_b, *norm = scalars
+        v = [s["v"] for s in states]
+        torch._foreach_mul_(v, v_a)  # package: v_hat <- (1 - b2) v_hat + b2 g^2, b2 = (1 - lam)/(1 - lam^t)
+        torch._foreach_addcmul_(v, grads, grads, value=v_b)
+        s = self._normalizer(v, *norm)
+        if base == "rmsprop":
+            torch._foreach_addcdiv_(delta, grads, s, value=value)
             return delta, None
         m = [st["m"] for st in states]
-        if norm == "package":  # m_hat <- (1 - b1) m_hat + b1 g
-            b1 = (1.0 - rho) / (1.0 - rho**t)
-            torch._foreach_mul_(m, 1.0 - b1)
-            torch._foreach_add_(m, grads, alpha=b1)
-        else:
-            torch._foreach_mul_(m, rho)
-            torch._foreach_add_(m, grads, alpha=1.0 if norm == "code" else 1.0 - rho)
-            if norm == "paper":
-                scale /= 1.0 - meta["rho_acc"]
-        torch._foreach_addcdiv_(delta, m, s, value=a * scale)
-        if norm == "package":  # trace term: the normalised current gradient (§11)
+        torch._foreach_mul_(m, m_a)  # package: m_hat <- (1 - b1) m_hat + b1 g
+        torch._foreach_add_(m, grads, alpha=m_b)
+        torch._foreach_addcdiv_(delta, m, s, value=value)
+        if self.defaults["normalization"] == "package":  # trace term: the normalised current gradient (§11)
             trace = torch._foreach_div(grads, s)
             torch._foreach_mul_(trace, a)
             return delta, trace
         return delta, None
 
     def _base_scalars(self, a: float) -> list[float]:
-        """The base rule's per-step scalars for the ``KERNELS`` (as in the eager ``_displacement``)."""
+        """The base rule's per-step scalars, for the eager :meth:`_displacement` and the ``KERNELS``: SGDm
+        ``[a, rho]``, Lion ``[a, c, rho]``, RMSProp ``[a scale, *v_ab, s_in, s_div, s_out]``, AdamW
+        ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA weights ``x <- x_a x + x_b g``, §4)."""
         d, meta = self.defaults, self.state[META_KEY]
         base, norm, t = d["base"], d["normalization"], meta["step"]
         rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,23 +17,24 @@ from optimizers._common import (
     check_nonnegative,
     check_positive,
     check_unit_interval,
-    closure_loss,
-    skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
+    AdamForm,
+    Group,
+    GroupGrads,
+    Tensors,
+    add_coupled_decay,
     all_reduce_sum,
     bias_correction,
-    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
+    finish_step,
     first_device,
-    group_grads,
-    host_floats,
+    grads_or_skip,
     max_lr,
     moment_updates,
     scratch_like,
     shared_lr,
-    skip_if_reduction_nonfinite,
     uses_fsdp,
     workspace,
 )
@@ -41,7 +42,7 @@ from optimizers.registry import register
 
 
 @register("prodigy")
-class Prodigy(torch.optim.Optimizer):
+class Prodigy(AdamForm):
     """Prodigy; constructor identical to ``prodigyopt.Prodigy`` 1.1.2.
 
     Per step (§3), ``d`` the value at the start of the step, ``bc`` as in Adam bias correction (or 1),
@@ -142,41 +143,49 @@ class Prodigy(torch.optim.Optimizer):
             g, g["d"] * lr * bias_correction(g), d_hat=g.get("d_hat", g["d"]), d_max=g["d_max"]
         )
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = closure_loss(closure)
-        if self.fused and all(self._fusable(group) for group in self.param_groups):
-            return self._fused_step(loss)
+    def _use_fused(self) -> bool:
+        """``fused`` and every group fusable (else the eager path runs)."""
+        return self.fused and all(self._fusable(group) for group in self.param_groups)
+
+    @staticmethod
+    def _fusable(group: dict[str, Any]) -> bool:
+        """Whether the fused path covers ``group``: ``slice_p = 1``, contiguous parameters and gradients."""
+        return group["slice_p"] == 1 and all(_contiguous(p) for p in group["params"])
+
+    def _begin(self) -> tuple[GroupGrads, list[torch.Tensor], bool, _Scalars] | None:
+        """The start both paths share: gradients and the non-finite policy (``grads_or_skip``; None: the
+        step is skipped), group 0's scalars, and each parameter's state (on first use: zeros, and ``p0``
+        the ``[::slice_p]`` slice of x, or a scalar 0 for an all-zero tensor, as the package)."""
         groups = self.param_groups
-        pgs = group_grads(groups)
-        grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
         decouple = g0["decouple"]
-        # The non-finite check rides on the dots <g, p0 - x> when they cover every gradient element.
-        fused = can_fuse_check(
-            pgs,
-            groups,
-            self.state,
-            "step",
-            lambda grp: grp["lr"] > 0 and grp["slice_p"] == 1 and (grp["weight_decay"] == 0 or decouple),
-        )
-        if not fused and skip_if_nonfinite(grads, *groups):
-            return loss
 
+        # The non-finite check rides on the dots <g, p0 - x> when they cover every gradient element.
+        def covers(grp: dict[str, Any]) -> bool:
+            return grp["lr"] > 0 and grp["slice_p"] == 1 and (grp["weight_decay"] == 0 or decouple)
+
+        start = grads_or_skip(self, "step", covers)
+        if start is None:
+            return None
+        pgs, grads, check_later = start
         lr = shared_lr(groups)
         beta1, beta2 = g0["betas"]
         beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
-        k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
-        dlr = d * lr * bias_correction(g0)
-        growth_rate = g0["growth_rate"]
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        d_numerator = g0["d_numerator"] * beta3
-
-        dots: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, slice_p = group["weight_decay"], group["slice_p"]
-            if decay != 0 and not decouple:
-                torch._foreach_add_(gs, ps, alpha=decay)
+        d = g0["d"]
+        sc = _Scalars(
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            beta3=beta3,
+            k=g0["k"],
+            d=d,
+            dlr=d * lr * bias_correction(g0),
+            d_numerator=g0["d_numerator"] * beta3,
+            decouple=decouple,
+            fsdp=uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs)),
+        )
+        for group, (ps, _) in zip(groups, pgs, strict=True):
+            slice_p = group["slice_p"]
             for p in ps:
                 state = self.state[p]
                 if "step" not in state:
@@ -189,133 +198,113 @@ class Prodigy(torch.optim.Optimizer):
                     if beta1 > 0:
                         state["exp_avg"] = torch.zeros_like(p).detach()
                     state["exp_avg_sq"] = torch.zeros_like(p).detach()
-            if group["lr"] > 0.0 and ps:
-                # <gs, p0 - xs>, p0 - xs in scratch; a scalar p0 is 0, where p0 - xs = -xs broadcasts.
-                xsl = [p.reshape(-1)[::slice_p] for p in ps]
-                ts = scratch_like(xsl, workspace(self))
-                for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
-                    torch.sub(self.state[p]["p0"], x, out=t)
-                    dots.append(torch.dot(g.reshape(-1)[::slice_p], t))
-        dot_values = host_floats(dots)
-        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return loss
+        return pgs, grads, check_later, sc
 
-        l1s: list[torch.Tensor] = []
-        ratios: list[float] = []  # d / d0 of each parameter's group
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            group_d0, slice_p = group["d0"], group["slice_p"]
-            if group["lr"] > 0.0 and ps:
-                states = [self.state[p] for p in ps]
-                ms = [st["exp_avg"] for st in states] if beta1 > 0 else None
-                vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
-                gsl = [g.reshape(-1)[::slice_p] for g in gs]
-                alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * dlr
-                coefs = ((beta1, d * (1 - beta1)), (beta2, d * d * (1 - beta2)), (beta3, alpha))
-                l1s += moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)))
-                ratios += [d / group_d0] * len(ps)
+    def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
+        """``<gs, p0 - xs>`` per tensor on the ``[::slice_p]`` slices, p0 - xs in scratch; a scalar p0 is 0,
+        where p0 - xs = -xs broadcasts (§3)."""
+        slice_p, dots = group["slice_p"], []
+        xsl = [p.reshape(-1)[::slice_p] for p in ps]
+        ts = scratch_like(xsl, workspace(self))
+        for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
+            torch.sub(self.state[p]["p0"], x, out=t)
+            dots.append(torch.dot(g.reshape(-1)[::slice_p], t))
+        return dots
+
+    @staticmethod
+    def _coefs(sc: _Scalars, group: dict[str, Any]) -> tuple[tuple[float, float], ...]:
+        """``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``, ``s <- b s + a gs`` in ``group`` (§3):
+        ``a = (d/d0) dlr`` for s, ``(d/d0) d`` with ``safeguard_warmup``."""
+        d, group_d0 = sc.d, group["d0"]
+        alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * sc.dlr
+        return ((sc.beta1, d * (1 - sc.beta1)), (sc.beta2, d * d * (1 - sc.beta2)), (sc.beta3, alpha))
+
+    def _moments(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars) -> Tensors:
+        """The eager moment updates of one group (``moment_updates``); each tensor's new ``||s||_1``."""
+        states = [self.state[p] for p in ps]
+        ms = [st["exp_avg"] for st in states] if sc.beta1 > 0 else None
+        vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
+        gsl = [g.reshape(-1)[:: group["slice_p"]] for g in gs]
+        coefs = self._coefs(sc, group)
+        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)))
+
+    def _weight(self, group: Group, sc: _Scalars) -> float:
+        """The weight of the group's dot terms: ``d / d0`` with the group's d0 (§3)."""
+        return sc.d / group["d0"]
+
+    def _host_update(
+        self,
+        sc: _Scalars,
+        pgs: GroupGrads,
+        ratios: Sequence[float],
+        dot_values: Sequence[float],
+        l1_values: Sequence[float],
+    ) -> dict[str, float] | None:
+        """§3 on the host, from each tensor's dot and new ``||s||_1`` (``ratios``: its group's d / d0):
+        ``num <- beta3 num + sum (d/d0) dlr dot``, ``d_denom = sum ||s||_1`` (all-reduced when sharded,
+        §10), ``d_hat``, ``d_max`` and the new ``d``; the group scalars to write, or None for the package's
+        early return when ``d_denom = 0`` (not sharded)."""
+        g0, groups = self.param_groups[0], self.param_groups
+        d, d_max, d_coef, growth_rate = sc.d, g0["d_max"], g0["d_coef"], g0["growth_rate"]
         delta_numerator = 0.0
         for ratio, v in zip(ratios, dot_values, strict=True):
-            delta_numerator += ratio * dlr * v
-        d_denom = sum(host_floats(l1s))
+            delta_numerator += ratio * sc.dlr * v
+        d_denom = sum(l1_values)
 
-        if d_denom == 0 and not fsdp:
-            return loss
-        if fsdp:
+        if d_denom == 0 and not sc.fsdp:
+            return None
+        if sc.fsdp:
             delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
-        d_numerator = d_numerator + delta_numerator
+        d_numerator = sc.d_numerator + delta_numerator
         d_hat = d
-        if lr > 0.0:
+        if sc.lr > 0.0:
             d_hat = d_coef * d_numerator / d_denom
             if d == groups[-1]["d0"]:  # the package compares with the last group's d0
                 d = max(d, d_hat)
             d_max = max(d_max, d_hat)
             d = min(d_max, d * growth_rate)
+        return {"d_numerator": d_numerator, "d_denom": d_denom, "d": d, "d_max": d_max, "d_hat": d_hat}
 
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
-            group["d_numerator"] = d_numerator
-            group["d_denom"] = d_denom
-            group["d"] = d
-            group["d_max"] = d_max
-            group["d_hat"] = d_hat
-            decay, eps = group["weight_decay"], group["eps"]
-            if ps:
-                states = [self.state[p] for p in ps]
-                for st in states:
-                    st["step"] += 1
-                if decay != 0 and decouple:
-                    torch._foreach_add_(ps, ps, alpha=-decay * dlr)
-                vs = [st["exp_avg_sq"] for st in states]
-                ts = scratch_like(vs, workspace(self))
-                for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
-                    torch.sqrt(v, out=t)
-                    t.add_(d * eps)  # the new d
-                    if beta1 > 0:
-                        p.addcdiv_(st["exp_avg"], t, value=-dlr)
-                    else:
-                        p.addcdiv_(g, t, value=-dlr * d)
-            group["k"] = k + 1
-        return loss
+    def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
+        """After the decoupled decay (``AdamForm``): ``x <- x - dlr m / (sqrt(v) + d eps)`` with the new d
+        (``dlr d g`` for ``dlr m`` when beta1 = 0) (§3)."""
+        d, eps = update["d"], group["eps"]
+        states = [self.state[p] for p in ps]
+        vs = [st["exp_avg_sq"] for st in states]
+        ts = scratch_like(vs, workspace(self))
+        for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
+            torch.sqrt(v, out=t)
+            t.add_(d * eps)  # the new d
+            if sc.beta1 > 0:
+                p.addcdiv_(st["exp_avg"], t, value=-sc.dlr)
+            else:
+                p.addcdiv_(g, t, value=-sc.dlr * d)
 
-    @staticmethod
-    def _fusable(group: dict[str, Any]) -> bool:
-        """Whether the fused path covers ``group``: ``slice_p = 1``, contiguous parameters and gradients."""
-        return group["slice_p"] == 1 and all(_contiguous(p) for p in group["params"])
-
-    def _fused_step(self, loss: Any) -> Any:
+    def _fused_step(
+        self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: _Scalars
+    ) -> None:
         """The eager rule above with the per-element work in two compiled passes (class docstring);
         every group has ``slice_p = 1``."""
         groups = self.param_groups
-        pgs = group_grads(groups)
-        grads = [g for _, gs in pgs for g in gs]
-        g0 = groups[0]
-        decouple = g0["decouple"]
 
-        def covers(grp: dict[str, Any]) -> bool:
-            return grp["lr"] > 0 and (grp["weight_decay"] == 0 or decouple)
-
-        fused = can_fuse_check(pgs, groups, self.state, "step", covers)
-        if not fused and skip_if_nonfinite(grads, *groups):
-            return loss
-
-        lr = shared_lr(groups)
-        beta1, beta2 = g0["betas"]
-        beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
-        k, d, d_max, d_coef = g0["k"], g0["d"], g0["d_max"], g0["d_coef"]
-        dlr = d * lr * bias_correction(g0)
-        growth_rate = g0["growth_rate"]
-        fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
-        d_numerator = g0["d_numerator"] * beta3
-
-        # per group at lr > 0 with gradients: [g, x, s, v, m?], coupled, decay, alpha (of s), d / d0, group
-        work: list[tuple[list[list[torch.Tensor]], bool, float, float, float, dict[str, Any]]] = []
+        # per group at lr > 0 with gradients: the group, [g, x, s, v, m?], coupled
+        work: list[tuple[dict[str, Any], list[list[torch.Tensor]], bool]] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            decay, group_d0 = group["weight_decay"], group["d0"]
-            coupled = decay != 0 and not decouple
-            for p in ps:
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = 0
-                    state["s"] = torch.zeros_like(p.flatten()).detach()
-                    if p.any():
-                        state["p0"] = p.flatten().detach().clone()
-                    else:  # all zeros: a scalar 0, as the package (saves memory)
-                        state["p0"] = torch.tensor(0, device=p.device, dtype=p.dtype)
-                    if beta1 > 0:
-                        state["exp_avg"] = torch.zeros_like(p).detach()
-                    state["exp_avg_sq"] = torch.zeros_like(p).detach()
+            decay = group["weight_decay"]
+            coupled = decay != 0 and not sc.decouple
             if group["lr"] > 0.0 and ps:
-                alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * dlr
                 states = [self.state[p] for p in ps]
                 lists = [gs, ps] + [[st[key] for st in states] for key in ("s", "exp_avg_sq")]
-                if beta1 > 0:
+                if sc.beta1 > 0:
                     lists.append([st["exp_avg"] for st in states])
-                work.append((lists, coupled, decay, alpha, d / group_d0, group))
-            elif coupled and ps:
-                torch._foreach_add_(gs, ps, alpha=decay)  # into p.grad, as the eager path
+                work.append((group, lists, coupled))
+            elif ps:
+                add_coupled_decay(group, ps, gs, sc.decouple)  # into p.grad, as the eager path
         # pass 1 (read-only), tensors with a scalar p0 (zero) apart; one host sync for all the sums
         sums: list[torch.Tensor] = []
-        for lists, coupled, decay, alpha, _, _ in work:
+        for group, lists, coupled in work:
             gs, ps, ss = lists[:3]
+            alpha = self._coefs(sc, group)[2][1]
             p0s = [self.state[p]["p0"] for p in ps]
             full = [i for i, p0 in enumerate(p0s) if p0.dim() > 0]
             zero = [i for i, p0 in enumerate(p0s) if p0.dim() == 0]
@@ -324,65 +313,49 @@ class Prodigy(torch.optim.Optimizer):
                 (full, _SUMS[coupled, False], [gs, ps, p0s, ss]),
                 (zero, _SUMS[coupled, True], [gs, ps, ss]),
             ):
-                res = _fused.per_tensor(kern, [[t[i] for i in idx] for t in tl], decay, beta3, alpha)
+                scalars = (group["weight_decay"], sc.beta3, alpha)
+                res = _fused.per_tensor(kern, [[t[i] for i in idx] for t in tl], *scalars)
                 for i, pair in zip(idx, res, strict=True):
                     out[i] = pair
             sums += [v for pair in out for v in pair]
-        values = host_floats(sums)
-        dot_values, l1_values = values[0::2], values[1::2]
-        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return loss
-        ratios = [ratio for lists, _, _, _, ratio, _ in work for _ in lists[0]]
-        delta_numerator = 0.0
-        for ratio, v in zip(ratios, dot_values, strict=True):
-            delta_numerator += ratio * dlr * v
-        d_denom = sum(l1_values)
-        (b1, a1), (b2, a2) = coefs = ((beta1, d * (1 - beta1)), (beta2, d * d * (1 - beta2)))
-
-        if d_denom == 0 and not fsdp:  # the early return: the moment updates alone, as the eager ops
-            for lists, coupled, decay, alpha, _, _ in work:
-                gs, ps, ss, vs, *ms = lists
-                if coupled:
-                    torch._foreach_add_(gs, ps, alpha=decay)
-                gsl = [g.reshape(-1) for g in gs]
-                ms_ = ms[0] if ms else None
-                moment_updates(
-                    ms_, vs, ss, gs, gsl, (*coefs, (beta3, alpha)), scratch_like(ss, workspace(self))
-                )
-            return loss
-        if fsdp:
-            delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
-        d_numerator = d_numerator + delta_numerator
-        d_hat = d
-        if lr > 0.0:
-            d_hat = d_coef * d_numerator / d_denom
-            if d == groups[-1]["d0"]:  # the package compares with the last group's d0
-                d = max(d, d_hat)
-            d_max = max(d_max, d_hat)
-            d = min(d_max, d * growth_rate)
+        update = self._fused_update(pgs, grads, check_later, sc, work, sums)
+        if update is None:
+            return
 
         # pass 2: the moments with the old d, the move with the new d in the denominator
-        step = dlr if beta1 > 0 else dlr * d
-        for lists, coupled, decay, alpha, _, group in work:
-            x_decay = -decay * dlr if decouple else 0.0
-            scalars = (b1, a1, decay, b2, a2, beta3, alpha, x_decay, step, d * group["eps"])
-            _fused.per_tensor(_UPDATE[coupled, beta1 > 0], lists, *scalars)
+        d = update["d"]
+        step = sc.dlr if sc.beta1 > 0 else sc.dlr * d
+        for group, lists, coupled in work:
+            decay = group["weight_decay"]
+            (b1, a1), (b2, a2), (b3, alpha) = self._coefs(sc, group)
+            x_decay = -decay * sc.dlr if sc.decouple else 0.0
+            scalars = (b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d * group["eps"])
+            _fused.per_tensor(_UPDATE[coupled, sc.beta1 > 0], lists, *scalars)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            group["d_numerator"] = d_numerator
-            group["d_denom"] = d_denom
-            group["d"] = d
-            group["d_max"] = d_max
-            group["d_hat"] = d_hat
-            states = [self.state[p] for p in ps]
-            for st in states:
-                st["step"] += 1
             if ps and group["lr"] == 0.0:  # the move alone, with the old moments (g with beta1 = 0)
-                us = [st["exp_avg"] for st in states] if beta1 > 0 else gs
+                states = [self.state[p] for p in ps]
+                us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
                 vs = [st["exp_avg_sq"] for st in states]
-                x_decay = -group["weight_decay"] * dlr if decouple else 0.0
+                x_decay = -group["weight_decay"] * sc.dlr if sc.decouple else 0.0
                 _fused.per_tensor(_prodigy_move, [ps, us, vs], x_decay, step, d * group["eps"])
-            group["k"] = k + 1
-        return loss
+        finish_step(self, pgs, sc.k, update)
+
+
+class _Scalars(NamedTuple):
+    """Group 0's scalars at the start of a step (§3): the shared lr, the betas, ``beta3`` (``sqrt(beta2)``
+    unless given), ``k``, the old ``d``, ``dlr = d lr bc``, ``beta3 d_numerator``, ``decouple`` and
+    whether to all-reduce."""
+
+    lr: float
+    beta1: float
+    beta2: float
+    beta3: float
+    k: int
+    d: float
+    dlr: float
+    d_numerator: float
+    decouple: bool
+    fsdp: bool
 
 
 def _contiguous(p: torch.Tensor) -> bool:

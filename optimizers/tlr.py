@@ -196,6 +196,13 @@ class TLR(torch.optim.Optimizer):
             return [a for g in self.param_groups for a in g["tensor_lrs"]]
         return [float(self.param_groups[0]["lr"])] * sum(len(g["params"]) for g in self.param_groups)
 
+    def _group_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[float]:
+        """The current rate of each of ``ps`` (tensors of ``group``)."""
+        if not self.param_groups[0]["per_tensor"]:
+            return [float(group["lr"])] * len(ps)
+        pos = {id(p): j for j, p in enumerate(group["params"])}
+        return [group["tensor_lrs"][pos[id(p)]] for p in ps]
+
     def _update_alphas(self, index: list[int], rho: list[torch.Tensor], sq: list[torch.Tensor]) -> None:
         """Apply the rule of spec 7.1 to the tensors ``index`` (positions in ``_alphas()`` order)."""
         head = self.param_groups[0]
@@ -254,9 +261,7 @@ class TLR(torch.optim.Optimizer):
             self._gd_alpha([i for _, idx, *_ in todo for i in idx], [p for *_, ps, _ in todo for p in ps], ds)
         else:
             for *_, ps, _ in todo:
-                for p in ps:
-                    if "window_start" not in self.state[p]:
-                        self.state[p]["window_start"] = p.detach().clone()
+                self._open_windows(ps)
         for (group, _, ps, _), d in zip(todo, ds, strict=True):
             if ps:
                 self._sgd_step(group, ps, d)
@@ -279,7 +284,10 @@ class TLR(torch.optim.Optimizer):
             torch._foreach_copy_(prevs, [d[i] for i in has_prev])
         for p, t in zip(ps, d, strict=True):
             self.state[p].setdefault("prev_grad", t)
-        # a tensor without a gradient now has g_t = 0: forget its stored g (so g_{t-1} = 0 next step)
+        self._forget_missing_grads()
+
+    def _forget_missing_grads(self) -> None:
+        """A tensor without a gradient now has ``g_t = 0``: forget its stored g (so ``g_{t-1} = 0`` next)."""
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
@@ -299,15 +307,18 @@ class TLR(torch.optim.Optimizer):
                     self.state[p]["momentum_buffer"] = torch.clone(di).detach()
             d = [self.state[p]["momentum_buffer"] for p in ps]
         if self.param_groups[0]["per_tensor"]:
-            pos = {id(p): j for j, p in enumerate(group["params"])}
-            lrs = [group["tensor_lrs"][pos[id(p)]] for p in ps]
-            torch._foreach_sub_(ps, torch._foreach_mul(d, lrs))
+            torch._foreach_sub_(ps, torch._foreach_mul(d, self._group_lrs(group, ps)))
         else:
             torch._foreach_add_(ps, d, alpha=-group["lr"])
 
-    def _window_end(self) -> None:
-        """Eq. 10: ``G_j = (x_start - x_end) / alpha_j`` per tensor, alpha update, next window starts."""
-        alphas = self._alphas()
+    def _open_windows(self, ps: list[torch.Tensor]) -> None:
+        """A tensor's window starts at its first step with a gradient: ``x_start <- x`` (eq. 10)."""
+        for p in ps:
+            if "window_start" not in self.state[p]:
+                self.state[p]["window_start"] = p.detach().clone()
+
+    def _windowed(self) -> tuple[list[int], list[torch.Tensor]]:
+        """The tensors with an open window (a ``window_start``): positions in ``_alphas()`` order, tensors."""
         idx, ps = [], []
         k = 0
         for group in self.param_groups:
@@ -316,6 +327,12 @@ class TLR(torch.optim.Optimizer):
                     idx.append(k)
                     ps.append(p)
                 k += 1
+        return idx, ps
+
+    def _window_end(self) -> None:
+        """Eq. 10: ``G_j = (x_start - x_end) / alpha_j`` per tensor, alpha update, next window starts."""
+        alphas = self._alphas()
+        idx, ps = self._windowed()
         if not ps:
             return
         g_now = [self.state[p]["window_start"] for p in ps]
@@ -341,13 +358,6 @@ class TLR(torch.optim.Optimizer):
             torch._foreach_copy_(reuse, [ps[i] for i in has_prev])
 
     # ----------------------------------------------------------------------------------- fused
-    def _group_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[float]:
-        """The current rate of each of ``ps`` (tensors of ``group``)."""
-        if not self.param_groups[0]["per_tensor"]:
-            return [float(group["lr"])] * len(ps)
-        pos = {id(p): j for j, p in enumerate(group["params"])}
-        return [group["tensor_lrs"][pos[id(p)]] for p in ps]
-
     def _buffers(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor] | None:
         """The momentum buffers of ``ps`` (zeros where missing: ``mu 0 + d = d``), None for momentum 0."""
         if group["momentum"] == 0:
@@ -369,9 +379,7 @@ class TLR(torch.optim.Optimizer):
         if skip_if_nonfinite(grads, head):
             return
         for group, _, ps, gs in todo:
-            for p in ps:
-                if "window_start" not in self.state[p]:
-                    self.state[p]["window_start"] = p.detach().clone()
+            self._open_windows(ps)
             bufs = self._buffers(group, ps)
             wd = group["weight_decay"]
             for i, (p, g, lr) in enumerate(zip(ps, gs, self._group_lrs(group, ps), strict=True)):
@@ -412,24 +420,14 @@ class TLR(torch.optim.Optimizer):
                 else:
                     _tlr_gd_step_m(*_fused.flat([p, g, prevs[k], bufs[i]]), group["momentum"], wd, -lr)
                 k += 1
-        for group in self.param_groups:  # a tensor without a gradient has g_t = 0 (as in _gd_alpha)
-            for p in group["params"]:
-                if p.grad is None:
-                    self.state[p].pop("prev_grad", None)
+        self._forget_missing_grads()
         head["step"] += 1
 
     def _fused_window_end(self) -> None:
         """:meth:`_window_end` in one kernel per tensor: ``G_j`` into the start buffer, its reductions,
         and the previous ``G`` buffer (zeros at the first window) becomes the next start ``<- x``."""
         alphas = self._alphas()
-        idx, ps = [], []
-        k = 0
-        for group in self.param_groups:
-            for p in group["params"]:
-                if "window_start" in self.state[p]:
-                    idx.append(k)
-                    ps.append(p)
-                k += 1
+        idx, ps = self._windowed()
         if not ps:
             return
         sums = []

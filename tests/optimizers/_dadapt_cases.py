@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from optimizers import _fused
 from tests.optimizers.equivalence import Trajectory, mlp, trajectory
 
 OptClass = Callable[..., torch.optim.Optimizer]
@@ -24,6 +26,18 @@ def two_groups(model: torch.nn.Module, **second: Any) -> list[dict]:
     return [{"params": ps[:2]}, {"params": ps[2:], **second}]
 
 
+def case_params(model: torch.nn.Module, second: dict[str, Any] | None) -> Any:
+    """A case's parameters: one group when ``second`` is None, else :func:`two_groups`."""
+    return model.parameters() if second is None else two_groups(model, **second)
+
+
+def fused_maker(
+    cls: OptClass, kwargs: dict[str, Any], second: dict[str, Any] | None
+) -> Callable[[torch.nn.Module, bool], torch.optim.Optimizer]:
+    """``make(model, fused)`` for ``assert_fused_matches_eager``: ``cls`` on :func:`case_params`."""
+    return lambda model, fused: cls(case_params(model, second), fused=fused, **kwargs)
+
+
 def package_pair(
     ours_cls: OptClass,
     ref_cls: OptClass,
@@ -35,12 +49,9 @@ def package_pair(
     steps: int = 120,
 ) -> tuple[Trajectory, Trajectory]:
     """Our and the package's float64 trajectories for one case (one group if ``second`` is None)."""
-
-    def params(m: torch.nn.Module) -> Any:
-        return m.parameters() if second is None else two_groups(m, **second)
-
-    ours = trajectory(lambda m: ours_cls(params(m), **kwargs), ours_scalars, steps=steps, task=task)
-    ref = trajectory(lambda m: ref_cls(params(m), **kwargs), ref_scalars, steps=steps, task=task)
+    run = {"steps": steps, "task": task}
+    ours = trajectory(lambda m: ours_cls(case_params(m, second), **kwargs), ours_scalars, **run)
+    ref = trajectory(lambda m: ref_cls(case_params(m, second), **kwargs), ref_scalars, **run)
     return ours, ref
 
 
@@ -76,3 +87,33 @@ def zero_gradient_first_step_pair(
             model(x).pow(2).mean().backward()
             opt.step()
     return models, opts
+
+
+def run_steps(opt: torch.optim.Optimizer, model: torch.nn.Module, n: int, seed: int = 0) -> None:
+    """``n`` steps on the mean squared output for seeded random float64 batches of 8."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(n):
+        opt.zero_grad()
+        model(torch.randn(8, 6, generator=gen, dtype=torch.float64)).pow(2).mean().backward()
+        opt.step()
+
+
+def assert_fused_skips_non_finite(
+    opt: torch.optim.Optimizer, model: torch.nn.Module, bad_index: int, bad: float
+) -> None:
+    """After 3 steps of the fused ``opt``, a step whose gradients are 1 but ``bad`` (NaN or inf) in
+    parameter ``bad_index``: skipped before any kernel runs, with no parameter or state change, k kept
+    and ``skipped_steps`` at 1 (the non-finite policy, optimizers/_common.py)."""
+    run_steps(opt, model, 3)
+    state = copy.deepcopy(opt.state_dict())
+    before = [p.detach().clone() for p in model.parameters()]
+    calls = _fused.calls()
+    for i, p in enumerate(model.parameters()):
+        p.grad = torch.full_like(p, bad if i == bad_index else 1.0)
+    opt.step()
+    assert _fused.calls() == calls  # decided before any kernel
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    after = opt.state_dict()
+    for key, st in state["state"].items():
+        assert all(torch.equal(v, after["state"][key][name]) for name, v in st.items())
+    assert opt.param_groups[0]["k"] == 3 and opt.diagnostics()["skipped_steps"] == 1.0

@@ -17,7 +17,6 @@ from optimizers.adam_hd import AdamHD
 from tests.optimizers.equivalence import (
     assert_fused_matches_eager,
     assert_same_trajectory,
-    minibatches,
     mlp,
     relative_gaps,
     trajectory,
@@ -207,64 +206,20 @@ def test_fused_matches_eager(case, task):
 
 
 @pytest.mark.parametrize("sequential", [False, True])
-def test_fused_late_gradient_and_eager_checkpoint(sequential, harness_globals):
+def test_fused_late_gradient_and_eager_checkpoint(sequential, late_gradient_resume):
     """A parameter whose first gradient comes late (its own step count, so its own step size) gets its
     state lazily in the fused path too, and a fused optimizer resumes from an eager one's state_dict
     (same state layout) on the eager trajectory."""
     kw = dict(lr=1e-3, hypergrad_lr=1e-4, weight_decay=1e-3, sequential_lr=sequential)
-    out = {}
-    for fused in (False, True):
-        model = mlp(0)
-        last = list(model.parameters())[-1]
-        opt = AdamHD(model.parameters(), **kw)
-        for i, (x, y) in enumerate(minibatches(30)):
-            if i == 10:  # the checkpoint: eager so far, fused (or still eager) from here on
-                sd = opt.state_dict()
-                opt = AdamHD(model.parameters(), fused=fused, **kw)
-                opt.load_state_dict(sd)
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            if i < 5:
-                last.grad = None
-            opt.step()
-        assert opt.state[last]["step"] == 25
-        out[fused] = (torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt.diagnostics())
-    (x_e, d_e), (x_f, d_f) = out[False], out[True]
-    assert torch.allclose(x_f, x_e, rtol=1e-12, atol=0.0)
-    assert d_f["lr"] == pytest.approx(d_e["lr"], rel=1e-12)
-
-
-@pytest.fixture
-def harness_globals():
-    """The global state ``trajectory`` runs under (float64 default dtype, one thread): dynamo guards on
-    both, so fused tests outside the harness reuse its compiled kernels instead of adding variants."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
-
-
-def snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list:
-    """Everything a skipped step must leave as it was: parameters, rates, per-parameter state."""
-    ps = list(model.parameters())
-    state = [{k: torch.as_tensor(v).clone() for k, v in opt.state[p].items()} for p in ps]
-    return [[p.detach().clone() for p in ps], [g["lr"] for g in opt.param_groups], state]
-
-
-def same(a: list, b: list) -> bool:
-    return (
-        all(torch.equal(x, y) for x, y in zip(a[0], b[0], strict=True))
-        and a[1] == b[1]
-        and all(sa.keys() == sb.keys() for sa, sb in zip(a[2], b[2], strict=True))
-        and all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a[2], b[2], strict=True) for k in sa)
-    )
+    runs = late_gradient_resume(lambda ps, fused: AdamHD(ps, fused=fused, **kw))
+    for model, opt in runs.values():
+        assert opt.state[list(model.parameters())[-1]]["step"] == 25
 
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["first_step", "reduction_check"])
 @pytest.mark.parametrize("wd", [0.0, 1e-2])
-def test_fused_skips_a_non_finite_step(wd, with_state, harness_globals):
+@pytest.mark.usefixtures("float64_single_thread")
+def test_fused_skips_a_non_finite_step(wd, with_state, snapshot):
     model = mlp(0)
     opt = AdamHD(model.parameters(), lr=0.1, hypergrad_lr=0.01, weight_decay=wd, fused=True)
     for _ in range(2 if with_state else 0):
@@ -277,5 +232,5 @@ def test_fused_skips_a_non_finite_step(wd, with_state, harness_globals):
             p.grad = torch.full_like(p, 0.5)
         list(model.parameters())[-1].grad[1] = bad  # one element of one tensor
         opt.step()
-    assert same(snapshot(model, opt), before)
-    assert opt.diagnostics() == {"lr": before[1][0], "skipped_steps": 3.0}
+    assert snapshot(model, opt) == before
+    assert opt.diagnostics() == {"lr": before.lrs[0], "skipped_steps": 3.0}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import copy
-
 import dadaptation
 import pytest
 import torch
 
 from optimizers import _fused
 from optimizers.dadapt_adagrad import DAdaptAdaGrad
-from tests.optimizers._dadapt_cases import ours_scalars, package_pair
+from tests.optimizers._dadapt_cases import (
+    assert_fused_skips_non_finite,
+    fused_maker,
+    ours_scalars,
+    package_pair,
+)
 from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp, trajectory
 
 
@@ -94,14 +97,7 @@ def test_zero_gradient_step_returns_without_moving_or_counting():
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_matches_eager(case):
     """``fused=True`` (one kernel pass per dense parameter; two on the first step) follows eager."""
-    kwargs, second = CASES[case]
-
-    def make(m: torch.nn.Module, fused: bool) -> DAdaptAdaGrad:
-        ps = list(m.parameters())
-        params = ps if second is None else [{"params": ps[:2]}, {"params": ps[2:], **second}]
-        return DAdaptAdaGrad(params, fused=fused, **kwargs)
-
-    assert_fused_matches_eager(make, ours_scalars, steps=150)
+    assert_fused_matches_eager(fused_maker(DAdaptAdaGrad, *CASES[case]), ours_scalars, steps=150)
 
 
 def test_fused_momentum_and_weight_decay_two_groups():
@@ -155,20 +151,4 @@ def test_fused_zero_gradient_steps_return_without_moving_like_eager():
 def test_fused_skips_a_non_finite_step():
     model = mlp()
     opt = DAdaptAdaGrad(model.parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
-    x = torch.randn(8, 6, dtype=torch.float64)
-    for _ in range(3):
-        opt.zero_grad()
-        model(x).pow(2).mean().backward()
-        opt.step()
-    state = copy.deepcopy(opt.state_dict())
-    before = [p.detach().clone() for p in model.parameters()]
-    calls = _fused.calls()
-    for i, p in enumerate(model.parameters()):
-        p.grad = torch.full_like(p, float("inf") if i == 3 else 1.0)
-    opt.step()
-    assert _fused.calls() == calls  # decided before any kernel
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    after = opt.state_dict()
-    for key, st in state["state"].items():
-        assert all(torch.equal(v, after["state"][key][name]) for name, v in st.items())
-    assert opt.param_groups[0]["k"] == 3 and opt.diagnostics()["skipped_steps"] == 1.0
+    assert_fused_skips_non_finite(opt, model, bad_index=3, bad=float("inf"))

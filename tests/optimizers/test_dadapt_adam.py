@@ -9,6 +9,7 @@ import torch
 from optimizers import _fused
 from optimizers.dadapt_adam import DAdaptAdam
 from tests.optimizers._dadapt_cases import (
+    fused_maker,
     ours_scalars,
     package_bias_correction,
     package_pair,
@@ -114,12 +115,7 @@ FUSED_CASES = {
 @pytest.mark.parametrize("case", sorted(FUSED_CASES))
 def test_fused_matches_eager(case):
     kwargs, second = FUSED_CASES[case]
-
-    def make(model: torch.nn.Module, fused: bool) -> DAdaptAdam:
-        params = model.parameters() if second is None else two_groups(model, **second)
-        return DAdaptAdam(params, fused=fused, **kwargs)
-
-    assert_fused_matches_eager(make, ours_scalars, task="regression")
+    assert_fused_matches_eager(fused_maker(DAdaptAdam, kwargs, second), ours_scalars, task="regression")
 
 
 def test_fused_zero_gradient_first_step_matches_eager():
@@ -168,7 +164,7 @@ def test_fused_resumes_from_an_eager_checkpoint():
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_fused_skips_a_non_finite_step(first):
+def test_fused_skips_a_non_finite_step(first, snapshot):
     """Before any state (the exact check) and once the state exists (the check rides on pass 1's dots)."""
     model = mlp()
     opt = DAdaptAdam(model.parameters(), fused=True)
@@ -176,14 +172,10 @@ def test_fused_skips_a_non_finite_step(first):
     if not first:
         model(x).pow(2).mean().backward()
         opt.step()
-    before = [p.detach().clone() for p in model.parameters()]
-    state = {k: v.clone() for k, v in opt.state[model[0].weight].items() if torch.is_tensor(v)}
-    k = opt.param_groups[0]["k"]
+    before, k = snapshot(model, opt), opt.param_groups[0]["k"]
     opt.zero_grad()
     model(x).pow(2).mean().backward()
     model[0].weight.grad[0, 0] = float("nan")
     opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    after = opt.state[model[0].weight]
-    assert all(torch.equal(v, after[key]) for key, v in state.items())
+    assert snapshot(model, opt) == before
     assert opt.param_groups[0]["k"] == k and opt.diagnostics()["skipped_steps"] == 1.0

@@ -10,7 +10,15 @@ import torch
 
 from optimizers import _fused
 from optimizers.dadapt_sgd import DAdaptSGD
-from tests.optimizers._dadapt_cases import ours_scalars, package_pair, sharded_and_plain, two_groups
+from tests.optimizers._dadapt_cases import (
+    assert_fused_skips_non_finite,
+    fused_maker,
+    ours_scalars,
+    package_pair,
+    run_steps,
+    sharded_and_plain,
+    two_groups,
+)
 from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp
 
 
@@ -97,13 +105,7 @@ def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_gro
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_matches_eager(case):
     """``fused=True`` (one kernel per parameter from step 2 on) follows the eager path in float64."""
-    kwargs, second = CASES[case]
-
-    def make(m: torch.nn.Module, fused: bool) -> DAdaptSGD:
-        params = m.parameters() if second is None else two_groups(m, **second)
-        return DAdaptSGD(params, fused=fused, **kwargs)
-
-    assert_fused_matches_eager(make, ours_scalars)
+    assert_fused_matches_eager(fused_maker(DAdaptSGD, *CASES[case]), ours_scalars)
 
 
 def test_fused_sharded_code_path_on_one_rank(single_rank_process_group):
@@ -113,30 +115,10 @@ def test_fused_sharded_code_path_on_one_rank(single_rank_process_group):
     )
 
 
-def _steps(opt: torch.optim.Optimizer, model: torch.nn.Module, n: int, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(n):
-        opt.zero_grad()
-        model(torch.randn(8, 6, generator=gen, dtype=torch.float64)).pow(2).mean().backward()
-        opt.step()
-
-
 def test_fused_skips_a_non_finite_step():
     model = mlp()
     opt = DAdaptSGD(model.parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
-    _steps(opt, model, 3)
-    state = copy.deepcopy(opt.state_dict())
-    before = [p.detach().clone() for p in model.parameters()]
-    calls = _fused.calls()
-    for i, p in enumerate(model.parameters()):
-        p.grad = torch.full_like(p, float("nan") if i == 2 else 1.0)
-    opt.step()
-    assert _fused.calls() == calls  # decided before any kernel
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    after = opt.state_dict()
-    for key, st in state["state"].items():
-        assert all(torch.equal(v, after["state"][key][name]) for name, v in st.items())
-    assert opt.param_groups[0]["k"] == 3 and opt.diagnostics()["skipped_steps"] == 1.0
+    assert_fused_skips_non_finite(opt, model, bad_index=2, bad=float("nan"))
 
 
 def test_fused_state_dict_is_the_eager_one_and_resumes_bit_identically():
@@ -145,8 +127,8 @@ def test_fused_state_dict_is_the_eager_one_and_resumes_bit_identically():
     models = [mlp(), mlp()]
     fused = DAdaptSGD(models[0].parameters(), momentum=0.9, fused=True)
     eager = DAdaptSGD(models[1].parameters(), momentum=0.9)
-    _steps(fused, models[0], 4)
-    _steps(eager, models[1], 4)
+    run_steps(fused, models[0], 4)
+    run_steps(eager, models[1], 4)
     sf, se = fused.state_dict(), eager.state_dict()
     for key, st in se["state"].items():
         assert set(st) == set(sf["state"][key])
@@ -163,8 +145,8 @@ def test_fused_state_dict_is_the_eager_one_and_resumes_bit_identically():
     opt_a.load_state_dict(copy.deepcopy(sf))
     opt_b = DAdaptSGD(model_b.parameters(), momentum=0.9, fused=True)
     opt_b.load_state_dict(copy.deepcopy(sf))
-    _steps(opt_a, model_a, 3, seed=5)
-    _steps(opt_b, model_b, 3, seed=5)
+    run_steps(opt_a, model_a, 3, seed=5)
+    run_steps(opt_b, model_b, 3, seed=5)
     for a, b in zip(model_a.parameters(), model_b.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
 
@@ -174,11 +156,11 @@ def test_fused_all_lr_zero_returns_without_moving_like_eager():
     for fused in (False, True):
         model = mlp()
         opt = DAdaptSGD(model.parameters(), momentum=0.9, fused=fused)
-        _steps(opt, model, 2)
+        run_steps(opt, model, 2)
         opt.param_groups[0]["lr"] = 0.0
         before = [p.detach().clone() for p in model.parameters()]
         calls = _fused.calls()
-        _steps(opt, model, 1)
+        run_steps(opt, model, 1)
         assert _fused.calls() == calls
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         assert opt.param_groups[0]["k"] == 2
@@ -190,7 +172,7 @@ def test_fused_lr_0_group_alone_with_gradients_does_not_move_like_eager():
     for fused in (False, True):
         model = mlp()
         opt = DAdaptSGD(two_groups(model, lr=0.0), momentum=0.9, fused=fused)
-        _steps(opt, model, 2)
+        run_steps(opt, model, 2)
         for p in opt.param_groups[0]["params"]:
             p.grad = None
         before = [p.detach().clone() for p in model.parameters()]

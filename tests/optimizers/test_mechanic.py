@@ -394,30 +394,31 @@ def test_fused_resumes_an_eager_checkpoint_and_its_own_bit_identically():
     """State layout is shared: an eager checkpoint continues under fused=True (equal up to rounding), and a
     fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run."""
 
-    def fresh(fused: bool, seed: int = 5) -> tuple[torch.nn.Module, Mechanic]:
+    Run = tuple[torch.nn.Module, Mechanic]
+
+    def fresh(fused: bool, seed: int = 5) -> Run:
         model = mlp(seed)
         return model, Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9), fused=fused)
 
     batches = minibatches(40)
-    model, opt = fresh(False, seed=0)
-    _train(opt, model, batches[:20])
-    saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
-    _train(opt, model, batches[20:])
-    model2, opt2 = fresh(True)
-    model2.load_state_dict(saved[0])
-    opt2.load_state_dict(copy.deepcopy(saved[1]))
-    _train(opt2, model2, batches[20:])
+
+    def save_and_resume(fused: bool) -> tuple[Run, Run]:
+        """40 steps from seed 0 (``fused`` or not), and a fused copy resumed from the checkpoint at 20."""
+        model, opt = fresh(fused, seed=0)
+        _train(opt, model, batches[:20])
+        saved = copy.deepcopy((model.state_dict(), opt.state_dict()))
+        _train(opt, model, batches[20:])
+        resumed, resumed_opt = fresh(True)
+        resumed.load_state_dict(saved[0])
+        resumed_opt.load_state_dict(saved[1])
+        _train(resumed_opt, resumed, batches[20:])
+        return (model, opt), (resumed, resumed_opt)
+
+    (model, opt), (model2, opt2) = save_and_resume(False)
     for a, b in zip(model.parameters(), model2.parameters(), strict=True):
         torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-12)
     assert opt2.diagnostics()["s"] == pytest.approx(opt.diagnostics()["s"], rel=1e-9)
 
-    model3, opt3 = fresh(True, seed=0)
-    _train(opt3, model3, batches[:20])
-    fused_saved = copy.deepcopy((model3.state_dict(), opt3.state_dict()))
-    _train(opt3, model3, batches[20:])
-    model4, opt4 = fresh(True)
-    model4.load_state_dict(fused_saved[0])
-    opt4.load_state_dict(fused_saved[1])
-    _train(opt4, model4, batches[20:])
+    (model3, _), (model4, _) = save_and_resume(True)
     for a, b in zip(model3.parameters(), model4.parameters(), strict=True):
         assert torch.equal(a, b)

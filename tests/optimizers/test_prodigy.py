@@ -9,6 +9,7 @@ import torch
 from optimizers import _fused
 from optimizers.prodigy import Prodigy
 from tests.optimizers._dadapt_cases import (
+    fused_maker,
     ours_scalars,
     package_bias_correction,
     package_pair,
@@ -132,14 +133,14 @@ FUSED_CASES = {
 @pytest.mark.parametrize("case", sorted(FUSED_CASES))
 def test_fused_matches_eager(case):
     kwargs, second = FUSED_CASES[case]
+    make = fused_maker(Prodigy, kwargs, second)
 
-    def make(model: torch.nn.Module, fused: bool) -> Prodigy:
+    def make_with_a_zero_tensor(model: torch.nn.Module, fused: bool) -> Prodigy:
         with torch.no_grad():
             model[2].bias.zero_()  # an all-zero tensor: the scalar p0 broadcasts in the kernel
-        params = model.parameters() if second is None else two_groups(model, **second)
-        return Prodigy(params, fused=fused, **kwargs)
+        return make(model, fused)
 
-    assert_fused_matches_eager(make, ours_scalars, task="regression")
+    assert_fused_matches_eager(make_with_a_zero_tensor, ours_scalars, task="regression")
 
 
 def run_steps(opt: Prodigy, model: torch.nn.Module, steps: int, zero_first: bool = False) -> torch.Tensor:
@@ -194,20 +195,16 @@ def test_fused_resumes_from_an_eager_checkpoint():
 
 
 @pytest.mark.parametrize("first", [True, False])
-def test_fused_skips_a_non_finite_step(first):
+def test_fused_skips_a_non_finite_step(first, snapshot):
     """Before any state (the exact check) and once the state exists (the check rides on pass 1's dots)."""
     model = mlp()
     opt = Prodigy(model.parameters(), fused=True)
     if not first:
         run_steps(opt, model, 2)
-    before = [p.detach().clone() for p in model.parameters()]
-    state = {k: v.clone() for k, v in opt.state[model[0].weight].items() if torch.is_tensor(v)}
-    k = opt.param_groups[0]["k"]
+    before, k = snapshot(model, opt), opt.param_groups[0]["k"]
     opt.zero_grad()
     model(torch.randn(8, 6, dtype=torch.float64)).pow(2).mean().backward()
     model[0].weight.grad[0, 0] = float("inf")
     opt.step()
-    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
-    after = opt.state[model[0].weight]
-    assert all(torch.equal(v, after[key]) for key, v in state.items())
+    assert snapshot(model, opt) == before
     assert opt.param_groups[0]["k"] == k and opt.diagnostics()["skipped_steps"] == 1.0

@@ -16,7 +16,6 @@ from optimizers.sgd_hd import SGDHD
 from tests.optimizers.equivalence import (
     assert_fused_matches_eager,
     assert_same_trajectory,
-    minibatches,
     mlp,
     relative_gaps,
     trajectory,
@@ -215,58 +214,13 @@ def test_fused_matches_eager(case, n_groups):
 
 
 @pytest.mark.parametrize("case", ["plain", "momentum_no_wd", "nesterov_wd"])
-def test_fused_late_gradient_and_eager_checkpoint(case, harness_globals):
+def test_fused_late_gradient_and_eager_checkpoint(case, late_gradient_resume):
     """A parameter whose first gradient comes late gets its buffers lazily in the fused path too, and a
     fused optimizer resumes from an eager one's state_dict (same state layout) on the eager trajectory."""
-    kw = FUSED_CASES[case]
-    steps = {}
-    for fused in (False, True):
-        model = mlp(0)
-        last = list(model.parameters())[-1]
-        opt = SGDHD(model.parameters(), **kw)
-        for i, (x, y) in enumerate(minibatches(30)):
-            if i == 10:  # the checkpoint: eager so far, fused (or still eager) from here on
-                sd = opt.state_dict()
-                opt = SGDHD(model.parameters(), fused=fused, **kw)
-                opt.load_state_dict(sd)
-            opt.zero_grad(set_to_none=True)
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            if i < 5:
-                last.grad = None
-            opt.step()
-        assert sorted(opt.state[last]) == sorted(opt.state[list(model.parameters())[0]])
-        steps[fused] = (torch.cat([p.detach().reshape(-1) for p in model.parameters()]), opt.diagnostics())
-    (x_e, d_e), (x_f, d_f) = steps[False], steps[True]
-    assert torch.allclose(x_f, x_e, rtol=1e-12, atol=0.0)
-    assert d_f["lr"] == pytest.approx(d_e["lr"], rel=1e-12)
-
-
-@pytest.fixture
-def harness_globals():
-    """The global state ``trajectory`` runs under (float64 default dtype, one thread): dynamo guards on
-    both, so fused tests outside the harness reuse its compiled kernels instead of adding variants."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    yield
-    torch.set_default_dtype(dtype)
-    torch.set_num_threads(threads)
-
-
-def snapshot(model: torch.nn.Module, opt: torch.optim.Optimizer) -> list:
-    """Everything a skipped step must leave as it was: parameters, rates, per-parameter state."""
-    ps = list(model.parameters())
-    state = [{k: v.clone() for k, v in opt.state[p].items()} for p in ps]
-    return [[p.detach().clone() for p in ps], [g["lr"] for g in opt.param_groups], state]
-
-
-def same(a: list, b: list) -> bool:
-    return (
-        all(torch.equal(x, y) for x, y in zip(a[0], b[0], strict=True))
-        and a[1] == b[1]
-        and all(sa.keys() == sb.keys() for sa, sb in zip(a[2], b[2], strict=True))
-        and all(torch.equal(sa[k], sb[k]) for sa, sb in zip(a[2], b[2], strict=True) for k in sa)
-    )
+    runs = late_gradient_resume(lambda ps, fused: SGDHD(ps, fused=fused, **FUSED_CASES[case]))
+    for model, opt in runs.values():
+        first, *_, last = model.parameters()
+        assert sorted(opt.state[last]) == sorted(opt.state[first])
 
 
 def set_grads(model: torch.nn.Module, bad: float | None = None) -> None:
@@ -278,7 +232,8 @@ def set_grads(model: torch.nn.Module, bad: float | None = None) -> None:
 
 @pytest.mark.parametrize("with_state", [False, True], ids=["first_step", "reduction_check"])
 @pytest.mark.parametrize("case", ["plain", "momentum_no_wd", "nesterov_wd"])
-def test_fused_skips_a_non_finite_step(case, with_state, harness_globals):
+@pytest.mark.usefixtures("float64_single_thread")
+def test_fused_skips_a_non_finite_step(case, with_state, snapshot):
     model = mlp(0)
     opt = SGDHD(model.parameters(), fused=True, **FUSED_CASES[case])
     for _ in range(2 if with_state else 0):
@@ -288,11 +243,12 @@ def test_fused_skips_a_non_finite_step(case, with_state, harness_globals):
     for bad in (math.nan, math.inf, -math.inf):
         set_grads(model, bad)
         opt.step()
-    assert same(snapshot(model, opt), before)
-    assert opt.diagnostics() == {"lr": before[1][0], "skipped_steps": 3.0}
+    assert snapshot(model, opt) == before
+    assert opt.diagnostics() == {"lr": before.lrs[0], "skipped_steps": 3.0}
 
 
-def test_fused_overflowing_reduction_falls_back_to_the_exact_check(harness_globals):
+@pytest.mark.usefixtures("float64_single_thread")
+def test_fused_overflowing_reduction_falls_back_to_the_exact_check():
     """A finite gradient whose ``<g, u_prev>`` overflows is not skipped (in float32: ``all_finite``
     compares its norms in float32)."""
     model = mlp(0).float()
