@@ -15,6 +15,8 @@ generates the loop (C++/OpenMP on CPU, Triton on CUDA):
   a learned scale or a scheduled lr that changes every step does not recompile, provided the rule uses
   them in arithmetic (``x.sub_(u * lr)``): a float passed as an op's keyword (``alpha=lr``, ``value=``) is
   burnt into the kernel as a constant, and every new value recompiles;
+* a scalar that differs per parameter (LDoG's eta, TLR's per-tensor alpha) travels as a one-element
+  tensor in the tensor lists (:func:`per_tensor_scalars`), so one call still serves a chunk;
 * a kernel mutates its tensor arguments in place and may return per-tensor reductions (0-dim tensors).
 
 The fused rules are the eager rules with the ops contracted, so a fused trajectory agrees with the
@@ -32,7 +34,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHUNK", "Kernel", "calls", "kernel", "per_tensor"]
+__all__ = ["CHUNK", "Kernel", "calls", "kernel", "per_tensor", "per_tensor_scalars"]
 
 _CALLS = [0]  # kernel calls in this process (tests check that a fused step really ran kernels)
 
@@ -106,3 +108,12 @@ def per_tensor(fn: Kernel, tensor_lists: Sequence[Sequence[torch.Tensor]], *scal
         _CALLS[0] += 1
         out.extend(run([list(ts) for ts in zip(*chunk, strict=True)], scalars))
     return out
+
+
+def per_tensor_scalars(values: Sequence[float], like: torch.Tensor) -> list[torch.Tensor]:
+    """Scalars that differ per parameter (a per-tensor step size) as one-element views of one tensor
+    of ``like``'s dtype and device (one host-to-device copy), to pass in :func:`per_tensor`'s tensor
+    lists: the rule broadcasts them, and one compiled call still serves ``CHUNK`` parameters (a Python
+    float per parameter would force a call per parameter)."""
+    t = torch.tensor(list(values), dtype=like.dtype, device=like.device)
+    return [t[i : i + 1] for i in range(len(t))]

@@ -223,7 +223,7 @@ class AdamHD(torch.optim.Optimizer):
                 -rate * math.sqrt(1 - beta2 ** st["step"]) / (1 - beta1 ** st["step"])
                 for rate, st in zip(rates, states, strict=True)
             ]
-            size_t = _one_element_views(sizes, ps[0])
+            size_t = _fused.per_tensor_scalars(sizes, ps[0])
             lists = [ps, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], size_t]
             wd = group["weight_decay"]
             _fused.per_tensor(_adam_step, lists, wd, beta1, beta2, group["eps"], wd != 0)
@@ -246,12 +246,6 @@ def _hd_dot(
     if with_wd:
         g = g + wd * x
     return (g * (m / (v.sqrt() + eps))).sum()
-
-
-def _one_element_views(values: list[float], like: torch.Tensor) -> list[torch.Tensor]:
-    """``values`` as one-element views of one tensor of ``like``'s dtype and device (one copy)."""
-    t = torch.tensor(values, dtype=like.dtype, device=like.device)
-    return [t[i : i + 1] for i in range(len(values))]
 
 
 @_fused.kernel

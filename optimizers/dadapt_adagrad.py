@@ -21,11 +21,14 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
+    GroupGrads,
+    can_fuse_check,
     check_growth_rate,
     d_diagnostics,
     group_grads,
     host_floats,
     scratch_like,
+    skip_if_reduction_nonfinite,
     workspace,
 )
 from optimizers.registry import register
@@ -60,14 +63,15 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
 
-    ``fused=True`` (``optimizers._fused``): for dense gradients one compiled kernel pass per parameter
-    updates ``a``, ``s`` and ``x`` with d_k and returns the five sums above, which feed d_{k+1} (the
-    host logic is the eager one); sparse gradients keep the eager sparse path. The non-finite check runs
-    first (``skip_if_nonfinite``, its own read of the gradients). While ``||s||_1`` is still 0 (the
-    first step, or all-zero gradients so far) the step takes two passes, the accumulators and then, only
-    when the new ``||s||_1`` is not 0, the move, so the early return is the eager one; afterwards
-    ``||s||_1`` can only return to 0 by exact cancellation of every ``s`` (there the fused step has
-    already moved x, where eager would not). The decayed gradient is not written into ``p.grad``.
+    ``fused=True`` (``optimizers._fused``): dense gradients take two compiled passes per parameter, as
+    the eager rule's dependencies allow, with the host logic of the eager path between them. A read-only
+    probe returns the five sums above (the new ``a`` and ``s`` formed in registers; inductor's CPU backend
+    puts a reduction and a store in separate loops anyway); the host then takes the non-finite decision
+    (the probe's ``sum g^2 / (sqrt(a + g^2) + eps)`` covers every gradient once the state exists: no
+    extra read of the gradients), the ``||s||_1 = 0`` return and d_{k+1}; the step pass writes ``a``,
+    ``s`` and ``x`` with d_k (on the ``||s||_1 = 0`` return only ``a`` and ``s``, as eager). Sparse
+    gradients keep the eager sparse path (and the exact non-finite check). The decayed gradient is not
+    written into ``p.grad``.
     """
 
     initial_lr_arg = "d0"
@@ -117,63 +121,39 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
-        groups = self.param_groups
-        pgs = group_grads(groups)
+        pgs = group_grads(self.param_groups)
         for ps, _ in pgs:
             if any(hasattr(p, "_fsdp_flattened") for p in ps):
                 raise RuntimeError(
                     "D-Adapt AdaGrad doesn't currently support fully-sharded data parallel. "
                     "Use D-Adapt Adam instead"
                 )
+        if self.fused:
+            self._fused_step(pgs)
+        else:
+            self._eager_step(pgs)
+        return loss
+
+    def _eager_step(self, pgs: GroupGrads) -> None:
+        groups = self.param_groups
         if skip_if_nonfinite([_sparse_values(g) for _, gs in pgs for g in gs], *groups):
-            return loss
-
+            return
+        self._init_state(pgs)
         g0 = groups[0]
-        lr, momentum, log_every, growth_rate = g0["lr"], g0["momentum"], g0["log_every"], g0["growth_rate"]
+        dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
         ck = 1 - momentum
-        gsq_weighted, sksq_weighted, skl1, d = g0["gsq_weighted"], g0["sksq_weighted"], g0["skl1"], g0["d"]
-        k = g0["k"]
-        dlr = d * lr
-
         # Per parameter, in order: g_sq term, old and new sum s^2/(sqrt(a)+eps), old and new ||s||_1.
         terms: list[list[Tensor]] = [[], [], [], [], []]
-        # Fused: one pass (moves x with d_k), or, while ||s||_1 = 0, accumulators first (see docstring).
-        one_pass = self.fused and skl1 != 0
         for group, (ps, gs) in zip(groups, pgs, strict=True):
+            self._sparse_terms_into(terms, ps, gs, dlr, group["eps"])
+            dps, dgs = _dense(ps, gs)
+            if not dps:
+                continue
             eps, decay = group["eps"], group["weight_decay"]
-            for p, g in zip(ps, gs, strict=True):
-                state = self.state[p]
-                if "alphak" not in state:
-                    state["alphak"] = torch.full_like(p, fill_value=1e-6).detach()
-                    state["sk"] = torch.zeros_like(p).detach()
-                    state["x0"] = p.detach().clone()
-                    if g.is_sparse:
-                        state["weighted_sk"] = torch.zeros_like(p).detach()
-                if g.is_sparse:
-                    for t, v in zip(terms, self._sparse_terms(p, g, dlr, eps), strict=True):
-                        t.append(v)
-            dense = [(p, g) for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
-            if not dense:
-                continue
-            dps, dgs = [p for p, _ in dense], [g for _, g in dense]
-            states = [self.state[p] for p in dps]
-            alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
-            if self.fused:
-                x0s = [st["x0"] for st in states]
-                if not one_pass:
-                    out = _fused.per_tensor(
-                        _accumulate, [dps, dgs, alphas, sks], dlr, float(decay), float(eps)
-                    )
-                elif decay == 0 and momentum == 0:
-                    out = _fused.per_tensor(_rule_plain, [dps, dgs, alphas, sks, x0s], dlr, float(eps))
-                else:
-                    scalars = (dlr, float(decay), float(eps), float(1 - ck), float(ck))
-                    out = _fused.per_tensor(_rule, [dps, dgs, alphas, sks, x0s], *scalars)
-                for t, vs in zip(terms, zip(*out, strict=True), strict=True):
-                    t.extend(vs)
-                continue
             if decay != 0:
                 torch._foreach_add_(dgs, dps, alpha=decay)
+            states = [self.state[p] for p in dps]
+            alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
             # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
             # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``).
             dense_terms: list[list[Tensor]] = [[], [], [], [], []]
@@ -192,62 +172,132 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                 dense_terms[4].append(torch.abs(sk, out=t2).sum())
             for t, vs in zip(terms, dense_terms, strict=True):
                 t.extend(vs)
+        if not self._update_d(host_floats([v for t in terms for v in t])):
+            return
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            eps = group["eps"]
+            self._sparse_moves(ps, gs, eps)
+            dense = _dense(ps, gs)[0]
+            if not dense:
+                continue
+            states = [self.state[p] for p in dense]
+            alphas = [st["alphak"] for st in states]
+            ts = scratch_like(alphas, workspace(self))
+            for p, a, st, t in zip(dense, alphas, states, ts, strict=True):
+                torch.sqrt(a, out=t)
+                t.add_(eps)
+                torch.div(st["sk"], t, out=t)
+                if momentum != 0:
+                    torch.sub(st["x0"], t, out=t)  # z = x0 - s / (sqrt(a) + eps)
+                    p.mul_(1 - ck).add_(t, alpha=ck)
+                else:
+                    torch.sub(st["x0"], t, out=p)
 
-        n = len(terms[0])
+    def _fused_step(self, pgs: GroupGrads) -> None:
+        """The step with compiled kernels for dense gradients (class docstring): a read-only probe of the
+        five sums, the host decisions, then the step (or, on the ``||s||_1 = 0`` return, the accumulators
+        alone); sparse gradients take the eager sparse path in between."""
+        groups = self.param_groups
+        grads = [g for _, gs in pgs for g in gs]
+        dense_only = not any(g.is_sparse for g in grads)
+        # the probe's sum g^2 / (sqrt(a + g^2) + eps) is NaN or inf for a NaN or inf gradient
+        check = dense_only and can_fuse_check(pgs, groups, self.state, "alphak", lambda grp: True)
+        if not check and skip_if_nonfinite([_sparse_values(g) for g in grads], *groups):
+            return
+        self._init_state(pgs)
+        g0 = groups[0]
+        dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
+        terms: list[list[Tensor]] = [[], [], [], [], []]
+        work = []
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            eps, decay = float(group["eps"]), float(group["weight_decay"])
+            self._sparse_terms_into(terms, ps, gs, dlr, eps)  # (only after the exact check: sparse grads)
+            dps, dgs = _dense(ps, gs)
+            if not dps:
+                continue
+            states = [self.state[p] for p in dps]
+            lists = [dps, dgs, [st["alphak"] for st in states], [st["sk"] for st in states]]
+            out = _fused.per_tensor(_probe, [*lists[1:], dps], dlr, decay, eps, decay != 0)
+            for t, vs in zip(terms, zip(*out, strict=True), strict=True):
+                t.extend(vs)
+            work.append((lists + [[st["x0"] for st in states]], (dlr, decay, eps, decay != 0)))
         values = host_floats([v for t in terms for v in t])
+        if check and skip_if_reduction_nonfinite(values, grads, *groups):
+            return
+        if not self._update_d(values):  # ||s||_1 = 0: eager has updated a and s, and returns unmoved
+            for lists, scalars in work:
+                _fused.per_tensor(_accumulate, [*lists[1:4], lists[0]], *scalars)
+            return
+        mix = (float(momentum), float(1 - momentum), momentum != 0)
+        for lists, scalars in work:
+            _fused.per_tensor(_step, lists, *scalars, *mix)
+        for group, (ps, gs) in zip(groups, pgs, strict=True):
+            self._sparse_moves(ps, gs, group["eps"])
+
+    def _init_state(self, pgs: GroupGrads) -> None:
+        """Lazy per-parameter state: ``alphak = 1e-6``, ``sk = 0``, ``x0 = x`` (and ``weighted_sk``)."""
+        for ps, gs in pgs:
+            for p, g in zip(ps, gs, strict=True):
+                state = self.state[p]
+                if "alphak" not in state:
+                    state["alphak"] = torch.full_like(p, fill_value=1e-6).detach()
+                    state["sk"] = torch.zeros_like(p).detach()
+                    state["x0"] = p.detach().clone()
+                    if g.is_sparse:
+                        state["weighted_sk"] = torch.zeros_like(p).detach()
+
+    def _update_d(self, values: list[float]) -> bool:
+        """Both paths' host half of §2.3 from the per-tensor sums (five blocks of n, in the order of
+        ``terms``): the running totals, the ``||s||_1 = 0`` return (False: nothing written), d_hat, d,
+        the log line, and the new scalars and ``k + 1`` written into every group."""
+        g0 = self.param_groups[0]
+        lr, log_every, growth_rate, d = g0["lr"], g0["log_every"], g0["growth_rate"], g0["d"]
+        n = len(values) // 5
+        dlr = d * lr
         g_sq, sksq_change, skl1_change = 0.0, 0.0, 0.0
         for i in range(n):
             gs_i, old_q, new_q, old_l, new_l = (values[j * n + i] for j in range(5))
             g_sq += gs_i
             sksq_change += new_q - old_q
             skl1_change += new_l - old_l
-        sksq_weighted = sksq_weighted + sksq_change
-        skl1 = skl1 + skl1_change
+        sksq_weighted = g0["sksq_weighted"] + sksq_change
+        skl1 = g0["skl1"] + skl1_change
         if skl1 == 0:
-            return loss
+            return False
 
-        gsq_weighted = gsq_weighted + dlr * dlr * g_sq
+        gsq_weighted = g0["gsq_weighted"] + dlr * dlr * g_sq
         d_hat = d
         if lr > 0.0:
             d_hat = (sksq_weighted - gsq_weighted) / skl1
             d = max(d, min(d_hat, d * growth_rate))
 
-        if log_every > 0 and k % log_every == 0:
+        if log_every > 0 and g0["k"] % log_every == 0:
             log.info(
                 f"d_hat: {d_hat}, d: {d}. sksq_weighted={sksq_weighted:1.1e} skl1={skl1:1.1e} "
                 f"gsq_weighted={gsq_weighted:1.1e} lr={lr}"
             )
-
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
+        for group in self.param_groups:
             group["gsq_weighted"] = gsq_weighted
             group["skl1"] = skl1
             group["sksq_weighted"] = sksq_weighted
             group["d"] = d
-            eps = group["eps"]
-            dense = [p for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
-            for p, g in zip(ps, gs, strict=True):
-                if g.is_sparse:
-                    self._sparse_move(p, g, eps)
-            if dense and self.fused and not one_pass:  # (after one pass the kernels have moved x)
-                states = [self.state[p] for p in dense]
-                lists = [dense, [st["alphak"] for st in states], [st["sk"] for st in states]]
-                lists.append([st["x0"] for st in states])
-                _fused.per_tensor(_move, lists, float(eps), float(1 - ck), float(ck))
-            elif dense and not self.fused:
-                states = [self.state[p] for p in dense]
-                alphas = [st["alphak"] for st in states]
-                ts = scratch_like(alphas, workspace(self))
-                for p, a, st, t in zip(dense, alphas, states, ts, strict=True):
-                    torch.sqrt(a, out=t)
-                    t.add_(eps)
-                    torch.div(st["sk"], t, out=t)
-                    if momentum != 0:
-                        torch.sub(st["x0"], t, out=t)  # z = x0 - s / (sqrt(a) + eps)
-                        p.mul_(1 - ck).add_(t, alpha=ck)
-                    else:
-                        torch.sub(st["x0"], t, out=p)
             group["k"] = group["k"] + 1
-        return loss
+        return True
+
+    def _sparse_terms_into(
+        self, terms: list[list[Tensor]], ps: list[Tensor], gs: list[Tensor], dlr: float, eps: float
+    ) -> None:
+        """:meth:`_sparse_terms` for the sparse gradients among ``gs``, appended to ``terms``."""
+        for p, g in zip(ps, gs, strict=True):
+            if g.is_sparse:
+                for t, v in zip(terms, self._sparse_terms(p, g, dlr, eps), strict=True):
+                    t.append(v)
+
+    def _sparse_moves(self, ps: list[Tensor], gs: list[Tensor], eps: float) -> None:
+        """:meth:`_sparse_move` for the sparse gradients among ``gs``."""
+        for p, g in zip(ps, gs, strict=True):
+            if g.is_sparse:
+                self._sparse_move(p, g, eps)
 
     def _sparse_terms(self, p: Tensor, grad: Tensor, dlr: float, eps: float) -> tuple[Tensor, ...]:
         """The package's sparse path for one tensor (no weight decay; denominator ``sqrt(a + eps)``)."""
@@ -283,24 +333,41 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))
 
 
-def _accumulate_terms(
-    g: Tensor, a: Tensor, s: Tensor, dlr: float, eps: float
-) -> tuple[Tensor, tuple[Tensor, ...]]:
-    """The accumulator part of §2.3 that every dense kernel traces (a plain function: inlined when
-    compiled): ``a <- a + g^2``, ``s <- s + dlr g`` in place; returns the new denominator
-    ``sqrt(a) + eps`` and the five sums, as eager: the g_sq term, old and new ``sum s^2 / (sqrt(a) + eps)``,
-    old and new ``||s||_1``."""
-    den = a.sqrt() + eps
-    old_q, old_l = (s * s / den).sum(), s.abs().sum()
+def _dense(ps: list[Tensor], gs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """The parameters with dense gradients, and those gradients."""
+    pairs = [(p, g) for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
+    return [p for p, _ in pairs], [g for _, g in pairs]
+
+
+def _decayed(g: Tensor, x: Tensor, decay: float, with_decay: bool) -> Tensor:
+    """``g + decay x`` (coupled weight decay; x not read without it). Plain functions below are inlined
+    into the kernels that call them."""
+    return g + x * decay if with_decay else g
+
+
+def _accumulated(g: Tensor, a: Tensor, s: Tensor, dlr: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``g^2``, ``a + g^2`` and ``s + lambda g`` (§2.3's accumulators, as eager)."""
     gg = g * g
-    a.add_(gg)
-    den = a.sqrt() + eps
-    s.add_(g * dlr)
-    return den, ((gg / den).sum(), old_q, (s * s / den).sum(), old_l, s.abs().sum())
+    return gg, a + gg, s + g * dlr
 
 
 @_fused.kernel
-def _rule(
+def _probe(
+    g: Tensor, a: Tensor, s: Tensor, x: Tensor, dlr: float, decay: float, eps: float, with_decay: bool
+) -> tuple[Tensor, ...]:
+    """Read-only (g, a, s; x only with weight decay): the five sums of the eager step, in its order:
+    ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1`` (``den = sqrt(a) + eps``
+    with the old or the new ``a``; the new ``a`` and ``s`` formed in registers)."""
+    g = _decayed(g, x, decay, with_decay)
+    old_den = a.sqrt() + eps
+    gg, a_next, s_next = _accumulated(g, a, s, dlr)
+    den = a_next.sqrt() + eps
+    old_q, new_q = (s * s / old_den).sum(), (s_next * s_next / den).sum()
+    return (gg / den).sum(), old_q, new_q, s.abs().sum(), s_next.abs().sum()
+
+
+@_fused.kernel
+def _step(
     x: Tensor,
     g: Tensor,
     a: Tensor,
@@ -309,35 +376,29 @@ def _rule(
     dlr: float,
     decay: float,
     eps: float,
+    with_decay: bool,
     keep: float,
     ck: float,
-) -> tuple[Tensor, ...]:
-    """§2.3 for one dense parameter as one kernel: reads g, a, s, x0, x; writes a, s, x; returns
-    :func:`_accumulate_terms`' five sums (g with coupled weight decay)."""
-    den, sums = _accumulate_terms(g + x * decay, a, s, dlr, eps)
-    x.mul_(keep).add_((x0 - s / den) * ck)  # x = momentum x + (1 - momentum) z, as eager
-    return sums
-
-
-@_fused.kernel
-def _rule_plain(
-    x: Tensor, g: Tensor, a: Tensor, s: Tensor, x0: Tensor, dlr: float, eps: float
-) -> tuple[Tensor, ...]:
-    """:func:`_rule` without weight decay and momentum: x is only written (x = z, as eager)."""
-    den, sums = _accumulate_terms(g, a, s, dlr, eps)
-    x.copy_(x0 - s / den)
-    return sums
+    with_momentum: bool,
+) -> None:
+    """§2.3 for one dense parameter: ``a += g^2``, ``s += lambda g``, ``z = x0 - s / (sqrt(a) + eps)``,
+    ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as eager: x not read)."""
+    g = _decayed(g, x, decay, with_decay)
+    a.add_(g * g)
+    s.add_(g * dlr)
+    z = x0 - s / (a.sqrt() + eps)
+    if with_momentum:
+        x.mul_(keep).add_(z * ck)
+    else:
+        x.copy_(z)
 
 
 @_fused.kernel
 def _accumulate(
-    x: Tensor, g: Tensor, a: Tensor, s: Tensor, dlr: float, decay: float, eps: float
-) -> tuple[Tensor, ...]:
-    """The accumulator half of :func:`_rule` (no move): for the steps where ``||s||_1`` is still 0."""
-    return _accumulate_terms(g + x * decay, a, s, dlr, eps)[1]
-
-
-@_fused.kernel
-def _move(x: Tensor, a: Tensor, s: Tensor, x0: Tensor, eps: float, keep: float, ck: float):
-    """The move half of :func:`_rule`: ``x = momentum x + (1 - momentum) (x0 - s / (sqrt(a) + eps))``."""
-    x.mul_(keep).add_((x0 - s / (a.sqrt() + eps)) * ck)
+    g: Tensor, a: Tensor, s: Tensor, x: Tensor, dlr: float, decay: float, eps: float, with_decay: bool
+) -> None:
+    """The accumulators alone (``eps`` unused; the probe's scalars): the eager state on the
+    ``||s||_1 = 0`` return."""
+    g = _decayed(g, x, decay, with_decay)
+    a.add_(g * g)
+    s.add_(g * dlr)

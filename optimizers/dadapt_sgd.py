@@ -70,16 +70,16 @@ class DAdaptSGD(torch.optim.Optimizer):
     at lr 0, or ``||g_0|| = 0``) the step returns without moving and without incrementing k, as the
     package's early return; there the package itself raises (ZeroDivisionError or UnboundLocalError).
 
-    ``fused=True`` (``optimizers._fused``): one compiled kernel pass per parameter updates ``s`` and ``x``
-    with d_k and returns ``<g_k, s_k>`` and ``||s_{k+1}||^2``, which feed d_{k+1} (the host logic is the
-    eager one; the first step also takes ``||g_0||`` as eager); groups at lr 0 are moved after the
-    ``||s|| = 0`` check by a kernel of their own. The non-finite check runs first
-    (``skip_if_nonfinite``, its own read of the gradients). The fused path does not write the decayed
-    gradient into ``p.grad``, and it does not store ``z`` every step (the rule never reads it):
-    ``state_dict()`` first refreshes ``z = x0 - s``. The one eager behaviour it cannot reproduce: when
-    lr > 0 and gradients exist but the new ``||s||^2`` is 0 (every ``s`` cancelling exactly, or every
-    square underflowing) the eager step returns without moving x, while the fused one has moved the
-    groups with lr > 0 already; an all-zero lr (a schedule at 0) is caught before the kernels, as eager.
+    ``fused=True`` (``optimizers._fused``): two compiled passes per parameter, as the eager rule's
+    dependencies allow, with the host logic of the eager path between them. A read-only probe returns
+    ``<g_k, s_k>`` and ``||s_{k+1}||^2`` (``s_{k+1}`` formed in registers; inductor's CPU backend puts a
+    reduction and a store in separate loops anyway); the host then takes the non-finite decision (the
+    dots cover every gradient once the state exists: no extra read of the gradients), the ``||s|| = 0``
+    return and d_{k+1}, all before anything is written; the move pass writes ``s`` and ``x`` with d_k
+    (groups at lr 0: ``x`` only; on the ``||s|| = 0`` return only ``s``, as eager). The first step
+    takes ``||g_0||`` and the exact non-finite check as eager. The fused path does not write the
+    decayed gradient into ``p.grad``, and it does not store ``z`` (the rule never reads it):
+    ``state_dict()`` first refreshes ``z = x0 - s``.
 
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial distance estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
@@ -248,36 +248,43 @@ class DAdaptSGD(torch.optim.Optimizer):
         return math.sqrt(g_sq)
 
     def _fused_step(self, loss: float | None) -> float | None:
-        """The step above with the per-element work in one kernel pass per parameter (host logic shared:
-        :meth:`_begin`, :meth:`_update_d`)."""
+        """The step above in two compiled passes per parameter (host logic shared: :meth:`_begin`,
+        :meth:`_update_d`): a read-only probe returns ``<g_k, s_k>`` and ``||s_{k+1}||^2`` (``s_{k+1}``
+        formed in registers), the host decides (non-finite skip, ``||s|| = 0`` return, d_{k+1}), then
+        the move writes ``s`` and ``x`` with d_k."""
         groups = self.param_groups
         pgs = group_grads(groups)
-        if skip_if_nonfinite([g for _, gs in pgs for g in gs], *groups):
+        grads = [g for _, gs in pgs for g in gs]
+        # the probe's <g, s> stands in for the non-finite check when it covers every gradient
+        check = can_fuse_check(pgs, groups, self.state, "z", lambda grp: grp["lr"] > 0)
+        if not check and skip_if_nonfinite(grads, *groups):
             return loss
         host = self._begin(pgs)
         if host is None:
             return loss
-        if host.lr == 0:  # no group with lr > 0: ||s||^2 = 0, the eager step returns here without moving
-            return loss
-
         decay, momentum = groups[0]["weight_decay"], groups[0]["momentum"]
-        ck = 1 - momentum
-        plain = decay == 0 and momentum == 0
-        scalars = (host.dlr,) if plain else (host.dlr, float(decay), float(1 - ck), float(ck))
-        results: list[tuple[torch.Tensor, torch.Tensor]] = []
-        frozen: list[list[torch.Tensor]] = [[], [], []]  # groups at lr 0: moved after the ||s|| = 0 check
+        moves, sums = [], []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            ss = [self.state[p]["s"] for p in ps]
-            x0s = [self.state[p]["x0"] for p in ps]
+            if not ps:
+                continue
+            ss, x0s = [self.state[p]["s"] for p in ps], [self.state[p]["x0"] for p in ps]
             if group["lr"] > 0.0:
-                rule = _rule_plain if plain else _rule
-                results += _fused.per_tensor(rule, [ps, gs, ss, x0s], *scalars)
+                sums += _fused.per_tensor(_probe, [gs, ss, ps], host.dlr, float(decay), decay != 0)
+                moves.append((_step, [ps, gs, ss, x0s]))
             else:
-                for t, ts in zip(frozen, (ps, ss, x0s), strict=True):
-                    t.extend(ts)
-        values = host_floats([v for pair in results for v in pair])
-        if self._update_d(host, values[0::2], sum(values[1::2])):
-            _fused.per_tensor(_move, frozen, float(1 - ck), float(ck))
+                moves.append((_move, [ps, ss, x0s]))
+        values = host_floats([v for pair in sums for v in pair])
+        if check and skip_if_reduction_nonfinite(values, grads, *groups):
+            return loss
+        if not self._update_d(host, values[0::2], sum(values[1::2])):
+            # ||s_{k+1}|| = 0 with gradients at lr > 0: eager has added lambda_k g to s, and returns unmoved
+            for ps, gs, ss, _ in (lists for kernel, lists in moves if kernel is _step):
+                _fused.per_tensor(_accumulate, [gs, ss, ps], host.dlr, float(decay), decay != 0)
+            return loss
+        mix = (float(momentum), float(1 - momentum), momentum != 0)  # x <- momentum x + (1 - momentum) z
+        for kernel, lists in moves:
+            head = (host.dlr, float(decay), decay != 0) if kernel is _step else ()
+            _fused.per_tensor(kernel, lists, *head, *mix)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -290,38 +297,62 @@ class DAdaptSGD(torch.optim.Optimizer):
 
 
 @_fused.kernel
-def _rule(
+def _probe(
+    g: torch.Tensor, s: torch.Tensor, x: torch.Tensor, dlr: float, decay: float, with_decay: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """§2.1's reductions for one parameter of a group with lr > 0, read-only (reads g, s; x only with
+    weight decay): ``<g, s_k>`` and ``||s_k + lambda_k g||^2`` (g with coupled weight decay)."""
+    if with_decay:
+        g = g + x * decay
+    s_next = s + g * dlr
+    return (g * s).sum(), (s_next * s_next).sum()
+
+
+@_fused.kernel
+def _step(
     x: torch.Tensor,
     g: torch.Tensor,
     s: torch.Tensor,
     x0: torch.Tensor,
     dlr: float,
     decay: float,
+    with_decay: bool,
     keep: float,
     ck: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """§2.1 for one parameter of a group with lr > 0, as one kernel: reads g, s, x0, x; writes s, x;
-    returns ``<g, s_k>`` and ``||s_{k+1}||^2`` (g with coupled weight decay)."""
-    g = g + x * decay
-    dot = (g * s).sum()
+    with_momentum: bool,
+) -> None:
+    """§2.1's move for one parameter of a group with lr > 0: ``s <- s + lambda_k g``, then
+    ``x <- momentum x + (1 - momentum) (x0 - s)`` (reads g, s, x0, and x only with momentum or decay)."""
+    if with_decay:
+        g = g + x * decay
     s.add_(g * dlr)
-    x.mul_(keep).add_((x0 - s) * ck)  # x = momentum x + (1 - momentum) (x0 - s), as eager
-    return dot, (s * s).sum()
+    _mix(x, s, x0, keep, ck, with_momentum)
 
 
 @_fused.kernel
-def _rule_plain(
-    x: torch.Tensor, g: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, dlr: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`_rule` without weight decay and momentum: x is only written (x = x0 - s, which the eager
-    ``0 * x + z`` equals)."""
-    dot = (g * s).sum()
+def _accumulate(
+    g: torch.Tensor, s: torch.Tensor, x: torch.Tensor, dlr: float, decay: float, with_decay: bool
+) -> None:
+    """``s <- s + lambda_k g`` alone: the eager step's state on its ``||s|| = 0`` return."""
+    if with_decay:
+        g = g + x * decay
     s.add_(g * dlr)
-    x.copy_(x0 - s)
-    return dot, (s * s).sum()
 
 
 @_fused.kernel
-def _move(x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float) -> None:
-    """A group at lr 0: only the move ``x = momentum x + (1 - momentum) (x0 - s)``, as eager."""
-    x.mul_(keep).add_((x0 - s) * ck)
+def _move(
+    x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float, with_momentum: bool
+) -> None:
+    """:func:`_mix` alone: the move of a group at lr 0 (its ``s`` stays)."""
+    _mix(x, s, x0, keep, ck, with_momentum)
+
+
+def _mix(
+    x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float, with_momentum: bool
+) -> None:
+    """``x <- momentum x + (1 - momentum) (x0 - s)`` as eager; without momentum ``x = x0 - s`` (eager's
+    ``0 * x + z``), so x is not read (a plain function: inlined into the kernels)."""
+    if with_momentum:
+        x.mul_(keep).add_((x0 - s) * ck)
+    else:
+        x.copy_(x0 - s)

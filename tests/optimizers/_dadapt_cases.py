@@ -99,11 +99,12 @@ def run_steps(opt: torch.optim.Optimizer, model: torch.nn.Module, n: int, seed: 
 
 
 def assert_fused_skips_non_finite(
-    opt: torch.optim.Optimizer, model: torch.nn.Module, bad_index: int, bad: float
+    opt: torch.optim.Optimizer, model: torch.nn.Module, bad_index: int, bad: float, probes: int = 0
 ) -> None:
     """After 3 steps of the fused ``opt``, a step whose gradients are 1 but ``bad`` (NaN or inf) in
-    parameter ``bad_index``: skipped before any kernel runs, with no parameter or state change, k kept
-    and ``skipped_steps`` at 1 (the non-finite policy, optimizers/_common.py)."""
+    parameter ``bad_index``: skipped after exactly ``probes`` kernel calls (read-only probes whose
+    reductions decide), with no parameter or state change, k kept and ``skipped_steps`` at 1 (the
+    non-finite policy, optimizers/_common.py)."""
     run_steps(opt, model, 3)
     state = copy.deepcopy(opt.state_dict())
     before = [p.detach().clone() for p in model.parameters()]
@@ -111,7 +112,7 @@ def assert_fused_skips_non_finite(
     for i, p in enumerate(model.parameters()):
         p.grad = torch.full_like(p, bad if i == bad_index else 1.0)
     opt.step()
-    assert _fused.calls() == calls  # decided before any kernel
+    assert _fused.calls() == calls + probes  # decided before any writing kernel
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     after = opt.state_dict()
     for key, st in state["state"].items():

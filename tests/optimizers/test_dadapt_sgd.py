@@ -104,7 +104,7 @@ def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_gro
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_matches_eager(case):
-    """``fused=True`` (one kernel per parameter from step 2 on) follows the eager path in float64."""
+    """``fused=True`` (a read-only probe and a move per parameter) follows the eager path in float64."""
     assert_fused_matches_eager(fused_maker(DAdaptSGD, *CASES[case]), ours_scalars)
 
 
@@ -118,7 +118,7 @@ def test_fused_sharded_code_path_on_one_rank(single_rank_process_group):
 def test_fused_skips_a_non_finite_step():
     model = mlp()
     opt = DAdaptSGD(model.parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
-    assert_fused_skips_non_finite(opt, model, bad_index=2, bad=float("nan"))
+    assert_fused_skips_non_finite(opt, model, bad_index=2, bad=float("nan"), probes=1)
 
 
 def test_fused_state_dict_is_the_eager_one_and_resumes_bit_identically():
@@ -179,3 +179,21 @@ def test_fused_lr_0_group_alone_with_gradients_does_not_move_like_eager():
         opt.step()
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
         assert opt.param_groups[0]["k"] == 2
+
+
+def test_fused_s_cancelling_to_zero_returns_without_moving_like_eager():
+    """Gradients g then -g with ``lambda g`` exact (one entry 1, d0 a power of two): ``s`` cancels to 0,
+    so both paths take the ``||s|| = 0`` return on step 2 (the fused move runs only after the probe's
+    ``||s_{k+1}||^2`` was checked) and k stays 1."""
+    for fused in (False, True):
+        model = mlp()
+        opt = DAdaptSGD(model.parameters(), momentum=0.9, d0=2.0**-20, fused=fused)
+        for sign in (1.0, -1.0):
+            before = [p.detach().clone() for p in model.parameters()]
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            next(model.parameters()).grad.view(-1)[0] = sign
+            opt.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), fused
+        assert opt.param_groups[0]["k"] == 1
+        assert all(torch.equal(opt.state[p]["s"], torch.zeros_like(p)) for p in model.parameters())
