@@ -223,7 +223,7 @@ class AdamHD(torch.optim.Optimizer):
                 -rate * math.sqrt(1 - beta2 ** st["step"]) / (1 - beta1 ** st["step"])
                 for rate, st in zip(rates, states, strict=True)
             ]
-            size_t = _fused.per_tensor_scalars(sizes, ps[0])
+            size_t = _fused.per_tensor_scalars(sizes, ps)
             lists = [ps, grads, [st["exp_avg"] for st in states], [st["exp_avg_sq"] for st in states], size_t]
             wd = group["weight_decay"]
             _fused.per_tensor(_adam_step, lists, wd, beta1, beta2, group["eps"], wd != 0)

@@ -68,6 +68,8 @@ class DoG(torch.optim.Optimizer):
     ``||g||^2`` cover every gradient element before anything changes, so their finiteness is the
     non-finite check (the exact check decides when one is not finite). Same state and scalar logic as the
     eager path; tensors without a gradient (frozen) and the first averaging step use the eager ops.
+    Each kernel runs one compiled call per chunk of ``_fused.CHUNK`` tensors of a group, ``-eta`` (L-DoG:
+    per tensor) passed as one-element tensors.
 
     Diagnostics (specs §8): ``eta``, ``rbar``, ``G`` per group (suffix ``@<group index>`` with several
     groups), and ``skipped_steps``.
@@ -259,14 +261,15 @@ class DoG(torch.optim.Optimizer):
                 negs = (-(eta if every else eta[index])).tolist()
             else:
                 negs = [-float(eta)] * len(ps)
+            # -eta as one-element tensors (per tensor for L-DoG; DoG repeats its one value, one code path):
+            # one compiled call per chunk of CHUNK tensors
+            neg_t = _fused.per_tensor_scalars(negs, ps)
             wd = group["weight_decay"]
             if gamma is None or t == 1:
-                for p, g, neg in zip(ps, grads, negs, strict=True):
-                    _dog_update(*_fused.flat([p, g]), neg, wd)
+                _fused.per_tensor(_dog_update, [ps, grads, neg_t], wd)
             else:
-                w = poly_decay_weight(t, gamma)
-                for p, g, neg in zip(ps, grads, negs, strict=True):
-                    _dog_update_avg(*_fused.flat([p, g, self.state[p]["avg"]]), neg, wd, w)
+                avgs = [self.state[p]["avg"] for p in ps]
+                _fused.per_tensor(_dog_update_avg, [ps, grads, avgs, neg_t], wd, poly_decay_weight(t, gamma))
         if gamma is not None:  # the kernels averaged the tensors they updated (t > 1): the rest here
             self._average(params if t == 1 else [p for p in params if id(p) not in have], t, gamma)
             group["averaged_steps"] = t
@@ -323,14 +326,14 @@ def _dog_probe(
 
 
 @_fused.kernel
-def _dog_update(x: torch.Tensor, g: torch.Tensor, neg_eta: float, wd: float) -> None:
-    """Pass 2: ``x <- x - eta (g + wd x)`` (§4 step 5), in place."""
+def _dog_update(x: torch.Tensor, g: torch.Tensor, neg_eta: torch.Tensor, wd: float) -> None:
+    """Pass 2: ``x <- x - eta (g + wd x)`` (§4 step 5), in place; ``neg_eta``: one element."""
     x.add_((g + x * wd) * neg_eta)
 
 
 @_fused.kernel
 def _dog_update_avg(
-    x: torch.Tensor, g: torch.Tensor, avg: torch.Tensor, neg_eta: float, wd: float, w: float
+    x: torch.Tensor, g: torch.Tensor, avg: torch.Tensor, neg_eta: torch.Tensor, wd: float, w: float
 ) -> None:
     """Pass 2 with averaging: the step, then ``avg <- (1 - w) avg + w x`` (optimizers/_averaging.py)."""
     x.add_((g + x * wd) * neg_eta)

@@ -97,7 +97,9 @@ class TLR(torch.optim.Optimizer):
     ``skipped_steps``.
 
     ``fused=True`` (an attribute, not a group option: checkpoints load either way) runs the same rule with
-    compiled kernels (``optimizers._fused``), one call per parameter tensor: ``sgd`` mode, after the
+    compiled kernels (``optimizers._fused``), one compiled call per chunk of ``_fused.CHUNK`` tensors of a
+    group (the step kernels) or of the windowed tensors (the window kernel), the rates passed as
+    one-element tensors (``-alpha`` per tensor, repeated when global): ``sgd`` mode, after the
     non-finite check (one read of the gradients), one kernel per step (``d = grad + wd x``, the buffer,
     ``x <- x - alpha b``) and at a window's end one kernel (``G_j = (x_start - x) / alpha_j``, its
     ``||G_j||^2`` and ``<G_j, G_{j-1}>``, the next window's start ``<- x``); ``gd`` mode a read-only kernel
@@ -380,13 +382,14 @@ class TLR(torch.optim.Optimizer):
             return
         for group, _, ps, gs in todo:
             self._open_windows(ps)
+            if not ps:
+                continue
             bufs = self._buffers(group, ps)
-            wd = group["weight_decay"]
-            for i, (p, g, lr) in enumerate(zip(ps, gs, self._group_lrs(group, ps), strict=True)):
-                if bufs is None:
-                    _tlr_sgd(*_fused.flat([p, g]), wd, -lr)
-                else:
-                    _tlr_sgdm(*_fused.flat([p, g, bufs[i]]), group["momentum"], wd, -lr)
+            wd, neg_lrs = group["weight_decay"], self._neg_lrs(group, ps)
+            if bufs is None:
+                _fused.per_tensor(_tlr_sgd, [ps, gs, neg_lrs], wd)
+            else:
+                _fused.per_tensor(_tlr_sgdm, [ps, gs, bufs, neg_lrs], group["momentum"], wd)
         head["step"] += 1
         if head["step"] % head["update_every"] == 0:
             self._fused_window_end()
@@ -394,50 +397,57 @@ class TLR(torch.optim.Optimizer):
     def _fused_gd(self, todo: list, grads: list[torch.Tensor]) -> None:
         """Algorithm 2 fused: read-only probe of ``(g_t, g_{t-1})``, alpha, then step and store ``g_t``."""
         head = self.param_groups[0]
-        prevs, sums = [], []
+        prevs, sums = [], []  # prevs: per group, g_{t-1} of each tensor with a gradient (g_{-1} = 0)
         for group, _, ps, gs in todo:
             wd = group["weight_decay"]
-            for p, g in zip(ps, gs, strict=True):
-                prev = self.state[p].get("prev_grad")
-                prev = torch.zeros_like(p) if prev is None else prev  # g_{-1} = 0: rho = 0
-                prevs.append(prev)
-                if wd == 0:  # Algorithm 2 verbatim: x is not read
-                    sums.append(_tlr_gd_probe_g(*_fused.flat([g, prev])))
-                else:
-                    sums.append(_tlr_gd_probe(*_fused.flat([g, p, prev]), wd))
+            prevs.append(self._state_or_zeros(ps, "prev_grad"))
+            if wd == 0:  # Algorithm 2 verbatim: x is not read
+                sums += _fused.per_tensor(_tlr_gd_probe_g, [gs, prevs[-1]])
+            else:
+                sums += _fused.per_tensor(_tlr_gd_probe, [gs, ps, prevs[-1]], wd)
         sq, rho = [s[0] for s in sums], [s[1] for s in sums]
         if skip_if_reduction_nonfinite(host_floats(sq), grads, head):
             return
         self._update_alphas([i for _, idx, *_ in todo for i in idx], rho, sq)
-        k = 0
-        for group, _, ps, gs in todo:
+        for (group, _, ps, gs), prev in zip(todo, prevs, strict=True):
+            if not ps:
+                continue
             bufs = self._buffers(group, ps)
-            wd = group["weight_decay"]
-            for i, (p, g, lr) in enumerate(zip(ps, gs, self._group_lrs(group, ps), strict=True)):
-                self.state[p]["prev_grad"] = prevs[k]
-                if bufs is None:
-                    _tlr_gd_step(*_fused.flat([p, g, prevs[k]]), wd, -lr)
-                else:
-                    _tlr_gd_step_m(*_fused.flat([p, g, prevs[k], bufs[i]]), group["momentum"], wd, -lr)
-                k += 1
+            for p, q in zip(ps, prev, strict=True):
+                self.state[p]["prev_grad"] = q
+            wd, neg_lrs = group["weight_decay"], self._neg_lrs(group, ps)
+            if bufs is None:
+                _fused.per_tensor(_tlr_gd_step, [ps, gs, prev, neg_lrs], wd)
+            else:
+                _fused.per_tensor(_tlr_gd_step_m, [ps, gs, prev, bufs, neg_lrs], group["momentum"], wd)
         self._forget_missing_grads()
         head["step"] += 1
 
     def _fused_window_end(self) -> None:
-        """:meth:`_window_end` in one kernel per tensor: ``G_j`` into the start buffer, its reductions,
-        and the previous ``G`` buffer (zeros at the first window) becomes the next start ``<- x``."""
+        """:meth:`_window_end` in one kernel (a call per chunk of tensors): ``G_j`` into the start buffer,
+        its reductions, and the previous ``G`` buffer (zeros at the first window) becomes the next start
+        ``<- x``. Every tensor's ``alpha_j`` is a one-element tensor."""
         alphas = self._alphas()
         idx, ps = self._windowed()
         if not ps:
             return
-        sums = []
-        for p, a in zip(ps, [alphas[k] for k in idx], strict=True):
-            st = self.state[p]
-            prev = st.get("prev_window")
-            prev = torch.zeros_like(p) if prev is None else prev
-            sums.append(_tlr_window(*_fused.flat([st["window_start"], p, prev]), a))
-            st["prev_window"], st["window_start"] = st["window_start"], prev
+        starts = [self.state[p]["window_start"] for p in ps]
+        prevs = self._state_or_zeros(ps, "prev_window")
+        alpha_t = _fused.per_tensor_scalars([alphas[k] for k in idx], ps)
+        sums = _fused.per_tensor(_tlr_window, [starts, ps, prevs, alpha_t])
+        for p, start, prev in zip(ps, starts, prevs, strict=True):
+            self.state[p]["prev_window"], self.state[p]["window_start"] = start, prev
         self._update_alphas(idx, [s[1] for s in sums], [s[0] for s in sums])
+
+    def _state_or_zeros(self, ps: list[torch.Tensor], key: str) -> list[torch.Tensor]:
+        """``state[p][key]`` of each of ``ps``, a new tensor of zeros where missing (the kernels' stand-in
+        for ``g_{-1} = 0`` / ``G_{-1} = 0``; an aliased argument would compile another variant)."""
+        return [self.state[p][key] if key in self.state[p] else torch.zeros_like(p) for p in ps]
+
+    def _neg_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """``-alpha`` of each of ``ps`` as one-element tensors (:func:`_fused.per_tensor_scalars`; the
+        same value repeated when ``per_tensor=False``): one code path, one call per chunk either way."""
+        return _fused.per_tensor_scalars([-lr for lr in self._group_lrs(group, ps)], ps)
 
     # ----------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, float]:
@@ -462,22 +472,24 @@ def _acc(t: torch.Tensor) -> torch.Tensor:
 
 
 @_fused.kernel
-def _tlr_sgd(x: torch.Tensor, g: torch.Tensor, wd: float, neg_lr: float) -> None:
-    """SGD without momentum: ``x <- x - alpha (g + wd x)``."""
+def _tlr_sgd(x: torch.Tensor, g: torch.Tensor, neg_lr: torch.Tensor, wd: float) -> None:
+    """SGD without momentum: ``x <- x - alpha (g + wd x)`` (``neg_lr``: ``-alpha``, one element)."""
     x.add_((g + x * wd) * neg_lr)
 
 
 @_fused.kernel
-def _tlr_sgdm(x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, mu: float, wd: float, neg_lr: float) -> None:
+def _tlr_sgdm(
+    x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, neg_lr: torch.Tensor, mu: float, wd: float
+) -> None:
     """Heavy ball, torch semantics: ``b <- mu b + (g + wd x)``, ``x <- x - alpha b``."""
     b.mul_(mu).add_(g + x * wd)
     x.add_(b * neg_lr)
 
 
 @_fused.kernel
-def _tlr_window(start: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, alpha: float) -> tuple:
-    """Eq. 10: ``start <- G_j = (start - x) / alpha_j``; returns ``||G_j||^2``, ``<G_j, G_{j-1}>`` (``prev``);
-    then ``prev <- x`` (the next window's start)."""
+def _tlr_window(start: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, alpha: torch.Tensor) -> tuple:
+    """Eq. 10: ``start <- G_j = (start - x) / alpha_j`` (``alpha``: one element); returns ``||G_j||^2``,
+    ``<G_j, G_{j-1}>`` (``prev``); then ``prev <- x`` (the next window's start)."""
     start.sub_(x).div_(alpha)
     gj = _acc(start)
     out = (gj * gj).sum(), (gj * _acc(prev)).sum()
@@ -500,7 +512,9 @@ def _tlr_gd_probe_g(g: torch.Tensor, prev: torch.Tensor) -> tuple:
 
 
 @_fused.kernel
-def _tlr_gd_step(x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, wd: float, neg_lr: float) -> None:
+def _tlr_gd_step(
+    x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, neg_lr: torch.Tensor, wd: float
+) -> None:
     """Algorithm 2 lines 6-7: ``x <- x - alpha g_t``, ``prev <- g_t``."""
     d = g + x * wd
     prev.copy_(d)
@@ -509,7 +523,13 @@ def _tlr_gd_step(x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, wd: float
 
 @_fused.kernel
 def _tlr_gd_step_m(
-    x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, b: torch.Tensor, mu: float, wd: float, neg_lr: float
+    x: torch.Tensor,
+    g: torch.Tensor,
+    prev: torch.Tensor,
+    b: torch.Tensor,
+    neg_lr: torch.Tensor,
+    mu: float,
+    wd: float,
 ) -> None:
     """Lines 6-7 with the heavy-ball buffer: ``b <- mu b + g_t``, ``x <- x - alpha b``, ``prev <- g_t``."""
     d = g + x * wd

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import dog as dog_pkg
 import pytest
 import torch
 
+from optimizers import _fused
 from optimizers._averaging import PolynomialDecayAverager
 from optimizers.dog import DoG
+from optimizers.ldog import LDoG
 from tests.optimizers.equivalence import (
     assert_fused_matches_eager,
     assert_same_trajectory,
@@ -249,3 +253,41 @@ def fused_skip_check(cls: type) -> None:
 
 def test_fused_skips_a_non_finite_step():
     fused_skip_check(DoG)
+
+
+def many_tensors(n: int) -> list[torch.nn.Parameter]:
+    """``n`` small float64 tensors of distinct sizes (>= 2: a size-1 dimension would be specialised)."""
+    torch.manual_seed(0)
+    return [torch.nn.Parameter(torch.randn(i + 2, dtype=torch.float64)) for i in range(n)]
+
+
+def set_grads(ps: list[torch.Tensor], t: int) -> None:
+    """Deterministic gradients that differ per tensor and per step."""
+    for i, p in enumerate(ps):
+        p.grad = torch.cos(3.0 * p.detach() + 0.7 * t + 0.3 * i)
+
+
+@pytest.mark.usefixtures("float64_single_thread")
+@pytest.mark.parametrize("gamma", [None, 8.0])
+@pytest.mark.parametrize("cls", [DoG, LDoG])
+def test_fused_kernel_calls_per_chunk_not_per_tensor(cls, gamma):
+    """More tensors than ``_fused.CHUNK`` (per-tensor eta for L-DoG): one fused step makes one probe call
+    and one update call per chunk (2 ceil(n / CHUNK)), not one per tensor, and stays on the eager path."""
+    n = 2 * _fused.CHUNK
+    ours, ref = many_tensors(n), many_tensors(n)
+    fused = cls(ours, weight_decay=1e-2, averaging_gamma=gamma, fused=True)
+    eager = cls(ref, weight_decay=1e-2, averaging_gamma=gamma)
+    for t in range(3):
+        set_grads(ours, t)
+        set_grads(ref, t)
+        before = _fused.calls()
+        fused.step()
+        eager.step()
+        if t > 0:  # after the first step (x0 taken, the average started)
+            assert _fused.calls() - before == 2 * math.ceil(n / _fused.CHUNK)
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+    assert fused.diagnostics() == pytest.approx(eager.diagnostics(), rel=1e-12)
+    if gamma is not None:
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(fused.state[a]["avg"], eager.state[b]["avg"], rtol=1e-12, atol=0.0)

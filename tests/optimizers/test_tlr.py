@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import optimizers
+from optimizers import _fused
 from optimizers.tlr import TLR
 from tests.optimizers.equivalence import assert_fused_matches_eager
 
@@ -393,3 +394,39 @@ def test_fused_skips_a_non_finite_step(mode):
     assert opt.param_groups[0]["step"] == 4 and not all(
         torch.equal(a, b) for a, b in zip(before, x, strict=True)
     )
+
+
+@pytest.mark.parametrize(
+    "mode, kw",
+    [
+        ("sgd", {"update_every": 2}),  # every 2nd step ends a window
+        ("sgd", {"update_every": 2, "momentum": 0.0, "weight_decay": 0.0}),
+        ("gd", {}),
+        ("gd", {"momentum": 0.0, "weight_decay": 0.0}),  # the probe that does not read x
+    ],
+)
+def test_fused_kernel_calls_per_chunk_not_per_tensor(mode, kw):
+    """More tensors than ``_fused.CHUNK``, one alpha per tensor: a fused step makes one call per chunk
+    and kernel (sgd: the step, plus the window kernel at a window's end; gd: probe and step), not one per
+    tensor, and stays on the eager trajectory."""
+    n = 2 * _fused.CHUNK
+    chunks = math.ceil(n / _fused.CHUNK)
+    torch.manual_seed(0)
+    init = [torch.randn(i + 2) for i in range(n)]  # distinct sizes >= 2 (a size 1 would be specialised)
+    ours, ref = ([torch.nn.Parameter(x.clone()) for x in init] for _ in range(2))
+    fused = TLR(ours, lr=0.05, mode=mode, per_tensor=True, fused=True, **kw)
+    eager = TLR(ref, lr=0.05, mode=mode, per_tensor=True, **kw)
+    for t in range(4):
+        for ps in (ours, ref):
+            for i, p in enumerate(ps):
+                p.grad = torch.cos(3.0 * p.detach() + 0.7 * t + 0.3 * i)
+        before = _fused.calls()
+        fused.step()
+        eager.step()
+        window_end = mode == "sgd" and t % 2 == 1
+        assert _fused.calls() - before == (2 if mode == "gd" or window_end else 1) * chunks
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0.0)
+    alphas = fused.diagnostics()
+    assert alphas == pytest.approx(eager.diagnostics(), rel=1e-12)
+    assert len({alphas[f"alpha/{i}"] for i in range(n)}) > 1  # the rates really differ per tensor
