@@ -53,9 +53,12 @@ class Kernel:
     runner, which applies the rule to up to ``CHUNK`` parameters per call (the loop is unrolled when traced,
     so inductor generates one fused loop per parameter and one call serves them all)."""
 
-    def __init__(self, rule: Callable[..., Any]) -> None:
+    def __init__(self, rule: Callable[..., Any], *, one_loop: bool = False) -> None:
         functools.update_wrapper(self, rule)
         self.eager = rule  # the uncompiled rule, for tests and debugging
+        # inductor's C++ backend joins a reduction to the loop that stores a buffer only when the reduction
+        # reads that stored buffer, which ``realize_reads_threshold=1`` makes it do (see :func:`kernel`)
+        self.options = {"realize_reads_threshold": 1} if one_loop else {}
         self._runner: Callable[..., Any] | None = None
 
     def runner(self) -> Callable[..., Any]:
@@ -71,7 +74,7 @@ class Kernel:
             name = f"fused_{rule.__name__}"
             code = run.__code__.replace(co_name=name, co_qualname=name)
             own = types.FunctionType(code, run.__globals__, name, None, run.__closure__)
-            self._runner = torch.compile(own, dynamic=True, fullgraph=True)
+            self._runner = torch.compile(own, dynamic=True, fullgraph=True, options=self.options)
             # variants multiply (chunk lengths x dtypes x devices x bool options x thread counts); past the
             # limit a fullgraph function raises, so lift dynamo's per-function default of 8 (process-wide)
             config = torch._dynamo.config
@@ -85,9 +88,21 @@ class Kernel:
         return per_tensor(self, [[t] for t in args[:k]], *args[k:])[0]
 
 
-def kernel(rule: Callable[..., Any]) -> Kernel:
-    """Decorator: a fused per-parameter rule (module docstring); apply it with :func:`per_tensor`."""
-    return Kernel(rule)
+def kernel(
+    rule: Callable[..., Any] | None = None, *, one_loop: bool = False
+) -> Kernel | Callable[[Callable[..., Any]], Kernel]:
+    """Decorator, ``@kernel`` or ``@kernel(one_loop=True)``: a fused per-parameter rule (module docstring);
+    apply it with :func:`per_tensor`.
+
+    ``one_loop``: for a rule that stores a tensor and reduces over what it reads (Mechanic's first pass
+    copies x and sums over x, g, x_ref). Inductor's C++ backend otherwise makes two loops of it, the
+    reductions and the stores, reading the inputs twice; with inductor's ``realize_reads_threshold=1``
+    the reductions read the stored buffer and join its loop. Opt-in per kernel: on other rules the option
+    can realize (store) intermediates that would be recomputed in registers; tests check the loop count.
+    """
+    if rule is None:
+        return lambda r: Kernel(r, one_loop=one_loop)
+    return Kernel(rule, one_loop=one_loop)
 
 
 def flat(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -110,13 +125,19 @@ def per_tensor(fn: Kernel, tensor_lists: Sequence[Sequence[torch.Tensor]], *scal
     return out
 
 
-def per_tensor_scalars(values: Sequence[float], tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Scalars that differ per parameter (a per-tensor step size) as one-element views of one tensor (one
-    host-to-device copy, on ``tensors[0]``'s device), to pass in :func:`per_tensor`'s tensor lists next to
-    ``tensors``: the rule broadcasts them, and one compiled call still serves ``CHUNK`` parameters (a
-    Python float per parameter would force a call per parameter). Their dtype is the tensors' widest, at
-    least float32: a step size rounded to bfloat16 would be 0.4% off, where eager ops take it as a Python
-    float and compute 16-bit tensors in float32."""
+def per_tensor_scalars(
+    values: Sequence[float] | torch.Tensor, tensors: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Scalars that differ per parameter (a per-tensor step size) as one-element views of one tensor on
+    ``tensors[0]``'s device (a 1-D tensor of values stays there: no host sync; a list is one copy), to
+    pass in :func:`per_tensor`'s tensor lists next to ``tensors``: the rule broadcasts them, and one
+    compiled call still serves ``CHUNK`` parameters (a Python float per parameter would force a call per
+    parameter). Their dtype is the tensors' widest, at least float32: a step size rounded to bfloat16
+    would be 0.4% off, where eager ops take it as a Python float and compute 16-bit tensors in float32."""
     dtype = functools.reduce(torch.promote_types, {t.dtype for t in tensors}, torch.float32)
-    t = torch.tensor(list(values), dtype=dtype, device=tensors[0].device)
+    device = tensors[0].device
+    if isinstance(values, torch.Tensor):
+        t = values.detach().to(device=device, dtype=dtype).contiguous()
+    else:
+        t = torch.tensor(list(values), dtype=dtype, device=device)
     return [t[i : i + 1] for i in range(len(t))]

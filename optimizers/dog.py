@@ -257,12 +257,9 @@ class DoG(torch.optim.Optimizer):
         gamma = group["averaging_gamma"]
         t = group.get("averaged_steps", 0) + 1
         if ps:
-            if self._layerwise:
-                negs = (-(eta if every else eta[index])).tolist()
-            else:
-                negs = [-float(eta)] * len(ps)
             # -eta as one-element tensors (per tensor for L-DoG; DoG repeats its one value, one code path):
-            # one compiled call per chunk of CHUNK tensors
+            # one compiled call per chunk of CHUNK tensors, eta read on the device (no host sync)
+            negs = -(eta if every else eta[index]) if self._layerwise else (-eta).expand(len(ps))
             neg_t = _fused.per_tensor_scalars(negs, ps)
             wd = group["weight_decay"]
             if gamma is None or t == 1:
