@@ -5,19 +5,21 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 
 from tests.runners.helpers import cli
 
-# 1000 steps, checkpoints every 100: the kill lands after the first checkpoint, far from the end.
-# adam + warmup_cosine: optimizer and scheduler state both have to survive the restart.
+# 3000 steps (about 2.5 s here), checkpoints every 100: the kill lands after the first checkpoint, far from
+# the end. adam + warmup_cosine: optimizer and scheduler state both have to survive the restart.
+STEPS = 3000
 ARGS = (
     "logger=none",
     "optimizer=adam",
     "schedule=warmup_cosine",
     "schedule.warmup_fraction=0.1",
-    "epochs=100",
+    f"epochs={STEPS // 10}",
     "log_every_steps=7",
     "eval_every_epochs=10",
     "ckpt_every_steps=100",
@@ -31,12 +33,22 @@ def _run_dir(tmp: Path) -> Path:
     return dirs[0] if dirs else tmp / "missing"
 
 
-def _wait_for_checkpoint(tmp: Path, proc, timeout: float = 240) -> None:
+def _signal_at_first_checkpoint(
+    runs: dict[str, tuple[Path, subprocess.Popen, int]], timeout: float = 240
+) -> None:
+    """Send each run its signal as soon as its first checkpoint exists, watching all runs at once (one
+    after the other, a fast run could finish while the test still waits for another's checkpoint)."""
+    pending = dict(runs)
     deadline = time.monotonic() + timeout
-    while not (_run_dir(tmp) / "checkpoint.pt").exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no checkpoint written"
-        time.sleep(0.05)
+    while pending:
+        for name, (tmp, proc, sig) in list(pending.items()):
+            if (_run_dir(tmp) / "checkpoint.pt").exists():
+                proc.send_signal(sig)
+                del pending[name]
+            else:
+                assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"no checkpoint written: {sorted(pending)}"
+        time.sleep(0.01)
 
 
 def test_resume_after_sigkill_and_sigterm_is_bitwise_identical(tmp_path):
@@ -44,9 +56,8 @@ def test_resume_after_sigkill_and_sigterm_is_bitwise_identical(tmp_path):
     for d in dirs.values():
         d.mkdir()
     procs = {name: cli(d, *ARGS) for name, d in dirs.items()}
-    for name, sig in (("sigkill", signal.SIGKILL), ("sigterm", signal.SIGTERM)):
-        _wait_for_checkpoint(dirs[name], procs[name])
-        procs[name].send_signal(sig)
+    signals = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}
+    _signal_at_first_checkpoint({name: (dirs[name], procs[name], sig) for name, sig in signals.items()})
     outputs = {name: p.communicate(timeout=600) for name, p in procs.items()}
     assert procs["reference"].returncode == 0, outputs["reference"]
     assert procs["sigkill"].returncode == -signal.SIGKILL
@@ -54,7 +65,7 @@ def test_resume_after_sigkill_and_sigterm_is_bitwise_identical(tmp_path):
     assert not (_run_dir(dirs["sigkill"]) / "summary.json").exists()
     preempted = json.loads((_run_dir(dirs["sigterm"]) / "summary.json").read_text())
     assert preempted["status"] == "preempted" and preempted["signal"] == "SIGTERM"
-    assert 100 <= preempted["steps"] < 1000
+    assert 100 <= preempted["steps"] < STEPS
 
     resumed = {name: cli(dirs[name], *ARGS) for name in ("sigkill", "sigterm")}
     for p in resumed.values():
@@ -67,6 +78,6 @@ def test_resume_after_sigkill_and_sigterm_is_bitwise_identical(tmp_path):
         run_dir = _run_dir(dirs[name])
         assert run_dir.name == _run_dir(dirs["reference"]).name
         summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "completed" and summary["steps"] == 1000
+        assert summary["status"] == "completed" and summary["steps"] == STEPS
         assert len(summary["resumed_from_steps"]) == 1 and summary["resumed_from_steps"][0] >= 100
         assert (run_dir / "metrics.jsonl").read_bytes() == reference, name
