@@ -123,6 +123,12 @@ def add_coupled_decay(
         torch._foreach_add_(gs, ps, alpha=group["weight_decay"])
 
 
+def coupled_decay(g: torch.Tensor, x: torch.Tensor, decay: float, with_decay: bool) -> torch.Tensor:
+    """``g + decay x`` inside a fused kernel (``with_decay`` is specialised: x is not read without it);
+    a plain function, inlined into the kernels that call it."""
+    return g + x * decay if with_decay else g
+
+
 def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
     """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do (§10)."""
     return flag or any(hasattr(p, "_fsdp_flattened") for ps in groups for p in ps)

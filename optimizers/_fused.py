@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CHUNK", "Kernel", "calls", "kernel", "per_tensor", "per_tensor_scalars"]
+__all__ = ["CHUNK", "Kernel", "calls", "kernel", "per_tensor", "per_tensor_scalars", "sgd_step"]
 
 _CALLS = [0]  # kernel calls in this process (tests check that a fused step really ran kernels)
 
@@ -103,6 +103,13 @@ def kernel(
     if rule is None:
         return lambda r: Kernel(r, one_loop=one_loop)
     return Kernel(rule, one_loop=one_loop)
+
+
+@kernel
+def sgd_step(x: torch.Tensor, g: torch.Tensor, neg_lr: torch.Tensor, wd: float) -> None:
+    """``x <- x - lr (g + wd x)`` in place (SGD with coupled weight decay; ``neg_lr`` = ``-lr``, one
+    element): DoG's and TLR's step, one kernel for both."""
+    x.add_((g + x * wd) * neg_lr)
 
 
 def flat(ts: Sequence[torch.Tensor]) -> list[torch.Tensor]:

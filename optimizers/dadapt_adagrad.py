@@ -24,6 +24,7 @@ from optimizers._dadapt_common import (
     GroupGrads,
     can_fuse_check,
     check_growth_rate,
+    coupled_decay,
     d_diagnostics,
     group_grads,
     host_floats,
@@ -339,14 +340,9 @@ def _dense(ps: list[Tensor], gs: list[Tensor]) -> tuple[list[Tensor], list[Tenso
     return [p for p, _ in pairs], [g for _, g in pairs]
 
 
-def _decayed(g: Tensor, x: Tensor, decay: float, with_decay: bool) -> Tensor:
-    """``g + decay x`` (coupled weight decay; x not read without it). Plain functions below are inlined
-    into the kernels that call them."""
-    return g + x * decay if with_decay else g
-
-
 def _accumulated(g: Tensor, a: Tensor, s: Tensor, dlr: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``g^2``, ``a + g^2`` and ``s + lambda g`` (§2.3's accumulators, as eager)."""
+    """``g^2``, ``a + g^2`` and ``s + lambda g`` (§2.3's accumulators, as eager; a plain function,
+    inlined into the kernel)."""
     gg = g * g
     return gg, a + gg, s + g * dlr
 
@@ -358,7 +354,7 @@ def _probe(
     """Read-only (g, a, s; x only with weight decay): the five sums of the eager step, in its order:
     ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1`` (``den = sqrt(a) + eps``
     with the old or the new ``a``; the new ``a`` and ``s`` formed in registers)."""
-    g = _decayed(g, x, decay, with_decay)
+    g = coupled_decay(g, x, decay, with_decay)
     old_den = a.sqrt() + eps
     gg, a_next, s_next = _accumulated(g, a, s, dlr)
     den = a_next.sqrt() + eps
@@ -383,9 +379,7 @@ def _step(
 ) -> None:
     """§2.3 for one dense parameter: ``a += g^2``, ``s += lambda g``, ``z = x0 - s / (sqrt(a) + eps)``,
     ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as eager: x not read)."""
-    g = _decayed(g, x, decay, with_decay)
-    a.add_(g * g)
-    s.add_(g * dlr)
+    _accumulate.eager(g, a, s, x, dlr, decay, eps, with_decay)
     z = x0 - s / (a.sqrt() + eps)
     if with_momentum:
         x.mul_(keep).add_(z * ck)
@@ -399,6 +393,6 @@ def _accumulate(
 ) -> None:
     """The accumulators alone (``eps`` unused; the probe's scalars): the eager state on the
     ``||s||_1 = 0`` return."""
-    g = _decayed(g, x, decay, with_decay)
+    g = coupled_decay(g, x, decay, with_decay)
     a.add_(g * g)
     s.add_(g * dlr)

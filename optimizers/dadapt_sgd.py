@@ -26,6 +26,7 @@ from optimizers._dadapt_common import (
     all_reduce_sum,
     can_fuse_check,
     check_growth_rate,
+    coupled_decay,
     d_diagnostics,
     first_device,
     foreach_dot,
@@ -302,8 +303,7 @@ def _probe(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """§2.1's reductions for one parameter of a group with lr > 0, read-only (reads g, s; x only with
     weight decay): ``<g, s_k>`` and ``||s_k + lambda_k g||^2`` (g with coupled weight decay)."""
-    if with_decay:
-        g = g + x * decay
+    g = coupled_decay(g, x, decay, with_decay)
     s_next = s + g * dlr
     return (g * s).sum(), (s_next * s_next).sum()
 
@@ -323,9 +323,7 @@ def _step(
 ) -> None:
     """§2.1's move for one parameter of a group with lr > 0: ``s <- s + lambda_k g``, then
     ``x <- momentum x + (1 - momentum) (x0 - s)`` (reads g, s, x0, and x only with momentum or decay)."""
-    if with_decay:
-        g = g + x * decay
-    s.add_(g * dlr)
+    _accumulate.eager(g, s, x, dlr, decay, with_decay)
     _mix(x, s, x0, keep, ck, with_momentum)
 
 
@@ -334,9 +332,7 @@ def _accumulate(
     g: torch.Tensor, s: torch.Tensor, x: torch.Tensor, dlr: float, decay: float, with_decay: bool
 ) -> None:
     """``s <- s + lambda_k g`` alone: the eager step's state on its ``||s|| = 0`` return."""
-    if with_decay:
-        g = g + x * decay
-    s.add_(g * dlr)
+    s.add_(coupled_decay(g, x, decay, with_decay) * dlr)
 
 
 @_fused.kernel

@@ -64,7 +64,7 @@ class DoG(torch.optim.Optimizer):
 
     ``fused=True`` (an attribute, not a group option: checkpoints load either way): per parameter one
     read-only kernel (``_dog_probe``: ``||grad + wd x||^2``, ``||x - x0||^2``) and one update kernel
-    (``_dog_update``/``_dog_update_avg``: ``x <- x - eta (grad + wd x)``, then the average). The probes'
+    (``_fused.sgd_step``/``_dog_update_avg``: ``x <- x - eta (grad + wd x)``, then the average). The probes'
     ``||g||^2`` cover every gradient element before anything changes, so their finiteness is the
     non-finite check (the exact check decides when one is not finite). Same state and scalar logic as the
     eager path; tensors without a gradient (frozen) and the first averaging step use the eager ops.
@@ -263,7 +263,7 @@ class DoG(torch.optim.Optimizer):
             neg_t = _fused.per_tensor_scalars(negs, ps)
             wd = group["weight_decay"]
             if gamma is None or t == 1:
-                _fused.per_tensor(_dog_update, [ps, grads, neg_t], wd)
+                _fused.per_tensor(_fused.sgd_step, [ps, grads, neg_t], wd)  # §4 step 5
             else:
                 avgs = [self.state[p]["avg"] for p in ps]
                 _fused.per_tensor(_dog_update_avg, [ps, grads, avgs, neg_t], wd, poly_decay_weight(t, gamma))
@@ -323,15 +323,9 @@ def _dog_probe(
 
 
 @_fused.kernel
-def _dog_update(x: torch.Tensor, g: torch.Tensor, neg_eta: torch.Tensor, wd: float) -> None:
-    """Pass 2: ``x <- x - eta (g + wd x)`` (§4 step 5), in place; ``neg_eta``: one element."""
-    x.add_((g + x * wd) * neg_eta)
-
-
-@_fused.kernel
 def _dog_update_avg(
     x: torch.Tensor, g: torch.Tensor, avg: torch.Tensor, neg_eta: torch.Tensor, wd: float, w: float
 ) -> None:
     """Pass 2 with averaging: the step, then ``avg <- (1 - w) avg + w x`` (optimizers/_averaging.py)."""
-    x.add_((g + x * wd) * neg_eta)
+    _fused.sgd_step.eager(x, g, neg_eta, wd)
     avg.mul_(1.0 - w).add_(x * w)

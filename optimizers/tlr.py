@@ -387,7 +387,7 @@ class TLR(torch.optim.Optimizer):
             bufs = self._buffers(group, ps)
             wd, neg_lrs = group["weight_decay"], self._neg_lrs(group, ps)
             if bufs is None:
-                _fused.per_tensor(_tlr_sgd, [ps, gs, neg_lrs], wd)
+                _fused.per_tensor(_fused.sgd_step, [ps, gs, neg_lrs], wd)
             else:
                 _fused.per_tensor(_tlr_sgdm, [ps, gs, bufs, neg_lrs], group["momentum"], wd)
         head["step"] += 1
@@ -469,12 +469,6 @@ class TLR(torch.optim.Optimizer):
 def _acc(t: torch.Tensor) -> torch.Tensor:
     """16-bit tensors in float32 for reductions (as :func:`_dots`)."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-@_fused.kernel
-def _tlr_sgd(x: torch.Tensor, g: torch.Tensor, neg_lr: torch.Tensor, wd: float) -> None:
-    """SGD without momentum: ``x <- x - alpha (g + wd x)`` (``neg_lr``: ``-alpha``, one element)."""
-    x.add_((g + x * wd) * neg_lr)
 
 
 @_fused.kernel
