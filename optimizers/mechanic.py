@@ -44,7 +44,8 @@ holds this and the base optimizer's full ``state_dict()``, so a checkpoint resum
 
 Non-finite policy (optimizers/_common.py): if a gradient holds a NaN or an infinity (or ``||g||^2``
 overflows), the whole step, base step included, is skipped and ``state["mechanic"]["skipped_steps"]``
-counts it.
+counts it. Having checked, Mechanic runs the base step inside ``_common.finite_grads_checked``, so a base of
+ours (Lion) does not read the gradients again for its own check.
 
 Cost per step: four foreach reductions (``||g||^2``, ``<Delta, g>``, ``||y||^2``, ``<Delta, y>``) fetched in
 one host sync (a second one with ``decay_weights="post"``), a copy of ``x_t``, two foreach passes for
@@ -89,6 +90,7 @@ from optimizers._common import (
     check_nonnegative,
     check_positive,
     closure_loss,
+    finite_grads_checked,
     foreach_dot,
     grads_with_params,
     host_floats,
@@ -248,7 +250,7 @@ class Mechanic(torch.optim.Optimizer):
         x_t = self._scratch("x_t", params)
         torch._foreach_copy_(x_t, params)
 
-        self.base.step(self._replay(closure, loss))  # line 1: p <- x'_t = x_t + u_t
+        self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
             post = [*torch._foreach_powsum(params, 2), *_dots(deltas, params)]
             values += _sums(host_floats(post), len(params))  # host sync 2
@@ -290,7 +292,7 @@ class Mechanic(torch.optim.Optimizer):
             tuner["skipped_steps"] += 1.0
             return loss
 
-        self.base.step(self._replay(closure, loss))  # line 1: p <- x'_t = x_t + u_t
+        self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":  # a read-only pass over x'_t (and x_t, x_ref or Delta)
             if stored is None:
                 outs = _fused.per_tensor(_post_sums_recomputed, [params, x_t, x_refs], denom)
@@ -306,6 +308,12 @@ class Mechanic(torch.optim.Optimizer):
             _fused.per_tensor(_update_stored, [params, x_t, stored, x_refs], scale)
         tuner["step"] += 1
         return loss
+
+    def _base_step(self, closure: Callable[[], torch.Tensor] | None, loss: torch.Tensor | None) -> None:
+        """Line 1, the base optimizer's step, once this step's sums (``||g||^2`` among them) came back
+        finite: a base of ours takes the gradients as checked and skips its own pass over them."""
+        with finite_grads_checked():
+            self.base.step(self._replay(closure, loss))
 
     def _h(self, s_sum: float, g_sq: float, delta_g: float, y_sq: float, delta_y: float) -> float:
         """Line 4: ``h = <Delta, g + s_decay * S * ||g|| / (||y|| + eps) * y>`` from the four sums."""

@@ -289,6 +289,29 @@ def test_non_finite_gradient_skips_the_base_step_too():
     assert opt.diagnostics()["skipped_steps"] == 1.0
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_a_base_of_ours_takes_the_gradients_as_checked(monkeypatch, fused):
+    """Mechanic's own sums are the non-finite check; its Lion base does not read the gradients for a
+    second one (the exact check runs only at the first step, before x_ref exists). Lion alone still does."""
+    from optimizers import _common
+
+    checks = []
+    exact = _common.all_finite
+    monkeypatch.setattr(_common, "all_finite", lambda ts: checks.append(len(ts)) or exact(ts))
+    model = mlp(0)
+    n = len(list(model.parameters()))
+    opt = Mechanic(Lion(model.parameters(), lr=1.0, fused=fused), fused=fused)
+    _train(opt, model, minibatches(4))
+    assert checks == [n] and opt.state["mechanic"]["step"] == 4
+    _train(Lion(model.parameters(), lr=1e-3), model, minibatches(2))
+    assert checks == [n, n, n]
+    next(model.parameters()).grad[0, 0] = float("nan")  # and Mechanic still skips a non-finite step
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.step()
+    assert opt.diagnostics()["skipped_steps"] == 1.0 and opt.base.diagnostics()["skipped_steps"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
