@@ -33,6 +33,16 @@ from optimizers._common import (
 from optimizers.registry import register
 
 
+def lion_move(
+    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, lr: float, decay: float, beta1: float, beta2: float
+) -> torch.Tensor:
+    """The module docstring's three lines for one parameter: updates ``m`` in place and returns the new x
+    without writing it (for fused kernels: Lion's own, and Mechanic's pass that writes x itself)."""
+    c = torch.sign(m * beta1 + g * (1.0 - beta1))
+    m.mul_(beta2).add_(g * (1.0 - beta2))
+    return x * decay - c * lr
+
+
 @register("lion")
 class Lion(torch.optim.Optimizer):
     """Lion with the constructor and update of ``lion_pytorch.Lion`` (foreach, per param group).
@@ -42,6 +52,7 @@ class Lion(torch.optim.Optimizer):
 
     initial_lr_arg = "lr"
     lr_schedule_compatible = True
+    fused_move = staticmethod(lion_move)  # the per-parameter rule behind :meth:`fused_moves`
 
     def __init__(
         self,
@@ -68,22 +79,17 @@ class Lion(torch.optim.Optimizer):
         groups = [grads_with_params(g["params"]) for g in self.param_groups]
         if skip_if_nonfinite([g for _, grads in groups for g in grads], self.state["lion"]):
             return loss
+        if self.fused:
+            for lists, scalars in self.fused_moves():
+                _fused.per_tensor(_lion_kernel, lists, *scalars)
+            return loss
         for group, (params, grads) in zip(self.param_groups, groups, strict=True):
             if not params:
                 continue
-            lr, wd = group["lr"], group["weight_decay"]
-            beta1, beta2 = group["betas"]
-            if self.decoupled_weight_decay:
-                wd = wd / self.init_lr
-            for p in params:
-                if len(self.state[p]) == 0:
-                    self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            exp_avgs = [self.state[p]["exp_avg"] for p in params]
-            if self.fused:
-                _fused.per_tensor(_lion_kernel, [params, grads, exp_avgs], lr, 1.0 - lr * wd, beta1, beta2)
-                continue
-            if wd != 0.0:  # x * 1.0 == x exactly: skip the pass
-                torch._foreach_mul_(params, 1.0 - lr * wd)
+            lr, decay, beta1, beta2 = self._scalars(group)
+            exp_avgs = self._exp_avgs(params)
+            if decay != 1.0:  # x * 1.0 == x exactly: skip the pass
+                torch._foreach_mul_(params, decay)
             update = torch._foreach_mul(exp_avgs, beta1)
             torch._foreach_add_(update, grads, alpha=1.0 - beta1)
             torch._foreach_sign_(update)
@@ -91,6 +97,30 @@ class Lion(torch.optim.Optimizer):
             torch._foreach_mul_(exp_avgs, beta2)
             torch._foreach_add_(exp_avgs, grads, alpha=1.0 - beta2)
         return loss
+
+    def fused_moves(self) -> list[tuple[list[list[torch.Tensor]], tuple[float, ...]]]:
+        """The step as arguments of ``fused_move`` (:func:`lion_move`), per param group with gradients:
+        ``([params, grads, exp_avgs], (lr, decay, beta1, beta2))``, the state created; nothing is moved. A
+        wrapper that fuses Lion's step into its own pass (Mechanic's ``fused=True``) takes the step from
+        here instead of calling :meth:`step`, after its own non-finite check."""
+        out = []
+        for group in self.param_groups:
+            params, grads = grads_with_params(group["params"])
+            if params:
+                out.append(([params, grads, self._exp_avgs(params)], self._scalars(group)))
+        return out
+
+    def _scalars(self, group: dict) -> tuple[float, float, float, float]:
+        """``(lr, decay, beta1, beta2)`` of a group; ``decay = 1 - lr wd`` multiplies x."""
+        wd = group["weight_decay"] / self.init_lr if self.decoupled_weight_decay else group["weight_decay"]
+        return group["lr"], 1.0 - group["lr"] * wd, *group["betas"]
+
+    def _exp_avgs(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The momentum buffers, created as zeros at a parameter's first step."""
+        for p in params:
+            if len(self.state[p]) == 0:
+                self.state[p]["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        return [self.state[p]["exp_avg"] for p in params]
 
     def diagnostics(self) -> dict[str, float]:
         """Lion learns no scale: only the skip counter (specs §8)."""
@@ -101,7 +131,5 @@ class Lion(torch.optim.Optimizer):
 def _lion_kernel(
     x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, lr: float, decay: float, beta1: float, beta2: float
 ) -> None:
-    """The module docstring's three lines for one parameter, in place: one read of x, g, m."""
-    c = torch.sign(m * beta1 + g * (1.0 - beta1))
-    x.mul_(decay).sub_(c * lr)
-    m.mul_(beta2).add_(g * (1.0 - beta2))
+    """:func:`lion_move`, written to x: one read of x, g, m."""
+    x.copy_(lion_move(x, g, m, lr, decay, beta1, beta2))

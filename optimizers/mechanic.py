@@ -54,29 +54,42 @@ scalars updated on the CPU.
 
 ``fused=True`` (``optimizers/_fused.py``; the base optimizer is fused or not on its own: torch's
 ``fused=True``, ``Lion(fused=True)``) runs the same rule, the same host scalars and the same state with
-Mechanic's per-element work in compiled kernels, one call per parameter each:
+Mechanic's per-element work in compiled kernels (one call per chunk of parameters, ``_fused.per_tensor``):
 
 1. before the base step, read-only on the state: ``x, g, x_ref`` (or the stored ``Delta``) -> the four sums
    of line 4 (Delta_t recomputed in registers, never written), plus the scratch copy ``x_t`` of ``x`` (a
-   work buffer, not state; inductor emits it as a second loop re-reading x). The sums come back in one host
-   sync and are the non-finite check (a NaN or inf gradient makes ``||g||^2`` non-finite): nothing but
+   work buffer, not state; ``one_loop``: the copy and the sums share one loop). The sums come back in one
+   host sync and are the non-finite check (a NaN or inf gradient makes ``||g||^2`` non-finite): nothing but
    the scratch has been written when a step is skipped;
 2. (``decay_weights="post"`` only) after the base step, read-only: ``x', x_t, x_ref`` (or ``x', Delta``)
    -> ``||x'||^2, <Delta_t, x'>`` (host sync 2);
 3. after the tuner: ``x', x_t, x_ref`` -> ``x_{t+1}`` (recomputed Delta: one write), or
    ``x', x_t, Delta, x_ref`` -> ``Delta_{t+1}, x_{t+1}`` (stored Delta).
 
-Mechanic's own traffic is then 5 + 4 tensors besides the base step ("post" adds 3, or 2 with a stored
+Mechanic's own traffic is then 4 + 4 tensors besides the base step ("post" adds 3, or 2 with a stored
 Delta, whose write costs 2 more), against 4 in the floor of ``benchmarks/optimizer_overhead.py``, which
-counts the Delta update inside the base step's pass (out of reach with an opaque base). Rounding differs
-from the eager path (inductor contracts and reorders the arithmetic and the sums), so a fused trajectory
-agrees with the eager one up to rounding, not bit for bit; the state layout is the same, so checkpoints
-move freely between the two.
+counts the Delta update inside the base step's pass (out of reach with an opaque base).
+
+A fused base of ours that exposes its per-parameter rule (``fused_move`` and ``fused_moves()``:
+``Lion(fused=True)``) reaches that floor with the default options (recomputed Delta, ``"pre"``): S_{t+1}
+needs only pass 1's sums, so the tuner runs before the base step, and the base step joins the last pass:
+
+1. read-only: ``x, g, x_ref`` -> the four sums (no copy of x);
+2. per base param group: ``x, g, x_ref`` and the base's state -> the base's state and ``x_{t+1}``, with
+   ``x'_t`` in registers only (``_with_base_move``). The base's ``step()`` is not called: its state comes
+   from ``fused_moves()``, after Mechanic's own non-finite check.
+
+Mechanic over Lion then moves 3 + 6 tensors, the floor's 9.
+
+Rounding differs from the eager path (inductor contracts and reorders the arithmetic and the sums), so a
+fused trajectory agrees with the eager one up to rounding, not bit for bit; the state layout is the same,
+so checkpoints move freely between the two.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -278,6 +291,8 @@ class Mechanic(torch.optim.Optimizer):
         """The step above with Mechanic's own per-element work in two compiled kernels per tensor
         (three with ``decay_weights="post"``), the same scalars and the same state."""
         tuner, denom = self.state["mechanic"], s_sum + self.eps
+        if self._fuses_base():
+            return self._fused_with_base_step(params, grads, x_refs, s_sum, loss)
         x_t = self._scratch("x_t", params)  # a work buffer, not state: writing it before the skip is fine
         stored = [self.state[p]["delta"] for p in params] if self.store_delta else None
         # pass 1 (reads g, x, x_ref or Delta; writes the scratch copy x_t): line 4's four sums, one sync
@@ -306,6 +321,43 @@ class Mechanic(torch.optim.Optimizer):
             _fused.per_tensor(_update_recomputed, [params, x_t, x_refs], denom, scale)
         else:
             _fused.per_tensor(_update_stored, [params, x_t, stored, x_refs], scale)
+        tuner["step"] += 1
+        return loss
+
+    def _fuses_base(self) -> bool:
+        """Whether the base's step joins Mechanic's last pass: a fused base of ours that exposes its rule
+        (``fused_move`` and ``fused_moves()``, e.g. ``Lion(fused=True)``), with the default recomputed Delta
+        and pre-step decay weights (whose h needs no sums of x'_t, so S_{t+1} is known before the base
+        step)."""
+        return (
+            self.decay_weights == "pre"
+            and not self.store_delta
+            and getattr(self.base, "fused", False)
+            and hasattr(self.base, "fused_moves")
+        )
+
+    def _fused_with_base_step(
+        self,
+        params: list[torch.Tensor],
+        grads: list[torch.Tensor],
+        x_refs: list[torch.Tensor],
+        s_sum: float,
+        loss: torch.Tensor | None,
+    ) -> torch.Tensor | None:
+        """:meth:`_fused_step` with the base step inside the last pass (:meth:`_fuses_base`): line 4's sums
+        read-only (x, g, x_ref), the tuner, then per base param group one pass that reads x, g, x_ref and
+        the base's state, and writes the base's state and ``x_{t+1}``; x'_t never leaves the registers."""
+        tuner, denom = self.state["mechanic"], s_sum + self.eps
+        values = _columns(_fused.per_tensor(_sums_read_only, [params, grads, x_refs], denom))
+        if not all(math.isfinite(v) for v in values):  # nothing has been written
+            tuner["skipped_steps"] += 1.0
+            return loss
+        self._tune(self._h(s_sum, *values))
+        scale = max(sum(tuner["s"]), 0.0)
+        kernel = _with_base_move(type(self.base).fused_move)
+        for (ps, *base_lists), scalars in self.base.fused_moves():  # creates the base's state
+            refs = [self.state[p]["x_ref"] for p in ps]
+            _fused.per_tensor(kernel, [ps, refs, *base_lists], *scalars, denom, scale)
         tuner["step"] += 1
         return loss
 
@@ -407,6 +459,11 @@ class Mechanic(torch.optim.Optimizer):
 # One parameter each, on 1-D views (optimizers/_fused.py). ``denom = S_t + eps``; ``x_t`` is the scratch copy.
 
 
+def _line4_sums(x: torch.Tensor, g: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """Line 4's sums ``||g||^2, <Delta, g>, ||x||^2, <Delta, x>`` (a plain function, inlined)."""
+    return torch.stack([(g * g).sum(), (delta * g).sum(), (x * x).sum(), (delta * x).sum()])
+
+
 @_fused.kernel(one_loop=True)
 def _sums_recomputed(
     x: torch.Tensor, g: torch.Tensor, x_ref: torch.Tensor, x_t: torch.Tensor, denom: float
@@ -414,16 +471,39 @@ def _sums_recomputed(
     """Lines 2 and 4: ``Delta_t = (x - x_ref) / denom`` (never stored) and the sums ``||g||^2, <Delta, g>,
     ||x||^2, <Delta, x>``, in one read of x, g, x_ref; writes ``x_t <- x`` for the u_t of the last pass
     (``one_loop``: on CPU the copy and the sums share one loop, 4 tensors of traffic instead of 5)."""
-    delta = (x - x_ref) / denom
     x_t.copy_(x)
-    return torch.stack([(g * g).sum(), (delta * g).sum(), (x * x).sum(), (delta * x).sum()])
+    return _line4_sums(x, g, (x - x_ref) / denom)
+
+
+@_fused.kernel
+def _sums_read_only(x: torch.Tensor, g: torch.Tensor, x_ref: torch.Tensor, denom: float) -> torch.Tensor:
+    """Lines 2 and 4 without the copy of x (the base step is fused into the last pass): reads x, g, x_ref."""
+    return _line4_sums(x, g, (x - x_ref) / denom)
 
 
 @_fused.kernel
 def _sums_stored(x: torch.Tensor, g: torch.Tensor, delta: torch.Tensor, x_t: torch.Tensor) -> torch.Tensor:
     """Line 4's sums with the stored Delta_t (``store_delta``); writes ``x_t <- x``."""
     x_t.copy_(x)
-    return torch.stack([(g * g).sum(), (delta * g).sum(), (x * x).sum(), (delta * x).sum()])
+    return _line4_sums(x, g, delta)
+
+
+@functools.cache
+def _with_base_move(move: Callable[..., torch.Tensor]) -> _fused.Kernel:
+    """The kernel of lines 1, 3 and 6 over a base's per-parameter rule ``move(x, *base_args) -> x'``
+    (which updates the base's state in place), one per rule: ``rule(x, x_ref, *base_tensors,
+    *base_scalars, denom, scale)`` takes ``x'_t`` in registers, ``Delta_{t+1} = Delta_t - (x_t - x'_t)``
+    with ``Delta_t = (x_t - x_ref) / denom`` (the eager path's operations), and writes
+    ``x <- Delta_{t+1} * scale + x_ref``."""
+
+    def rule(x: torch.Tensor, x_ref: torch.Tensor, *rest: Any) -> None:
+        *base_args, denom, scale = rest
+        moved = move(x, *base_args)
+        delta = (x - x_ref) / denom - (x - moved)
+        x.copy_(delta * scale + x_ref)
+
+    rule.__name__ = rule.__qualname__ = f"mechanic_over_{move.__name__}"
+    return _fused.kernel(rule)
 
 
 @_fused.kernel

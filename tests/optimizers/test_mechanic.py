@@ -363,6 +363,71 @@ def test_fused_matches_eager_with_a_stored_delta(base, n_groups, compat, task):
     assert_fused_matches_eager(fused_mechanic(base, n_groups, compat, store_delta=True), our_s, task=task)
 
 
+def lion_mechanic(n_groups: int, **kw) -> Callable[[torch.nn.Module, bool], Mechanic]:
+    """Mechanic over our Lion, both fused or both eager."""
+    return lambda m, fused: Mechanic(
+        Lion(groups(m, n_groups), lr=1.0, weight_decay=0.1, fused=fused), fused=fused, **kw
+    )
+
+
+@pytest.mark.parametrize("n_groups", [1, 2])
+@pytest.mark.parametrize("task", TASKS)
+def test_fused_with_the_base_step_inside_matches_eager(n_groups, task):
+    """A fused base of ours that exposes its rule (Lion) steps inside Mechanic's last pass: no copy of
+    x_t (no scratch buffer), one kernel for the sums and one per base param group at every step."""
+    opts = []
+
+    def make(m: torch.nn.Module, fused: bool) -> Mechanic:
+        opts.append(lion_mechanic(n_groups)(m, fused))
+        return opts[-1]
+
+    calls = _fused.calls()
+    assert_fused_matches_eager(make, our_s, task=task)
+    fused = [o for o in opts if o.fused]
+    assert fused and all(o._fuses_base() and "_work" not in o.__dict__ for o in fused)
+    steps = sum(o.state["mechanic"]["step"] for o in fused)
+    assert _fused.calls() - calls == steps * (1 + n_groups)
+
+
+@pytest.mark.parametrize("kw", [{"compat": "mechanic-pytorch"}, {"store_delta": True}])
+def test_a_fused_base_stays_outside_when_the_rule_needs_its_step_first(kw):
+    """Post-step decay weights need sums of x'_t before the tuner, and a stored Delta is written by its
+    own pass: there the fused Lion steps on its own, between Mechanic's kernels."""
+    assert_fused_matches_eager(lion_mechanic(1, **kw), our_s)
+    model = mlp(0)
+    opt = lion_mechanic(1, **kw)(model, True)
+    _train(opt, model, minibatches(2))
+    assert not opt._fuses_base() and "_work" in opt.__dict__
+
+
+def test_fused_with_the_base_step_inside_skips_a_non_finite_step():
+    """At the first step (no state anywhere yet) and later: parameters, Lion's state, x_ref and the tuner
+    stay, only Mechanic's skip counter moves (Lion's own check is not run, nor needed)."""
+    model = mlp(0)
+    opt = lion_mechanic(2)(model, True)
+    batches = minibatches(4)
+    x, y = batches[0]
+    F.cross_entropy(model(x), y).backward()
+    next(model.parameters()).grad[0, 0] = float("inf")
+    opt.step()
+    assert opt.diagnostics()["skipped_steps"] == 1.0
+    assert not any(opt.base.state[p] for p in model.parameters()), "Lion's state was created"
+    _train(opt, model, batches[1:])
+    before = copy.deepcopy((model.state_dict(), opt.state_dict()))
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    list(model.parameters())[3].grad[1] = float("nan")
+    opt.step()
+    after = opt.state_dict()
+    assert after["mechanic"].pop("skipped_steps") == before[1]["mechanic"].pop("skipped_steps") + 1.0
+    assert after["mechanic"] == before[1]["mechanic"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[0][key])
+    for i, st in before[1]["base"]["state"].items():  # "lion": Lion's skip counter, a float
+        assert all(torch.equal(after["base"]["state"][i][k], v) for k, v in st.items() if i != "lion")
+    assert opt.base.diagnostics()["skipped_steps"] == 0.0
+
+
 @pytest.mark.parametrize("compat", ["optax", "mechanic-pytorch"])
 def test_fused_matches_eager_with_a_parameter_without_gradient(compat):
     """A frozen parameter (grad None) is left out of the sums and of the write, in both paths."""
@@ -413,15 +478,19 @@ def test_fused_skips_a_non_finite_step(store_delta):
         assert all(torch.equal(after["base"]["state"][i][k], v) for k, v in st.items())
 
 
-def test_fused_resumes_an_eager_checkpoint_and_its_own_bit_identically():
+@pytest.mark.parametrize("base", ["sgd", "lion"])
+def test_fused_resumes_an_eager_checkpoint_and_its_own_bit_identically(base):
     """State layout is shared: an eager checkpoint continues under fused=True (equal up to rounding), and a
-    fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run."""
+    fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run (torch SGD:
+    Mechanic's passes around the base step; our Lion, fused: the base step inside Mechanic's last pass)."""
 
     Run = tuple[torch.nn.Module, Mechanic]
 
     def fresh(fused: bool, seed: int = 5) -> Run:
         model = mlp(seed)
-        return model, Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9), fused=fused)
+        if base == "sgd":
+            return model, Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9), fused=fused)
+        return model, Mechanic(Lion(model.parameters(), lr=1.0, weight_decay=0.1, fused=fused), fused=fused)
 
     batches = minibatches(40)
 
