@@ -257,8 +257,7 @@ class Mechanic(torch.optim.Optimizer):
         if self.decay_weights == "pre":
             parts += [torch._foreach_powsum(params, 2), _dots(deltas, params)]
         values = _sums(host_floats([q for part in parts for q in part]), len(params))
-        if not all(math.isfinite(v) for v in values):
-            tuner["skipped_steps"] += 1.0
+        if self._skips(values):
             return loss
         x_t = self._scratch("x_t", params)
         torch._foreach_copy_(x_t, params)
@@ -292,7 +291,8 @@ class Mechanic(torch.optim.Optimizer):
         (three with ``decay_weights="post"``), the same scalars and the same state."""
         tuner, denom = self.state["mechanic"], s_sum + self.eps
         if self._fuses_base():
-            return self._fused_with_base_step(params, grads, x_refs, s_sum, loss)
+            self._fused_with_base_step(params, grads, x_refs, s_sum)
+            return loss
         x_t = self._scratch("x_t", params)  # a work buffer, not state: writing it before the skip is fine
         stored = [self.state[p]["delta"] for p in params] if self.store_delta else None
         # pass 1 (reads g, x, x_ref or Delta; writes the scratch copy x_t): line 4's four sums, one sync
@@ -303,8 +303,7 @@ class Mechanic(torch.optim.Optimizer):
         values = _columns(outs)
         if self.decay_weights == "post":
             values = values[:2]  # ||x_t||^2, <Delta, x_t> are not used: the norms of x'_t are
-        if not all(math.isfinite(v) for v in values):  # nothing but the scratch buffer was written
-            tuner["skipped_steps"] += 1.0
+        if self._skips(values):  # nothing but the scratch buffer was written
             return loss
 
         self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
@@ -337,21 +336,15 @@ class Mechanic(torch.optim.Optimizer):
         )
 
     def _fused_with_base_step(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        x_refs: list[torch.Tensor],
-        s_sum: float,
-        loss: torch.Tensor | None,
-    ) -> torch.Tensor | None:
+        self, params: list[torch.Tensor], grads: list[torch.Tensor], x_refs: list[torch.Tensor], s_sum: float
+    ) -> None:
         """:meth:`_fused_step` with the base step inside the last pass (:meth:`_fuses_base`): line 4's sums
         read-only (x, g, x_ref), the tuner, then per base param group one pass that reads x, g, x_ref and
         the base's state, and writes the base's state and ``x_{t+1}``; x'_t never leaves the registers."""
         tuner, denom = self.state["mechanic"], s_sum + self.eps
         values = _columns(_fused.per_tensor(_sums_read_only, [params, grads, x_refs], denom))
-        if not all(math.isfinite(v) for v in values):  # nothing has been written
-            tuner["skipped_steps"] += 1.0
-            return loss
+        if self._skips(values):  # nothing has been written
+            return
         self._tune(self._h(s_sum, *values))
         scale = max(sum(tuner["s"]), 0.0)
         kernel = _with_base_move(type(self.base).fused_move)
@@ -359,7 +352,14 @@ class Mechanic(torch.optim.Optimizer):
             refs = [self.state[p]["x_ref"] for p in ps]
             _fused.per_tensor(kernel, [ps, refs, *base_lists], *scalars, denom, scale)
         tuner["step"] += 1
-        return loss
+
+    def _skips(self, values: list[float]) -> bool:
+        """The non-finite policy on line 4's sums (``||g||^2`` among them: finite only when every gradient
+        is): True, counting the skip, when one is NaN or infinite."""
+        if all(math.isfinite(v) for v in values):
+            return False
+        self.state["mechanic"]["skipped_steps"] += 1.0
+        return True
 
     def _base_step(self, closure: Callable[[], torch.Tensor] | None, loss: torch.Tensor | None) -> None:
         """Line 1, the base optimizer's step, once this step's sums (``||g||^2`` among them) came back
