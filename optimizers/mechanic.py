@@ -70,16 +70,17 @@ Mechanic's own traffic is then 4 + 4 tensors besides the base step ("post" adds 
 Delta, whose write costs 2 more), against 4 in the floor of ``benchmarks/optimizer_overhead.py``, which
 counts the Delta update inside the base step's pass (out of reach with an opaque base).
 
-A fused base of ours that exposes its per-parameter rule (``fused_move`` and ``fused_moves()``:
-``Lion(fused=True)``) reaches that floor with the default options (recomputed Delta, ``"pre"``): S_{t+1}
-needs only pass 1's sums, so the tuner runs before the base step, and the base step joins the last pass:
+A fused base whose per-parameter rule is known (``optimizers/_fused_bases.py``: ``Lion(fused=True)``,
+torch's ``SGD(momentum > 0, fused=True)`` and ``AdamW(fused=True)``) reaches that floor with the default
+options (recomputed Delta, ``"pre"``): S_{t+1} needs only pass 1's sums, so the tuner runs before the base
+step, and the base step joins the last pass:
 
 1. read-only: ``x, g, x_ref`` -> the four sums (no copy of x);
 2. per base param group: ``x, g, x_ref`` and the base's state -> the base's state and ``x_{t+1}``, with
    ``x'_t`` in registers only (``_with_base_move``). The base's ``step()`` is not called: its state comes
-   from ``fused_moves()``, after Mechanic's own non-finite check.
+   from ``_fused_bases.moves``, after Mechanic's own non-finite check.
 
-Mechanic over Lion then moves 3 + 6 tensors, the floor's 9.
+Mechanic over Lion or SGD-momentum then moves 3 + 6 tensors, the floor's 9 (over AdamW 3 + 8, the floor's 11).
 
 Rounding differs from the eager path (inductor contracts and reorders the arithmetic and the sums), so a
 fused trajectory agrees with the eager one up to rounding, not bit for bit; the state layout is the same,
@@ -96,7 +97,7 @@ from typing import Any
 
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, _fused_bases
 from optimizers._common import (
     check_betas,
     check_choice,
@@ -324,16 +325,11 @@ class Mechanic(torch.optim.Optimizer):
         return loss
 
     def _fuses_base(self) -> bool:
-        """Whether the base's step joins Mechanic's last pass: a fused base of ours that exposes its rule
-        (``fused_move`` and ``fused_moves()``, e.g. ``Lion(fused=True)``), with the default recomputed Delta
-        and pre-step decay weights (whose h needs no sums of x'_t, so S_{t+1} is known before the base
-        step)."""
-        return (
-            self.decay_weights == "pre"
-            and not self.store_delta
-            and getattr(self.base, "fused", False)
-            and hasattr(self.base, "fused_moves")
-        )
+        """Whether the base's step joins Mechanic's last pass: a fused base whose rule is known
+        (``optimizers._fused_bases``: our Lion, torch's SGD-momentum and AdamW), with the default recomputed
+        Delta and pre-step decay weights (whose h needs no sums of x'_t, so S_{t+1} is known before the
+        base step)."""
+        return self.decay_weights == "pre" and not self.store_delta and _fused_bases.fusable(self.base)
 
     def _fused_with_base_step(
         self, params: list[torch.Tensor], grads: list[torch.Tensor], x_refs: list[torch.Tensor], s_sum: float
@@ -347,8 +343,8 @@ class Mechanic(torch.optim.Optimizer):
             return
         self._tune(self._h(s_sum, *values))
         scale = max(sum(tuner["s"]), 0.0)
-        kernel = _with_base_move(type(self.base).fused_move)
-        for (ps, *base_lists), scalars in self.base.fused_moves():  # creates the base's state
+        kernel = _with_base_move(_fused_bases.rule(self.base))
+        for (ps, *base_lists), scalars in _fused_bases.moves(self.base):  # creates the base's state
             refs = [self.state[p]["x_ref"] for p in ps]
             _fused.per_tensor(kernel, [ps, refs, *base_lists], *scalars, denom, scale)
         tuner["step"] += 1

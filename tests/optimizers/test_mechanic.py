@@ -363,22 +363,35 @@ def test_fused_matches_eager_with_a_stored_delta(base, n_groups, compat, task):
     assert_fused_matches_eager(fused_mechanic(base, n_groups, compat, store_delta=True), our_s, task=task)
 
 
-def lion_mechanic(n_groups: int, **kw) -> Callable[[torch.nn.Module, bool], Mechanic]:
-    """Mechanic over our Lion, both fused or both eager."""
-    return lambda m, fused: Mechanic(
-        Lion(groups(m, n_groups), lr=1.0, weight_decay=0.1, fused=fused), fused=fused, **kw
-    )
+FUSABLE_BASES = ["lion", "sgd", "adamw"]  # optimizers/_fused_bases.py
+
+
+def fusable_mechanic(base: str, n_groups: int, **kw) -> Callable[[torch.nn.Module, bool], Mechanic]:
+    """Mechanic over our Lion, torch's SGD with momentum or torch's AdamW, both fused or both eager."""
+
+    def make(m: torch.nn.Module, fused: bool) -> Mechanic:
+        pgs = groups(m, n_groups)
+        if base == "lion":
+            inner = Lion(pgs, lr=1.0, weight_decay=0.1, fused=fused)
+        elif base == "sgd":
+            inner = torch.optim.SGD(pgs, lr=1.0, momentum=0.9, weight_decay=0.01, fused=fused)
+        else:
+            inner = torch.optim.AdamW(pgs, lr=1.0, weight_decay=0.1, fused=fused)
+        return Mechanic(inner, fused=fused, **kw)
+
+    return make
 
 
 @pytest.mark.parametrize("n_groups", [1, 2])
 @pytest.mark.parametrize("task", TASKS)
-def test_fused_with_the_base_step_inside_matches_eager(n_groups, task):
-    """A fused base of ours that exposes its rule (Lion) steps inside Mechanic's last pass: no copy of
-    x_t (no scratch buffer), one kernel for the sums and one per base param group at every step."""
+@pytest.mark.parametrize("base", FUSABLE_BASES)
+def test_fused_with_the_base_step_inside_matches_eager(base, n_groups, task):
+    """A fused base whose rule is known (Lion, SGD-momentum, AdamW) steps inside Mechanic's last pass: no
+    copy of x_t (no scratch buffer), one kernel for the sums and one per base param group at every step."""
     opts = []
 
     def make(m: torch.nn.Module, fused: bool) -> Mechanic:
-        opts.append(lion_mechanic(n_groups)(m, fused))
+        opts.append(fusable_mechanic(base, n_groups)(m, fused))
         return opts[-1]
 
     calls = _fused.calls()
@@ -393,9 +406,9 @@ def test_fused_with_the_base_step_inside_matches_eager(n_groups, task):
 def test_a_fused_base_stays_outside_when_the_rule_needs_its_step_first(kw):
     """Post-step decay weights need sums of x'_t before the tuner, and a stored Delta is written by its
     own pass: there the fused Lion steps on its own, between Mechanic's kernels."""
-    assert_fused_matches_eager(lion_mechanic(1, **kw), our_s)
+    assert_fused_matches_eager(fusable_mechanic("lion", 1, **kw), our_s)
     model = mlp(0)
-    opt = lion_mechanic(1, **kw)(model, True)
+    opt = fusable_mechanic("lion", 1, **kw)(model, True)
     _train(opt, model, minibatches(2))
     assert not opt._fuses_base() and "_work" in opt.__dict__
 
@@ -404,7 +417,7 @@ def test_fused_with_the_base_step_inside_skips_a_non_finite_step():
     """At the first step (no state anywhere yet) and later: parameters, Lion's state, x_ref and the tuner
     stay, only Mechanic's skip counter moves (Lion's own check is not run, nor needed)."""
     model = mlp(0)
-    opt = lion_mechanic(2)(model, True)
+    opt = fusable_mechanic("lion", 2)(model, True)
     batches = minibatches(4)
     x, y = batches[0]
     F.cross_entropy(model(x), y).backward()
@@ -478,19 +491,19 @@ def test_fused_skips_a_non_finite_step(store_delta):
         assert all(torch.equal(after["base"]["state"][i][k], v) for k, v in st.items())
 
 
-@pytest.mark.parametrize("base", ["sgd", "lion"])
+@pytest.mark.parametrize("base", ["sgd (eager base)", *FUSABLE_BASES])
 def test_fused_resumes_an_eager_checkpoint_and_its_own_bit_identically(base):
     """State layout is shared: an eager checkpoint continues under fused=True (equal up to rounding), and a
-    fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run (torch SGD:
-    Mechanic's passes around the base step; our Lion, fused: the base step inside Mechanic's last pass)."""
+    fused run resumed from its own checkpoint is bit-identical to the uninterrupted fused run (an eager
+    base: Mechanic's passes around the base step; a fusable one: the base step inside the last pass)."""
 
     Run = tuple[torch.nn.Module, Mechanic]
 
     def fresh(fused: bool, seed: int = 5) -> Run:
         model = mlp(seed)
-        if base == "sgd":
+        if base == "sgd (eager base)":
             return model, Mechanic(torch.optim.SGD(model.parameters(), lr=1.0, momentum=0.9), fused=fused)
-        return model, Mechanic(Lion(model.parameters(), lr=1.0, weight_decay=0.1, fused=fused), fused=fused)
+        return model, fusable_mechanic(base, 1)(model, fused)
 
     batches = minibatches(40)
 
