@@ -71,16 +71,18 @@ class DAdaptSGD(torch.optim.Optimizer):
     at lr 0, or ``||g_0|| = 0``) the step returns without moving and without incrementing k, as the
     package's early return; there the package itself raises (ZeroDivisionError or UnboundLocalError).
 
-    ``fused=True`` (``optimizers._fused``): two compiled passes per parameter, as the eager rule's
-    dependencies allow, with the host logic of the eager path between them. A read-only probe returns
-    ``<g_k, s_k>`` and ``||s_{k+1}||^2`` (``s_{k+1}`` formed in registers; inductor's CPU backend puts a
-    reduction and a store in separate loops anyway); the host then takes the non-finite decision (the
-    dots cover every gradient once the state exists: no extra read of the gradients), the ``||s|| = 0``
-    return and d_{k+1}, all before anything is written; the move pass writes ``s`` and ``x`` with d_k
-    (groups at lr 0: ``x`` only; on the ``||s|| = 0`` return only ``s``, as eager). The first step
-    takes ``||g_0||`` and the exact non-finite check as eager. The fused path does not write the
-    decayed gradient into ``p.grad``, and it does not store ``z`` (the rule never reads it):
-    ``state_dict()`` first refreshes ``z = x0 - s``.
+    ``fused=True`` (``optimizers._fused``): two compiled passes per parameter, with the host logic of
+    the eager path between them. The rule never reads ``z`` (``z = x0 - s``), so this path keeps its
+    buffer as a second ``s``: the first pass reads ``g, s_k`` and writes ``s_{k+1}`` into the other
+    buffer, returning ``<g_k, s_k>`` and ``||s_{k+1}||^2`` from the same loop (nothing it reads is
+    written, which lets inductor's CPU backend fuse the reductions with the store). The host then takes
+    the non-finite decision (the dots cover every gradient once the state exists: no extra read of the
+    gradients; a skipped step leaves ``s_k`` in place), swaps the two buffers (``state["s"]`` is then
+    ``s_{k+1}``, as eager from here on), takes the ``||s|| = 0`` return and d_{k+1}; the move writes
+    ``x`` from ``x0`` and ``s_{k+1}`` (groups at lr 0 too, with their own ``s``). Traffic: 3 + 3 tensors
+    (4 with momentum), against 5 (6) in a single pass. The first step takes ``||g_0||`` and the exact
+    non-finite check as eager. The fused path does not write the decayed gradient into ``p.grad``, and
+    ``z`` is stale between steps: ``state_dict()`` first refreshes ``z = x0 - s``.
 
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial distance estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
@@ -250,13 +252,14 @@ class DAdaptSGD(torch.optim.Optimizer):
 
     def _fused_step(self, loss: float | None) -> float | None:
         """The step above in two compiled passes per parameter (host logic shared: :meth:`_begin`,
-        :meth:`_update_d`): a read-only probe returns ``<g_k, s_k>`` and ``||s_{k+1}||^2`` (``s_{k+1}``
-        formed in registers), the host decides (non-finite skip, ``||s|| = 0`` return, d_{k+1}), then
-        the move writes ``s`` and ``x`` with d_k."""
+        :meth:`_update_d`). The first writes ``s_{k+1} = s_k + lambda_k g`` into the buffer of ``z``
+        (stale in this path) and returns ``<g_k, s_k>`` and ``||s_{k+1}||^2`` from the same loop; the
+        host decides (non-finite skip: ``s_k`` is intact; the ``||s|| = 0`` return; d_{k+1}); only then do
+        the two buffers swap roles and the move writes ``x`` from ``s_{k+1}``."""
         groups = self.param_groups
         pgs = group_grads(groups)
         grads = [g for _, gs in pgs for g in gs]
-        # the probe's <g, s> stands in for the non-finite check when it covers every gradient
+        # the first pass's <g, s> stands in for the non-finite check when it covers every gradient
         check = can_fuse_check(pgs, groups, self.state, "z", lambda grp: grp["lr"] > 0)
         if not check and skip_if_nonfinite(grads, *groups):
             return loss
@@ -264,28 +267,25 @@ class DAdaptSGD(torch.optim.Optimizer):
         if host is None:
             return loss
         decay, momentum = groups[0]["weight_decay"], groups[0]["momentum"]
-        moves, sums = [], []
+        accumulated, sums = [], []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            if not ps:
-                continue
-            ss, x0s = [self.state[p]["s"] for p in ps], [self.state[p]["x0"] for p in ps]
-            if group["lr"] > 0.0:
-                sums += _fused.per_tensor(_probe, [gs, ss, ps], host.dlr, float(decay), decay != 0)
-                moves.append((_step, [ps, gs, ss, x0s]))
-            else:
-                moves.append((_move, [ps, ss, x0s]))
+            if ps and group["lr"] > 0.0:
+                states = [self.state[p] for p in ps]
+                lists = [gs, [st["s"] for st in states], [st["z"] for st in states], ps]
+                sums += _fused.per_tensor(_accumulate, lists, host.dlr, float(decay), decay != 0)
+                accumulated += states
         values = host_floats([v for pair in sums for v in pair])
         if check and skip_if_reduction_nonfinite(values, grads, *groups):
             return loss
+        for st in accumulated:  # s_{k+1} becomes the state (eager has updated s on every path from here)
+            st["s"], st["z"] = st["z"], st["s"]
         if not self._update_d(host, values[0::2], sum(values[1::2])):
-            # ||s_{k+1}|| = 0 with gradients at lr > 0: eager has added lambda_k g to s, and returns unmoved
-            for ps, gs, ss, _ in (lists for kernel, lists in moves if kernel is _step):
-                _fused.per_tensor(_accumulate, [gs, ss, ps], host.dlr, float(decay), decay != 0)
-            return loss
+            return loss  # ||s_{k+1}|| = 0 with gradients at lr > 0: eager returns without moving
         mix = (float(momentum), float(1 - momentum), momentum != 0)  # x <- momentum x + (1 - momentum) z
-        for kernel, lists in moves:
-            head = (host.dlr, float(decay), decay != 0) if kernel is _step else ()
-            _fused.per_tensor(kernel, lists, *head, *mix)
+        for ps, _ in pgs:
+            if ps:
+                states = [self.state[p] for p in ps]
+                _fused.per_tensor(_move, [ps, [st["s"] for st in states], [st["x0"] for st in states]], *mix)
         return loss
 
     def state_dict(self) -> dict[str, Any]:
@@ -297,57 +297,31 @@ class DAdaptSGD(torch.optim.Optimizer):
         return super().state_dict()
 
 
-@_fused.kernel
-def _probe(
-    g: torch.Tensor, s: torch.Tensor, x: torch.Tensor, dlr: float, decay: float, with_decay: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """§2.1's reductions for one parameter of a group with lr > 0, read-only (reads g, s; x only with
-    weight decay): ``<g, s_k>`` and ``||s_k + lambda_k g||^2`` (g with coupled weight decay)."""
-    g = coupled_decay(g, x, decay, with_decay)
-    s_next = s + g * dlr
-    return (g * s).sum(), (s_next * s_next).sum()
-
-
-@_fused.kernel
-def _step(
-    x: torch.Tensor,
+@_fused.kernel(one_loop=True)
+def _accumulate(
     g: torch.Tensor,
     s: torch.Tensor,
-    x0: torch.Tensor,
+    s_next: torch.Tensor,
+    x: torch.Tensor,
     dlr: float,
     decay: float,
     with_decay: bool,
-    keep: float,
-    ck: float,
-    with_momentum: bool,
-) -> None:
-    """§2.1's move for one parameter of a group with lr > 0: ``s <- s + lambda_k g``, then
-    ``x <- momentum x + (1 - momentum) (x0 - s)`` (reads g, s, x0, and x only with momentum or decay)."""
-    _accumulate.eager(g, s, x, dlr, decay, with_decay)
-    _mix(x, s, x0, keep, ck, with_momentum)
-
-
-@_fused.kernel
-def _accumulate(
-    g: torch.Tensor, s: torch.Tensor, x: torch.Tensor, dlr: float, decay: float, with_decay: bool
-) -> None:
-    """``s <- s + lambda_k g`` alone: the eager step's state on its ``||s|| = 0`` return."""
-    s.add_(coupled_decay(g, x, decay, with_decay) * dlr)
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """§2.1's accumulation for one parameter of a group with lr > 0, into another buffer: ``s_next <- s +
+    lambda_k g`` (g with coupled weight decay; reads g, s, and x only with weight decay) and the
+    reductions ``<g, s_k>`` and ``||s_{k+1}||^2``. Nothing it reads is written, so on CPU the sums share
+    the store's loop (``one_loop``: the second sum reads the stored buffer): 3 tensors of traffic."""
+    g = coupled_decay(g, x, decay, with_decay)
+    s_next.copy_(s + g * dlr)
+    return (g * s).sum(), (s_next * s_next).sum()
 
 
 @_fused.kernel
 def _move(
     x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float, with_momentum: bool
 ) -> None:
-    """:func:`_mix` alone: the move of a group at lr 0 (its ``s`` stays)."""
-    _mix(x, s, x0, keep, ck, with_momentum)
-
-
-def _mix(
-    x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float, with_momentum: bool
-) -> None:
-    """``x <- momentum x + (1 - momentum) (x0 - s)`` as eager; without momentum ``x = x0 - s`` (eager's
-    ``0 * x + z``), so x is not read (a plain function: inlined into the kernels)."""
+    """§2.1's move with ``s = s_{k+1}``: ``x <- momentum x + (1 - momentum) (x0 - s)`` as eager; without
+    momentum ``x = x0 - s`` (eager's ``0 * x + z``), so x is not read."""
     if with_momentum:
         x.mul_(keep).add_((x0 - s) * ck)
     else:

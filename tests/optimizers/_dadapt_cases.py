@@ -102,8 +102,8 @@ def assert_fused_skips_non_finite(
     opt: torch.optim.Optimizer, model: torch.nn.Module, bad_index: int, bad: float, probes: int = 0
 ) -> None:
     """After 3 steps of the fused ``opt``, a step whose gradients are 1 but ``bad`` (NaN or inf) in
-    parameter ``bad_index``: skipped after exactly ``probes`` kernel calls (read-only probes whose
-    reductions decide), with no parameter or state change, k kept and ``skipped_steps`` at 1 (the
+    parameter ``bad_index``: skipped after exactly ``probes`` kernel calls (passes whose reductions
+    decide, writing no state), with no parameter or state change, k kept and ``skipped_steps`` at 1 (the
     non-finite policy, optimizers/_common.py)."""
     run_steps(opt, model, 3)
     state = copy.deepcopy(opt.state_dict())

@@ -183,8 +183,8 @@ def test_fused_lr_0_group_alone_with_gradients_does_not_move_like_eager():
 
 def test_fused_s_cancelling_to_zero_returns_without_moving_like_eager():
     """Gradients g then -g with ``lambda g`` exact (one entry 1, d0 a power of two): ``s`` cancels to 0,
-    so both paths take the ``||s|| = 0`` return on step 2 (the fused move runs only after the probe's
-    ``||s_{k+1}||^2`` was checked) and k stays 1."""
+    so both paths take the ``||s|| = 0`` return on step 2 (the fused move runs only after the first
+    pass's ``||s_{k+1}||^2`` was checked), keep ``s_{k+1}`` = 0 as the state, and k stays 1."""
     for fused in (False, True):
         model = mlp()
         opt = DAdaptSGD(model.parameters(), momentum=0.9, d0=2.0**-20, fused=fused)

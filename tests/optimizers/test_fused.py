@@ -7,6 +7,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from optimizers import _fused
+from optimizers.dadapt_sgd import _accumulate
 from optimizers.mechanic import _sums_recomputed
 
 
@@ -18,12 +19,19 @@ def cpu_loops(kernel: _fused.Kernel, tensors: list[torch.Tensor], *scalars: floa
     return sum(code.count("#pragma omp for") for code in codes)
 
 
-def test_one_loop_joins_the_reductions_to_the_store_loop_on_cpu():
-    """Mechanic's first pass (copy x, sums over x, g, x_ref) is one loop with ``one_loop`` (4 tensors of
-    memory traffic), two without it (the sums re-read x: 5)."""
+@pytest.mark.parametrize(
+    ("kernel", "scalars"),
+    [
+        (_sums_recomputed, (1.5,)),  # Mechanic's first pass: copy x, sums over x, g, x_ref
+        (_accumulate, (0.5, 0.0, False)),  # D-Adapt SGD: s_next <- s + dlr g, <g, s>, ||s_next||^2
+    ],
+)
+def test_one_loop_joins_the_reductions_to_the_store_loop_on_cpu(kernel, scalars):
+    """A kernel that stores one buffer and reduces over what it reads is one loop with ``one_loop`` (its
+    inputs read once), two without it (the sums read the inputs again)."""
     tensors = [torch.randn(1 << 12) for _ in range(4)]
-    assert cpu_loops(_sums_recomputed, tensors, 1.5) == 1
-    assert cpu_loops(_fused.Kernel(_sums_recomputed.eager), tensors, 1.5) == 2
+    assert cpu_loops(kernel, tensors, *scalars) == 1
+    assert cpu_loops(_fused.Kernel(kernel.eager), tensors, *scalars) == 2
 
 
 def test_one_loop_kernel_computes_the_rule():
