@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -34,18 +35,13 @@ def fusable(base: torch.optim.Optimizer) -> bool:
     """Whether ``base``'s step can run inside a wrapper's fused pass (module docstring)."""
     if hasattr(base, "fused_moves"):
         return bool(getattr(base, "fused", False))
-    if type(base) is torch.optim.SGD:
-        return all(_sgd_fusable(group) for group in base.param_groups)
-    if type(base) in (torch.optim.Adam, torch.optim.AdamW):
-        return all(_adam_fusable(group) for group in base.param_groups)
-    return False
+    adapter = _ADAPTERS.get(type(base))
+    return adapter is not None and all(adapter.fusable(group) for group in base.param_groups)
 
 
 def rule(base: torch.optim.Optimizer) -> Move:
     """The per-parameter rule of a :func:`fusable` base."""
-    if hasattr(base, "fused_moves"):
-        return type(base).fused_move
-    return sgd_momentum_move if type(base) is torch.optim.SGD else adamw_move
+    return type(base).fused_move if hasattr(base, "fused_moves") else _ADAPTERS[type(base)].move
 
 
 def moves(base: torch.optim.Optimizer) -> Moves:
@@ -54,16 +50,16 @@ def moves(base: torch.optim.Optimizer) -> Moves:
     nothing is moved."""
     if hasattr(base, "fused_moves"):
         return base.fused_moves()
-    out = []
+    group_moves, out = _ADAPTERS[type(base)].group_moves, []
     for group in base.param_groups:
         params, grads = grads_with_params(group["params"])
         if params:
-            group_moves = _sgd_moves if type(base) is torch.optim.SGD else _adam_moves
             out.append(group_moves(base, group, params, grads))
     return out
 
 
 def _sgd_moves(base: torch.optim.Optimizer, group: dict, params: list, grads: list) -> tuple:
+    """torch's SGD momentum buffers (created as zeros) and one group's ``(lr, momentum, weight_decay)``."""
     bufs = []
     for p in params:  # torch's first step sets buf = d, which 0 * momentum + d is, exactly
         state = base.state[p]
@@ -149,3 +145,17 @@ def adamw_move(
     m.add_((g - m) * (1.0 - beta1))
     v.mul_(beta2).add_(g * g * (1.0 - beta2))
     return x * decay - m / (v.sqrt() / bc2_sqrt + eps) * step_size
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    """A torch optimizer class's rule: which groups it reproduces, the rule, and one group's arguments."""
+
+    fusable: Callable[[dict], bool]
+    move: Move
+    group_moves: Callable[..., tuple]
+
+
+_SGD = _Adapter(_sgd_fusable, sgd_momentum_move, _sgd_moves)
+_ADAM = _Adapter(_adam_fusable, adamw_move, _adam_moves)
+_ADAPTERS: dict[type, _Adapter] = {torch.optim.SGD: _SGD, torch.optim.Adam: _ADAM, torch.optim.AdamW: _ADAM}

@@ -80,7 +80,7 @@ class Lion(torch.optim.Optimizer):
         if skip_if_nonfinite([g for _, grads in groups for g in grads], self.state["lion"]):
             return loss
         if self.fused:
-            for lists, scalars in self.fused_moves():
+            for lists, scalars in self._moves(groups):
                 _fused.per_tensor(_lion_kernel, lists, *scalars)
             return loss
         for group, (params, grads) in zip(self.param_groups, groups, strict=True):
@@ -103,12 +103,15 @@ class Lion(torch.optim.Optimizer):
         ``([params, grads, exp_avgs], (lr, decay, beta1, beta2))``, the state created; nothing is moved. A
         wrapper that fuses Lion's step into its own pass (Mechanic's ``fused=True``) takes the step from
         here instead of calling :meth:`step`, after its own non-finite check."""
-        out = []
-        for group in self.param_groups:
-            params, grads = grads_with_params(group["params"])
-            if params:
-                out.append(([params, grads, self._exp_avgs(params)], self._scalars(group)))
-        return out
+        return self._moves([grads_with_params(g["params"]) for g in self.param_groups])
+
+    def _moves(self, groups: list[tuple[list[torch.Tensor], list[torch.Tensor]]]) -> list:
+        """:meth:`fused_moves` from each group's ``(params, grads)``."""
+        return [
+            ([ps, gs, self._exp_avgs(ps)], self._scalars(group))
+            for group, (ps, gs) in zip(self.param_groups, groups, strict=True)
+            if ps
+        ]
 
     def _scalars(self, group: dict) -> tuple[float, float, float, float]:
         """``(lr, decay, beta1, beta2)`` of a group; ``decay = 1 - lr wd`` multiplies x."""

@@ -290,10 +290,10 @@ class Mechanic(torch.optim.Optimizer):
     ) -> torch.Tensor | None:
         """The step above with Mechanic's own per-element work in two compiled kernels per tensor
         (three with ``decay_weights="post"``), the same scalars and the same state."""
-        tuner, denom = self.state["mechanic"], s_sum + self.eps
         if self._fuses_base():
             self._fused_with_base_step(params, grads, x_refs, s_sum)
             return loss
+        tuner, denom = self.state["mechanic"], s_sum + self.eps
         x_t = self._scratch("x_t", params)  # a work buffer, not state: writing it before the skip is fine
         stored = [self.state[p]["delta"] for p in params] if self.store_delta else None
         # pass 1 (reads g, x, x_ref or Delta; writes the scratch copy x_t): line 4's four sums, one sync
