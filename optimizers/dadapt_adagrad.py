@@ -36,6 +36,8 @@ from optimizers.registry import register
 
 log = logging.getLogger(__name__)
 
+_SKSQ = "sksq_weighted"  # per-parameter state of the fused path: its last sum s^2 / (sqrt(a) + eps)
+
 
 def _sparse_values(g: Tensor) -> Tensor:
     return g.coalesce()._values() if g.is_sparse else g
@@ -64,15 +66,18 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
 
-    ``fused=True`` (``optimizers._fused``): dense gradients take two compiled passes per parameter, as
-    the eager rule's dependencies allow, with the host logic of the eager path between them. A read-only
-    probe returns the five sums above (the new ``a`` and ``s`` formed in registers; inductor's CPU backend
-    puts a reduction and a store in separate loops anyway); the host then takes the non-finite decision
-    (the probe's ``sum g^2 / (sqrt(a + g^2) + eps)`` covers every gradient once the state exists: no
-    extra read of the gradients), the ``||s||_1 = 0`` return and d_{k+1}; the step pass writes ``a``,
-    ``s`` and ``x`` with d_k (on the ``||s||_1 = 0`` return only ``a`` and ``s``, as eager). Sparse
-    gradients keep the eager sparse path (and the exact non-finite check). The decayed gradient is not
-    written into ``p.grad``.
+    ``fused=True`` (``optimizers._fused``): dense gradients take two compiled passes per parameter, with
+    the host logic of the eager path between them, and every decision is taken before anything is
+    written. A read-only probe of g and s returns the old and new ``||s||_1`` (the new ``s`` formed in
+    registers); the host takes the non-finite decision (the new ``||s + lambda g||_1`` is NaN or inf for a
+    NaN or inf gradient once the state exists: no extra read of the gradients) and the ``||s||_1 = 0``
+    return (only ``a`` and ``s`` written, as eager). The step pass then writes ``a``, ``s`` and ``x`` with
+    d_k, which the step needs (d_{k+1} does not), and returns ``sum g^2 / den`` and the new
+    ``sum s^2 / den`` from the same loop. The old ``sum s^2 / den`` is the previous step pass's new one,
+    kept per parameter (state ``sksq_weighted``, saved with the checkpoint; computed from ``a`` and ``s``
+    where it is missing). That is g, s, then g, a, s, x0 read and a, s, x written: 9 tensors against the
+    floor's 7. Sparse gradients keep the eager sparse path (and the exact non-finite check). The decayed
+    gradient is not written into ``p.grad``.
     """
 
     initial_lr_arg = "d0"
@@ -143,10 +148,9 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         g0 = groups[0]
         dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
         ck = 1 - momentum
-        # Per parameter, in order: g_sq term, old and new sum s^2/(sqrt(a)+eps), old and new ||s||_1.
-        terms: list[list[Tensor]] = [[], [], [], [], []]
+        rows: list[list[Tensor]] = []  # per tensor, in order (see _update_d)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            self._sparse_terms_into(terms, ps, gs, dlr, group["eps"])
+            rows += self._sparse_rows(ps, gs, dlr, group["eps"])
             dps, dgs = _dense(ps, gs)
             if not dps:
                 continue
@@ -154,26 +158,25 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             if decay != 0:
                 torch._foreach_add_(dgs, dps, alpha=decay)
             states = [self.state[p] for p in dps]
+            for st in states:
+                st.pop(_SKSQ, None)  # the fused path's cache of sum s^2 / (sqrt(a) + eps): stale now
             alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
             # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
-            # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``).
-            dense_terms: list[list[Tensor]] = [[], [], [], [], []]
+            # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``), in its order.
             t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
             for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
                 torch.sqrt(a, out=t1)
                 t1.add_(eps)
-                dense_terms[1].append(torch.mul(sk, sk, out=t2).div_(t1).sum())  # old sum s^2/(sqrt(a)+eps)
-                dense_terms[3].append(torch.abs(sk, out=t2).sum())
+                old_q = torch.mul(sk, sk, out=t2).div_(t1).sum()  # old sum s^2/(sqrt(a)+eps)
+                old_l1 = torch.abs(sk, out=t2).sum()
                 a.add_(torch.mul(g, g, out=t2))
                 torch.sqrt(a, out=t1)
                 t1.add_(eps)
-                dense_terms[0].append(t2.div_(t1).sum())  # sum g^2/(sqrt(a)+eps)
+                g_sq = t2.div_(t1).sum()  # sum g^2/(sqrt(a)+eps)
                 sk.add_(g, alpha=dlr)
-                dense_terms[2].append(torch.mul(sk, sk, out=t2).div_(t1).sum())
-                dense_terms[4].append(torch.abs(sk, out=t2).sum())
-            for t, vs in zip(terms, dense_terms, strict=True):
-                t.extend(vs)
-        if not self._update_d(host_floats([v for t in terms for v in t])):
+                new_q = torch.mul(sk, sk, out=t2).div_(t1).sum()
+                rows.append([g_sq, old_q, new_q, old_l1, torch.abs(sk, out=t2).sum()])
+        if not self._update_d(host_floats(_blocks(rows))):
             return
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             eps = group["eps"]
@@ -196,44 +199,64 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
 
     def _fused_step(self, pgs: GroupGrads) -> None:
         """The step with compiled kernels for dense gradients (class docstring): a read-only probe of the
-        five sums, the host decisions, then the step (or, on the ``||s||_1 = 0`` return, the accumulators
-        alone); sparse gradients take the eager sparse path in between."""
+        l1 norms, the host decisions, then the step pass with the remaining sums (or, on the
+        ``||s||_1 = 0`` return, the accumulators alone); sparse gradients take the eager sparse path."""
         groups = self.param_groups
         grads = [g for _, gs in pgs for g in gs]
         dense_only = not any(g.is_sparse for g in grads)
-        # the probe's sum g^2 / (sqrt(a + g^2) + eps) is NaN or inf for a NaN or inf gradient
+        # the probe's ||s + lambda g||_1 is NaN or inf for a NaN or inf gradient
         check = dense_only and can_fuse_check(pgs, groups, self.state, "alphak", lambda grp: True)
         if not check and skip_if_nonfinite([_sparse_values(g) for g in grads], *groups):
             return
         self._init_state(pgs)
         g0 = groups[0]
         dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
-        terms: list[list[Tensor]] = [[], [], [], [], []]
+        rows: list[list[Tensor | None]] = []  # per tensor, in order (see _update_d); dense: l1 norms first
         work = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             eps, decay = float(group["eps"]), float(group["weight_decay"])
-            self._sparse_terms_into(terms, ps, gs, dlr, eps)  # (only after the exact check: sparse grads)
+            rows += self._sparse_rows(ps, gs, dlr, eps)  # (only after the exact check: sparse grads)
             dps, dgs = _dense(ps, gs)
             if not dps:
                 continue
             states = [self.state[p] for p in dps]
             lists = [dps, dgs, [st["alphak"] for st in states], [st["sk"] for st in states]]
-            out = _fused.per_tensor(_probe, [*lists[1:], dps], dlr, decay, eps, decay != 0)
-            for t, vs in zip(terms, zip(*out, strict=True), strict=True):
-                t.extend(vs)
-            work.append((lists + [[st["x0"] for st in states]], (dlr, decay, eps, decay != 0)))
-        values = host_floats([v for t in terms for v in t])
-        if check and skip_if_reduction_nonfinite(values, grads, *groups):
+            scalars = (dlr, decay, eps, decay != 0)
+            l1s = _fused.per_tensor(_l1_probe, [dgs, lists[3], dps], dlr, decay, decay != 0)
+            dense_rows = [[None, None, None, old_l1, new_l1] for old_l1, new_l1 in l1s]
+            rows += dense_rows
+            work.append((states, dense_rows, lists + [[st["x0"] for st in states]], scalars))
+        l1_values = host_floats(_blocks([row[3:] for row in rows]))
+        if check and skip_if_reduction_nonfinite(l1_values, grads, *groups):
             return
-        if not self._update_d(values):  # ||s||_1 = 0: eager has updated a and s, and returns unmoved
-            for lists, scalars in work:
+        if self._l1_total(l1_values[: len(rows)], l1_values[len(rows) :]) == 0:
+            # eager has updated a and s, and returns unmoved
+            for states, _, lists, scalars in work:
                 _fused.per_tensor(_accumulate, [*lists[1:4], lists[0]], *scalars)
+                for st in states:
+                    st.pop(_SKSQ, None)
             return
         mix = (float(momentum), float(1 - momentum), momentum != 0)
-        for lists, scalars in work:
-            _fused.per_tensor(_step, lists, *scalars, *mix)
+        for states, dense_rows, lists, scalars in work:
+            self._cache_sksq(states, scalars[2])
+            sums = _fused.per_tensor(_step, lists, *scalars, *mix)
+            for st, row, (g_sq, new_q) in zip(states, dense_rows, sums, strict=True):
+                row[:3] = g_sq, st[_SKSQ], new_q
+                st[_SKSQ] = new_q
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             self._sparse_moves(ps, gs, group["eps"])
+        self._update_d(host_floats(_blocks(rows)))
+
+    def _cache_sksq(self, states: list[dict[str, Tensor]], eps: float) -> None:
+        """The fused path's ``sum s^2 / (sqrt(a) + eps)`` of the stored state, kept per parameter by its
+        last step pass (state key ``sksq_weighted``, a 0-dim tensor, in the checkpoint); computed here
+        where it is missing (the first fused step, a state from the eager path, after the ``||s||_1 = 0``
+        return), with a read of ``a`` and ``s``."""
+        missing = [st for st in states if _SKSQ not in st]
+        if missing:
+            tensors = [[st["alphak"] for st in missing], [st["sk"] for st in missing]]
+            for st, q in zip(missing, _fused.per_tensor(_weighted_sksq, tensors, eps), strict=True):
+                st[_SKSQ] = q
 
     def _init_state(self, pgs: GroupGrads) -> None:
         """Lazy per-parameter state: ``alphak = 1e-6``, ``sk = 0``, ``x0 = x`` (and ``weighted_sk``)."""
@@ -248,23 +271,23 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                         state["weighted_sk"] = torch.zeros_like(p).detach()
 
     def _update_d(self, values: list[float]) -> bool:
-        """Both paths' host half of §2.3 from the per-tensor sums (five blocks of n, in the order of
-        ``terms``): the running totals, the ``||s||_1 = 0`` return (False: nothing written), d_hat, d,
-        the log line, and the new scalars and ``k + 1`` written into every group."""
+        """Both paths' host half of §2.3 from the per-tensor sums, in five blocks of n (:func:`_blocks`
+        of the rows: ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1``, where
+        ``den = sqrt(a) + eps`` with the new a), the tensors in parameter order: the running totals, the
+        ``||s||_1 = 0`` return (False: nothing written), d_hat, d, the log line, and the new scalars and
+        ``k + 1`` written into every group."""
         g0 = self.param_groups[0]
         lr, log_every, growth_rate, d = g0["lr"], g0["log_every"], g0["growth_rate"], g0["d"]
         n = len(values) // 5
         dlr = d * lr
-        g_sq, sksq_change, skl1_change = 0.0, 0.0, 0.0
-        for i in range(n):
-            gs_i, old_q, new_q, old_l, new_l = (values[j * n + i] for j in range(5))
-            g_sq += gs_i
-            sksq_change += new_q - old_q
-            skl1_change += new_l - old_l
-        sksq_weighted = g0["sksq_weighted"] + sksq_change
-        skl1 = g0["skl1"] + skl1_change
+        skl1 = self._l1_total(values[3 * n : 4 * n], values[4 * n :])
         if skl1 == 0:
             return False
+        g_sq, sksq_change = 0.0, 0.0
+        for i in range(n):
+            g_sq += values[i]
+            sksq_change += values[2 * n + i] - values[n + i]
+        sksq_weighted = g0["sksq_weighted"] + sksq_change
 
         gsq_weighted = g0["gsq_weighted"] + dlr * dlr * g_sq
         d_hat = d
@@ -285,14 +308,17 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             group["k"] = group["k"] + 1
         return True
 
-    def _sparse_terms_into(
-        self, terms: list[list[Tensor]], ps: list[Tensor], gs: list[Tensor], dlr: float, eps: float
-    ) -> None:
-        """:meth:`_sparse_terms` for the sparse gradients among ``gs``, appended to ``terms``."""
-        for p, g in zip(ps, gs, strict=True):
-            if g.is_sparse:
-                for t, v in zip(terms, self._sparse_terms(p, g, dlr, eps), strict=True):
-                    t.append(v)
+    def _l1_total(self, old: list[float], new: list[float]) -> float:
+        """``||s||_1`` after this step as the package keeps it: the running total plus the per-tensor
+        changes, in order."""
+        change = 0.0
+        for old_l, new_l in zip(old, new, strict=True):
+            change += new_l - old_l
+        return self.param_groups[0]["skl1"] + change
+
+    def _sparse_rows(self, ps: list[Tensor], gs: list[Tensor], dlr: float, eps: float) -> list[list[Tensor]]:
+        """:meth:`_sparse_terms` for each sparse gradient among ``gs`` (rows of :meth:`_update_d`)."""
+        return [list(self._sparse_terms(p, g, dlr, eps)) for p, g in zip(ps, gs, strict=True) if g.is_sparse]
 
     def _sparse_moves(self, ps: list[Tensor], gs: list[Tensor], eps: float) -> None:
         """:meth:`_sparse_move` for the sparse gradients among ``gs``."""
@@ -303,6 +329,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     def _sparse_terms(self, p: Tensor, grad: Tensor, dlr: float, eps: float) -> tuple[Tensor, ...]:
         """The package's sparse path for one tensor (no weight decay; denominator ``sqrt(a + eps)``)."""
         state = self.state[p]
+        state.pop(_SKSQ, None)
         sk, alphak, weighted_sk = state["sk"], state["alphak"], state["weighted_sk"]
         grad = grad.coalesce()
         grad_vals = grad._values()
@@ -334,35 +361,34 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))
 
 
+def _blocks(rows: list[list[Tensor]]) -> list[Tensor]:
+    """Per-tensor rows of sums, column after column (the order :meth:`DAdaptAdaGrad._update_d` reads)."""
+    return [v for column in zip(*rows, strict=True) for v in column]
+
+
 def _dense(ps: list[Tensor], gs: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
     """The parameters with dense gradients, and those gradients."""
     pairs = [(p, g) for p, g in zip(ps, gs, strict=True) if not g.is_sparse]
     return [p for p, _ in pairs], [g for _, g in pairs]
 
 
-def _accumulated(g: Tensor, a: Tensor, s: Tensor, dlr: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``g^2``, ``a + g^2`` and ``s + lambda g`` (§2.3's accumulators, as eager; a plain function,
-    inlined into the kernel)."""
-    gg = g * g
-    return gg, a + gg, s + g * dlr
-
-
 @_fused.kernel
-def _probe(
-    g: Tensor, a: Tensor, s: Tensor, x: Tensor, dlr: float, decay: float, eps: float, with_decay: bool
+def _l1_probe(
+    g: Tensor, s: Tensor, x: Tensor, dlr: float, decay: float, with_decay: bool
 ) -> tuple[Tensor, ...]:
-    """Read-only (g, a, s; x only with weight decay): the five sums of the eager step, in its order:
-    ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1`` (``den = sqrt(a) + eps``
-    with the old or the new ``a``; the new ``a`` and ``s`` formed in registers)."""
+    """Read-only (g, s; x only with weight decay): the old and new ``||s||_1`` of the eager step (the new
+    ``s`` formed in registers), which decide the ``||s||_1 = 0`` return before anything is written."""
     g = coupled_decay(g, x, decay, with_decay)
-    old_den = a.sqrt() + eps
-    gg, a_next, s_next = _accumulated(g, a, s, dlr)
-    den = a_next.sqrt() + eps
-    old_q, new_q = (s * s / old_den).sum(), (s_next * s_next / den).sum()
-    return (gg / den).sum(), old_q, new_q, s.abs().sum(), s_next.abs().sum()
+    return s.abs().sum(), (s + g * dlr).abs().sum()
 
 
 @_fused.kernel
+def _weighted_sksq(a: Tensor, s: Tensor, eps: float) -> Tensor:
+    """Read-only: ``sum s^2 / (sqrt(a) + eps)`` of the stored state (the eager step's "old" sum)."""
+    return (s * s / (a.sqrt() + eps)).sum()
+
+
+@_fused.kernel(one_loop=True)
 def _step(
     x: Tensor,
     g: Tensor,
@@ -376,15 +402,22 @@ def _step(
     keep: float,
     ck: float,
     with_momentum: bool,
-) -> None:
+) -> tuple[Tensor, Tensor]:
     """§2.3 for one dense parameter: ``a += g^2``, ``s += lambda g``, ``z = x0 - s / (sqrt(a) + eps)``,
-    ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as eager: x not read)."""
-    _accumulate.eager(g, a, s, x, dlr, decay, eps, with_decay)
-    z = x0 - s / (a.sqrt() + eps)
+    ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as eager: x not read); returns
+    ``sum g^2 / den`` and the new ``sum s^2 / den`` (``den = sqrt(a) + eps``, new ``a``), computed in
+    the loop that stores (``one_loop``): g, a, s, x0 read once."""
+    g = coupled_decay(g, x, decay, with_decay)
+    gg = g * g
+    a.add_(gg)
+    s.add_(g * dlr)
+    den = a.sqrt() + eps
+    z = x0 - s / den
     if with_momentum:
         x.mul_(keep).add_(z * ck)
     else:
         x.copy_(z)
+    return (gg / den).sum(), (s * s / den).sum()
 
 
 @_fused.kernel

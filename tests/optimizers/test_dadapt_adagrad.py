@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import dadaptation
 import pytest
 import torch
@@ -13,6 +15,7 @@ from tests.optimizers._dadapt_cases import (
     fused_maker,
     ours_scalars,
     package_pair,
+    run_steps,
 )
 from tests.optimizers.equivalence import assert_fused_matches_eager, assert_same_trajectory, mlp, trajectory
 
@@ -96,7 +99,8 @@ def test_zero_gradient_step_returns_without_moving_or_counting():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_fused_matches_eager(case):
-    """``fused=True`` (a read-only probe and a step per dense parameter) follows eager in float64."""
+    """``fused=True`` (a read-only probe of the l1 norms and a step pass per dense parameter) follows
+    eager in float64."""
     assert_fused_matches_eager(fused_maker(DAdaptAdaGrad, *CASES[case]), ours_scalars, steps=150)
 
 
@@ -147,6 +151,51 @@ def test_fused_zero_gradient_steps_return_without_moving_like_eager():
             opt.step()
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+
+
+def _handoffs(model: torch.nn.Module, fused_steps: tuple[bool, ...]) -> DAdaptAdaGrad:
+    """Three steps per entry of ``fused_steps``, each entry a fresh optimizer (fused or eager) resumed
+    from the last one's ``state_dict`` through ``torch.save``; the last optimizer."""
+    opt, gen = None, torch.Generator().manual_seed(0)
+    for fused in fused_steps:
+        resumed = DAdaptAdaGrad(model.parameters(), momentum=0.9, weight_decay=1e-3, fused=fused)
+        if opt is not None:
+            buf = io.BytesIO()
+            torch.save(opt.state_dict(), buf)
+            buf.seek(0)
+            resumed.load_state_dict(torch.load(buf))
+        opt = resumed
+        for _ in range(3):
+            opt.zero_grad()
+            model(torch.randn(8, 6, generator=gen, dtype=torch.float64)).pow(2).mean().backward()
+            opt.step()
+    return opt
+
+
+def test_fused_resumes_bit_identically():
+    """The fused path keeps each parameter's last ``sum s^2 / den`` (the next step's "old" sum) in its
+    state, so a resumed fused run takes exactly the steps of an uninterrupted one."""
+    models = [mlp(), mlp()]
+    whole = DAdaptAdaGrad(models[0].parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
+    run_steps(whole, models[0], 9)
+    resumed = _handoffs(models[1], (True, True, True))
+    assert "sksq_weighted" in resumed.state[next(models[1].parameters())]
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)
+    for key in ("d", "sksq_weighted", "skl1", "gsq_weighted", "k"):
+        assert whole.param_groups[0][key] == resumed.param_groups[0][key], key
+
+
+def test_fused_and_eager_checkpoints_interoperate():
+    """Fused -> eager -> fused handoffs follow the eager run: an eager step drops the fused path's cached
+    sum (stale once a and s change), and the fused path recomputes it from the state it finds."""
+    models = [mlp(), mlp()]
+    eager, mixed = _handoffs(models[0], (False,) * 3), _handoffs(models[1], (True, False, True))
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=0)
+    for key in ("d", "sksq_weighted", "skl1", "gsq_weighted"):
+        assert mixed.param_groups[0][key] == pytest.approx(eager.param_groups[0][key], rel=1e-12), key
+    assert mixed.param_groups[0]["k"] == eager.param_groups[0]["k"] == 9
 
 
 def test_fused_skips_a_non_finite_step():

@@ -7,6 +7,7 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from optimizers import _fused
+from optimizers.dadapt_adagrad import _step as adagrad_step
 from optimizers.dadapt_sgd import _accumulate
 from optimizers.mechanic import _sums_recomputed
 
@@ -20,16 +21,19 @@ def cpu_loops(kernel: _fused.Kernel, tensors: list[torch.Tensor], *scalars: floa
 
 
 @pytest.mark.parametrize(
-    ("kernel", "scalars"),
+    ("kernel", "n", "scalars"),
     [
-        (_sums_recomputed, (1.5,)),  # Mechanic's first pass: copy x, sums over x, g, x_ref
-        (_accumulate, (0.5, 0.0, False)),  # D-Adapt SGD: s_next <- s + dlr g, <g, s>, ||s_next||^2
+        (_sums_recomputed, 4, (1.5,)),  # Mechanic's first pass: copy x, sums over x, g, x_ref
+        (_accumulate, 4, (0.5, 0.0, False)),  # D-Adapt SGD: s_next <- s + dlr g, <g, s>, ||s_next||^2
+        # D-Adapt AdaGrad's step: a, s, x stored, sum g^2 / den and sum s^2 / den (plain and momentum)
+        (adagrad_step, 5, (0.5, 0.0, 1e-6, False, 0.0, 1.0, False)),
+        (adagrad_step, 5, (0.5, 1e-3, 1e-6, True, 0.9, 0.1, True)),
     ],
 )
-def test_one_loop_joins_the_reductions_to_the_store_loop_on_cpu(kernel, scalars):
-    """A kernel that stores one buffer and reduces over what it reads is one loop with ``one_loop`` (its
+def test_one_loop_joins_the_reductions_to_the_store_loop_on_cpu(kernel, n, scalars):
+    """A kernel that stores and reduces over what it reads and stores is one loop with ``one_loop`` (its
     inputs read once), two without it (the sums read the inputs again)."""
-    tensors = [torch.randn(1 << 12) for _ in range(4)]
+    tensors = [torch.rand(1 << 12) for _ in range(n)]
     assert cpu_loops(kernel, tensors, *scalars) == 1
     assert cpu_loops(_fused.Kernel(kernel.eager), tensors, *scalars) == 2
 
