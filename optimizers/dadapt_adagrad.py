@@ -6,7 +6,7 @@ Exact rule: specs/optimizers.md §2.3.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -36,7 +36,8 @@ from optimizers.registry import register
 
 log = logging.getLogger(__name__)
 
-_SKSQ = "sksq_weighted"  # per-parameter state of the fused path: its last sum s^2 / (sqrt(a) + eps)
+# Per-parameter state of the fused path: its last sum s^2 / (sqrt(a) + eps), and the (k, eps) it is for
+_LAST_SKSQ, _LAST_SKSQ_AT = "last_sksq", "last_sksq_at"
 
 
 def _sparse_values(g: Tensor) -> Tensor:
@@ -56,7 +57,8 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     the package). Sparse gradients follow the package's sparse path (per tensor, its
     ``sqrt(a + eps)`` denominator included). Scalars ``d``, ``k``, ``gsq_weighted``, ``sksq_weighted``,
     ``skl1`` live in every group; per-parameter state is ``alphak``, ``sk``, ``x0`` (and ``weighted_sk``
-    for sparse gradients).
+    for sparse gradients; ``last_sksq`` and ``last_sksq_at`` from the fused path, below). The per-tensor
+    sums reach the host in parameter order, as in the package.
 
     Non-finite gradients: the whole step is skipped (no parameter or state change, k not incremented)
     and ``param_groups[i]["skipped_steps"]`` counts it. When ``||s||_1 = 0`` the step returns after the
@@ -67,17 +69,20 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     multiplier that LR schedules may scale.
 
     ``fused=True`` (``optimizers._fused``): dense gradients take two compiled passes per parameter, with
-    the host logic of the eager path between them, and every decision is taken before anything is
-    written. A read-only probe of g and s returns the old and new ``||s||_1`` (the new ``s`` formed in
+    the host logic of the eager path between them, and no dense state is written before the host has
+    decided. A read-only probe of g and s returns the old and new ``||s||_1`` (the new ``s`` formed in
     registers); the host takes the non-finite decision (the new ``||s + lambda g||_1`` is NaN or inf for a
     NaN or inf gradient once the state exists: no extra read of the gradients) and the ``||s||_1 = 0``
     return (only ``a`` and ``s`` written, as eager). The step pass then writes ``a``, ``s`` and ``x`` with
     d_k, which the step needs (d_{k+1} does not), and returns ``sum g^2 / den`` and the new
     ``sum s^2 / den`` from the same loop. The old ``sum s^2 / den`` is the previous step pass's new one,
-    kept per parameter (state ``sksq_weighted``, saved with the checkpoint; computed from ``a`` and ``s``
-    where it is missing). That is g, s, then g, a, s, x0 read and a, s, x written: 9 tensors against the
-    floor's 7. Sparse gradients keep the eager sparse path (and the exact non-finite check). The decayed
-    gradient is not written into ``p.grad``.
+    kept per parameter (state ``last_sksq``, saved with the checkpoint, valid for the ``(k, eps)`` in
+    ``last_sksq_at``); where it is missing or not valid (the first fused step, after an eager or sparse
+    step, the ``||s||_1 = 0`` return, or a changed eps) a third, read-only pass computes it from ``a`` and
+    ``s``. Without momentum and weight decay that is g, s, then g, a, s, x0 read and a, s, x written: 9
+    tensors against the floor's 7 (x is read twice more with weight decay, once more with momentum).
+    Sparse gradients keep the eager sparse path (and the exact non-finite check; their state is written
+    before the ``||s||_1`` decision, as eager). The decayed gradient is not written into ``p.grad``.
     """
 
     initial_lr_arg = "d0"
@@ -148,34 +153,11 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         g0 = groups[0]
         dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
         ck = 1 - momentum
-        rows: list[list[Tensor]] = []  # per tensor, in order (see _update_d)
+        rows: list[list[Tensor]] = []  # per tensor, in parameter order (see _update_d)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
-            rows += self._sparse_rows(ps, gs, dlr, group["eps"])
-            dps, dgs = _dense(ps, gs)
-            if not dps:
-                continue
-            eps, decay = group["eps"], group["weight_decay"]
-            if decay != 0:
-                torch._foreach_add_(dgs, dps, alpha=decay)
-            states = [self.state[p] for p in dps]
-            for st in states:
-                st.pop(_SKSQ, None)  # the fused path's cache of sum s^2 / (sqrt(a) + eps): stale now
-            alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
-            # One tensor at a time, temporaries in two scratch buffers (t1: denominator, t2: terms).
-            # Sums as the package's ``.sum()`` (l1 norms as ``abs().sum()``), in its order.
-            t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
-            for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
-                torch.sqrt(a, out=t1)
-                t1.add_(eps)
-                old_q = torch.mul(sk, sk, out=t2).div_(t1).sum()  # old sum s^2/(sqrt(a)+eps)
-                old_l1 = torch.abs(sk, out=t2).sum()
-                a.add_(torch.mul(g, g, out=t2))
-                torch.sqrt(a, out=t1)
-                t1.add_(eps)
-                g_sq = t2.div_(t1).sum()  # sum g^2/(sqrt(a)+eps)
-                sk.add_(g, alpha=dlr)
-                new_q = torch.mul(sk, sk, out=t2).div_(t1).sum()
-                rows.append([g_sq, old_q, new_q, old_l1, torch.abs(sk, out=t2).sum()])
+            sparse_rows = self._sparse_rows(ps, gs, dlr, group["eps"])
+            dense_rows = self._dense_rows(group, *_dense(ps, gs), dlr)
+            rows += _in_param_order(gs, sparse_rows, dense_rows)
         if not self._update_d(host_floats(_blocks(rows))):
             return
         for group, (ps, gs) in zip(groups, pgs, strict=True):
@@ -197,6 +179,36 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                 else:
                     torch.sub(st["x0"], t, out=p)
 
+    def _dense_rows(self, group: dict[str, Any], dps: list[Tensor], dgs: list[Tensor], dlr: float) -> list:
+        """The eager accumulator updates of one group's dense parameters (coupled decay written into the
+        gradients, as the package), and their rows of sums for :meth:`_update_d`: one tensor at a time,
+        temporaries in two scratch buffers (t1: denominator, t2: terms), sums as the package's ``.sum()``
+        (l1 norms as ``abs().sum()``), in its order."""
+        if not dps:
+            return []
+        eps, decay = group["eps"], group["weight_decay"]
+        if decay != 0:
+            torch._foreach_add_(dgs, dps, alpha=decay)
+        states = [self.state[p] for p in dps]
+        for st in states:
+            _forget_last_sksq(st)  # the fused path's, stale once a and s change
+        alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
+        t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
+        rows = []
+        for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
+            torch.sqrt(a, out=t1)
+            t1.add_(eps)
+            old_q = torch.mul(sk, sk, out=t2).div_(t1).sum()  # old sum s^2/(sqrt(a)+eps)
+            old_l1 = torch.abs(sk, out=t2).sum()
+            a.add_(torch.mul(g, g, out=t2))
+            torch.sqrt(a, out=t1)
+            t1.add_(eps)
+            g_sq = t2.div_(t1).sum()  # sum g^2/(sqrt(a)+eps)
+            sk.add_(g, alpha=dlr)
+            new_q = torch.mul(sk, sk, out=t2).div_(t1).sum()
+            rows.append([g_sq, old_q, new_q, old_l1, torch.abs(sk, out=t2).sum()])
+        return rows
+
     def _fused_step(self, pgs: GroupGrads) -> None:
         """The step with compiled kernels for dense gradients (class docstring): a read-only probe of the
         l1 norms, the host decisions, then the step pass with the remaining sums (or, on the
@@ -210,53 +222,59 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
             return
         self._init_state(pgs)
         g0 = groups[0]
-        dlr, momentum = g0["d"] * g0["lr"], g0["momentum"]
-        rows: list[list[Tensor | None]] = []  # per tensor, in order (see _update_d); dense: l1 norms first
-        work = []
+        dlr, momentum, k = g0["d"] * g0["lr"], g0["momentum"], g0["k"]
+        per_group = []  # (gradients, sparse rows, dense [old, new ||s||_1] rows) per group
+        work = []  # (group index, states, tensor lists, scalars) per group with dense gradients
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             eps, decay = float(group["eps"]), float(group["weight_decay"])
-            rows += self._sparse_rows(ps, gs, dlr, eps)  # (only after the exact check: sparse grads)
+            sparse_rows = self._sparse_rows(ps, gs, dlr, eps)  # (only after the exact check: sparse grads)
             dps, dgs = _dense(ps, gs)
-            if not dps:
-                continue
-            states = [self.state[p] for p in dps]
-            lists = [dps, dgs, [st["alphak"] for st in states], [st["sk"] for st in states]]
-            scalars = (dlr, decay, eps, decay != 0)
-            l1s = _fused.per_tensor(_l1_probe, [dgs, lists[3], dps], dlr, decay, decay != 0)
-            dense_rows = [[None, None, None, old_l1, new_l1] for old_l1, new_l1 in l1s]
-            rows += dense_rows
-            work.append((states, dense_rows, lists + [[st["x0"] for st in states]], scalars))
-        l1_values = host_floats(_blocks([row[3:] for row in rows]))
+            l1s = []
+            if dps:
+                states = [self.state[p] for p in dps]
+                lists = [dps, dgs, [st["alphak"] for st in states], [st["sk"] for st in states]]
+                l1s = _fused.per_tensor(_l1_probe, [dgs, lists[3], dps], dlr, decay, decay != 0)
+                lists.append([st["x0"] for st in states])
+                work.append((len(per_group), states, lists, (dlr, decay, eps, decay != 0)))
+            per_group.append((gs, sparse_rows, l1s))
+        l1_rows = [_in_param_order(gs, [r[3:] for r in sparse], l1s) for gs, sparse, l1s in per_group]
+        l1_values = host_floats(_blocks([r for rows in l1_rows for r in rows]))  # every old ||s||_1, then new
         if check and skip_if_reduction_nonfinite(l1_values, grads, *groups):
             return
-        if self._l1_total(l1_values[: len(rows)], l1_values[len(rows) :]) == 0:
-            # eager has updated a and s, and returns unmoved
-            for states, _, lists, scalars in work:
+        n = len(l1_values) // 2
+        if self._l1_total(l1_values[:n], l1_values[n:]) == 0:  # eager has updated a and s, returns unmoved
+            for _, states, lists, scalars in work:
                 _fused.per_tensor(_accumulate, [*lists[1:4], lists[0]], *scalars)
                 for st in states:
-                    st.pop(_SKSQ, None)
+                    _forget_last_sksq(st)
             return
         mix = (float(momentum), float(1 - momentum), momentum != 0)
-        for states, dense_rows, lists, scalars in work:
-            self._cache_sksq(states, scalars[2])
+        dense_sums: list[list] = [[] for _ in per_group]  # [g_sq, old, new sum s^2/den] per dense tensor
+        for i, states, lists, scalars in work:
+            old_q = self._last_sksq(states, k, scalars[2])
             sums = _fused.per_tensor(_step, lists, *scalars, *mix)
-            for st, row, (g_sq, new_q) in zip(states, dense_rows, sums, strict=True):
-                row[:3] = g_sq, st[_SKSQ], new_q
-                st[_SKSQ] = new_q
+            dense_sums[i] = [[g_sq, q, new_q] for q, (g_sq, new_q) in zip(old_q, sums, strict=True)]
+            for st, (_, new_q) in zip(states, sums, strict=True):
+                st[_LAST_SKSQ], st[_LAST_SKSQ_AT] = new_q, (k + 1, scalars[2])
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             self._sparse_moves(ps, gs, group["eps"])
-        self._update_d(host_floats(_blocks(rows)))
+        firsts = [
+            r
+            for (gs, sparse, _), dense in zip(per_group, dense_sums, strict=True)
+            for r in _in_param_order(gs, [r[:3] for r in sparse], dense)
+        ]
+        self._update_d(host_floats(_blocks(firsts)) + l1_values)  # the five blocks of _update_d
 
-    def _cache_sksq(self, states: list[dict[str, Tensor]], eps: float) -> None:
-        """The fused path's ``sum s^2 / (sqrt(a) + eps)`` of the stored state, kept per parameter by its
-        last step pass (state key ``sksq_weighted``, a 0-dim tensor, in the checkpoint); computed here
-        where it is missing (the first fused step, a state from the eager path, after the ``||s||_1 = 0``
-        return), with a read of ``a`` and ``s``."""
-        missing = [st for st in states if _SKSQ not in st]
-        if missing:
-            tensors = [[st["alphak"] for st in missing], [st["sk"] for st in missing]]
-            for st, q in zip(missing, _fused.per_tensor(_weighted_sksq, tensors, eps), strict=True):
-                st[_SKSQ] = q
+    def _last_sksq(self, states: list[dict[str, Any]], k: int, eps: float) -> list[Tensor]:
+        """The stored state's ``sum s^2 / (sqrt(a) + eps)`` per parameter: the last step pass's new sum
+        where it is valid for this step (``last_sksq_at == (k, eps)``), else computed here with a
+        read-only pass over ``a`` and ``s``."""
+        stale = [st for st in states if st.get(_LAST_SKSQ_AT) != (k, eps)]
+        if stale:
+            tensors = [[st["alphak"] for st in stale], [st["sk"] for st in stale]]
+            for st, q in zip(stale, _fused.per_tensor(_weighted_sksq, tensors, eps), strict=True):
+                st[_LAST_SKSQ], st[_LAST_SKSQ_AT] = q, (k, eps)
+        return [st[_LAST_SKSQ] for st in states]
 
     def _init_state(self, pgs: GroupGrads) -> None:
         """Lazy per-parameter state: ``alphak = 1e-6``, ``sk = 0``, ``x0 = x`` (and ``weighted_sk``)."""
@@ -272,10 +290,11 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
 
     def _update_d(self, values: list[float]) -> bool:
         """Both paths' host half of §2.3 from the per-tensor sums, in five blocks of n (:func:`_blocks`
-        of the rows: ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1``, where
-        ``den = sqrt(a) + eps`` with the new a), the tensors in parameter order: the running totals, the
-        ``||s||_1 = 0`` return (False: nothing written), d_hat, d, the log line, and the new scalars and
-        ``k + 1`` written into every group."""
+        of the rows: ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1``, with
+        ``den = sqrt(a) + eps`` of the new a, and of the old a for the old sum; ``sqrt(a + eps)`` for
+        sparse gradients), the tensors in parameter order: the running totals, the ``||s||_1 = 0`` return
+        (False: nothing written), d_hat, d, the log line, and the new scalars and ``k + 1`` written into
+        every group."""
         g0 = self.param_groups[0]
         lr, log_every, growth_rate, d = g0["lr"], g0["log_every"], g0["growth_rate"], g0["d"]
         n = len(values) // 5
@@ -329,7 +348,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
     def _sparse_terms(self, p: Tensor, grad: Tensor, dlr: float, eps: float) -> tuple[Tensor, ...]:
         """The package's sparse path for one tensor (no weight decay; denominator ``sqrt(a + eps)``)."""
         state = self.state[p]
-        state.pop(_SKSQ, None)
+        _forget_last_sksq(state)
         sk, alphak, weighted_sk = state["sk"], state["alphak"], state["weighted_sk"]
         grad = grad.coalesce()
         grad_vals = grad._values()
@@ -361,7 +380,20 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         p.add_(torch.sparse_coo_tensor(grad.indices(), loc_vals - p_vals, grad.shape))
 
 
-def _blocks(rows: list[list[Tensor]]) -> list[Tensor]:
+def _forget_last_sksq(state: dict[str, Any]) -> None:
+    """Drop the fused path's cached sum (stale once ``alphak`` or ``sk`` change outside its step pass)."""
+    state.pop(_LAST_SKSQ, None)
+    state.pop(_LAST_SKSQ_AT, None)
+
+
+def _in_param_order(gs: list[Tensor], sparse: list, dense: list) -> list:
+    """Per-tensor rows back in parameter order, from the rows of the sparse and of the dense gradients
+    among ``gs`` (each in order)."""
+    sparse_rows, dense_rows = iter(sparse), iter(dense)
+    return [next(sparse_rows) if g.is_sparse else next(dense_rows) for g in gs]
+
+
+def _blocks(rows: Sequence[Sequence[Tensor]]) -> list[Tensor]:
     """Per-tensor rows of sums, column after column (the order :meth:`DAdaptAdaGrad._update_d` reads)."""
     return [v for column in zip(*rows, strict=True) for v in column]
 
@@ -424,7 +456,7 @@ def _step(
 def _accumulate(
     g: Tensor, a: Tensor, s: Tensor, x: Tensor, dlr: float, decay: float, eps: float, with_decay: bool
 ) -> None:
-    """The accumulators alone (``eps`` unused; the probe's scalars): the eager state on the
+    """The accumulators alone (``eps`` unused: the step pass's scalars): the eager state on the
     ``||s||_1 = 0`` return."""
     g = coupled_decay(g, x, decay, with_decay)
     a.add_(g * g)

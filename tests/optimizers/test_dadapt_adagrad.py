@@ -69,6 +69,29 @@ def test_sparse_gradients_match_dadaptation():
     assert ours.scalars[-1]["d"] > 1e-2  # d adapted (x100)
 
 
+@pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+@pytest.mark.parametrize("fused", [False, True])
+def test_sums_reach_the_host_in_parameter_order_with_sparse_after_dense(fused):
+    """One group, the dense layer before the sparse embedding: the package adds the per-tensor sums in
+    parameter order, so eager takes its steps bit for bit (fused to rounding)."""
+    models = [SparseModel(), SparseModel()]
+    params = [[*m.out.parameters(), m.emb.weight] for m in models]
+    ours = DAdaptAdaGrad(params[0], d0=1e-4, fused=fused)
+    ref = dadaptation.DAdaptAdaGrad(params[1], d0=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    rel = 1e-12 if fused else 0.0
+    for _ in range(100):  # (sparse rows first, as before, made the scalars differ from the first step)
+        x = torch.randn(8, 4, generator=gen, dtype=torch.float64)
+        for model, opt in zip(models, (ours, ref), strict=True):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        for key in ("d", "sksq_weighted", "skl1", "gsq_weighted"):
+            assert ours.param_groups[0][key] == pytest.approx(ref.param_groups[0][key], rel=rel, abs=0), key
+    for a, b in zip(*params, strict=True):
+        torch.testing.assert_close(a, b, rtol=rel, atol=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
@@ -127,8 +150,8 @@ def test_fused_with_sparse_gradients_matches_eager():
 
 
 def test_fused_zero_gradient_steps_return_without_moving_like_eager():
-    """While ||s||_1 = 0 the fused step updates only the accumulators (the probe's sums decide before the
-    step pass), so the early return moves nothing (momentum: 0.9 x + 0.1 x may differ from x in the last
+    """While ||s||_1 = 0 the fused step updates only the accumulators (the probe's l1 norms decide before
+    the step pass), so the early return moves nothing (momentum: 0.9 x + 0.1 x may differ from x in the last
     bit), and the next steps match eager."""
     models = [mlp(), mlp()]
     opts = [
@@ -179,7 +202,7 @@ def test_fused_resumes_bit_identically():
     whole = DAdaptAdaGrad(models[0].parameters(), momentum=0.9, weight_decay=1e-3, fused=True)
     run_steps(whole, models[0], 9)
     resumed = _handoffs(models[1], (True, True, True))
-    assert "sksq_weighted" in resumed.state[next(models[1].parameters())]
+    assert "last_sksq" in resumed.state[next(models[1].parameters())]
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
     for key in ("d", "sksq_weighted", "skl1", "gsq_weighted", "k"):
@@ -196,6 +219,24 @@ def test_fused_and_eager_checkpoints_interoperate():
     for key in ("d", "sksq_weighted", "skl1", "gsq_weighted"):
         assert mixed.param_groups[0][key] == pytest.approx(eager.param_groups[0][key], rel=1e-12), key
     assert mixed.param_groups[0]["k"] == eager.param_groups[0]["k"] == 9
+
+
+def test_fused_recomputes_its_cached_sum_when_eps_changes():
+    """The cached ``sum s^2 / (sqrt(a) + eps)`` is valid for one eps: after a change of a group's eps the
+    fused path recomputes it, as eager recomputes its old sum every step."""
+    models = [mlp(), mlp()]
+    opts = [
+        DAdaptAdaGrad(m.parameters(), momentum=0.9, fused=f)
+        for m, f in zip(models, (False, True), strict=True)
+    ]
+    for model, opt in zip(models, opts, strict=True):
+        run_steps(opt, model, 4)
+        opt.param_groups[0]["eps"] = 1e-1
+        run_steps(opt, model, 4, seed=1)
+    assert opts[1].param_groups[0]["sksq_weighted"] == pytest.approx(
+        opts[0].param_groups[0]["sksq_weighted"], rel=1e-12
+    )
+    assert opts[1].param_groups[0]["d"] == pytest.approx(opts[0].param_groups[0]["d"], rel=1e-12)
 
 
 def test_fused_skips_a_non_finite_step():
