@@ -25,7 +25,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from runners.reports.table1 import GRID, OPTIMIZERS  # noqa: E402
+from runners.reports import paper  # noqa: E402
+from runners.reports.table1 import GRID, OPTIMIZERS, PAPER_FILES  # noqa: E402
 from tasks._libsvm_data import DATASETS, availability  # noqa: E402
 
 EXPERIMENT = "dadapt_figure2"
@@ -75,6 +76,16 @@ def select_runs(
     return df.drop(columns="_mtime").sort_values(["dataset", "optimizer", "lr", "seed"], ignore_index=True)
 
 
+def preflight(figures: bool) -> None:
+    """Stop in seconds, with one line, when something the report needs is missing (before any run)."""
+    paper.require(PAPER_FILES)
+    if figures:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError as e:
+            raise SystemExit(f"error: the figures need matplotlib ({e}); run `make setup`") from None
+
+
 def multirun(overrides: list[str], jobs: int, log: Path) -> int:
     """One Hydra multirun of the runner on the joblib launcher; its output goes to ``log``."""
     cmd = [sys.executable, "-m", "runners.train", "-m", f"experiment={EXPERIMENT}", "launcher=joblib"]
@@ -103,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="extra runner overrides, e.g. task.epochs=2")
     args = ap.parse_args(argv)
 
+    preflight(figures=not args.no_figures)
     results, data = Path(args.results).resolve(), Path(args.data).resolve()
     datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]

@@ -1,7 +1,7 @@
 """Table 1 (D-Adaptation Fig. 2 / Mechanic Fig. 4): final training accuracy on the LIBSVM suite.
 
 Reads only :func:`runners.collect.collect`'s DataFrame, each run's ``metrics.jsonl`` and the paper's CSV
-(``../shared/paper_results/dadapt_figures_values.csv``, ``paper_version=final``). Writes
+(``reference/paper_results/dadapt_figures_values.csv``, ``paper_version=final``). Writes
 
 - ``<out>/tables/table1.{md,csv,tex}``: rows = the 12 problems, columns = optimizers, cells = mean ± SE
   over seeds (grid baselines: best LR per problem on mean final training accuracy, LR shown), the paper's
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from runners.reports import paper
 from tasks._libsvm_data import DATASETS, FETCH_EMBEDDED, FETCH_LIBSVM
 
 #: column order and labels; ``adam``/``sgd`` are grid-searched, the rest run at their defaults
@@ -41,7 +41,7 @@ OPTIMIZERS: dict[str, str] = {
     "adam_hd": "Adam-HD",
 }
 GRID = ("adam", "sgd")
-#: the learned scale plotted per LR-free method (names from specs/optimizers.md §8)
+#: the learned scale plotted per LR-free method (names: docs/optimizers/README.md §2)
 SCALES: dict[str, str] = {
     "mechanic_adam": "s",
     "mechanic_sgd": "s",
@@ -53,19 +53,8 @@ SCALES: dict[str, str] = {
     "dog": "eta",
     "adam_hd": "lr",
 }
-_REPO = Path(__file__).resolve().parents[2]
-#: the papers' numbers: $LRBENCH_PAPER_RESULTS, else shared/paper_results in or beside the repo
-PAPER_CSV = next(
-    (
-        d / "dadapt_figures_values.csv"
-        for d in (
-            Path(os.environ.get("LRBENCH_PAPER_RESULTS", _REPO / "shared" / "paper_results")),
-            _REPO.parent / "shared" / "paper_results",
-        )
-        if (d / "dadapt_figures_values.csv").is_file()
-    ),
-    _REPO.parent / "shared" / "paper_results" / "dadapt_figures_values.csv",
-)
+#: the paper values this report reads (reference/paper_results/, runners/reports/paper.py)
+PAPER_FILES = ("dadapt_figures_values.csv",)
 PAPER_COLS = {"Adam (LR grid-searched)": "paper Adam (grid)", "D-Adapt Adam": "paper D-Adapt Adam"}
 ACC_COLUMNS = ("final_train/accuracy", "final/train/accuracy", "final_train_accuracy", "train/accuracy")
 VERDICTS = ("reproduced", "differs", "not run")
@@ -80,9 +69,9 @@ def accuracy_column(df: pd.DataFrame) -> str:
     raise KeyError(f"no final training accuracy column among {ACC_COLUMNS}; columns: {list(df.columns)}")
 
 
-def paper_values(path: Path = PAPER_CSV) -> pd.DataFrame:
+def paper_values() -> pd.DataFrame:
     """``index = dataset key, columns = [paper col, paper col + ' SE']`` from the paper's CSV (final)."""
-    raw = pd.read_csv(path)
+    raw = paper.read(PAPER_FILES[0])
     raw = raw[(raw["table"] == "Figure 2") & (raw["setting"] == "paper_version=final")]
     raw = raw[raw["optimizer"].isin(PAPER_COLS)]
     raw = raw.assign(key=raw["dataset"].str.replace("LIBSVM ", "", regex=False).str.lower())
