@@ -1,10 +1,10 @@
 """Step-size blocks for MetaOptimize: turn a model and a block spec into named param groups.
 
-specs/metaoptimize.md §6. A block is a set of parameter tensors that shares one step size
+docs/optimizers/metaoptimize.md §6. A block is a set of parameter tensors that shares one step size
 α_k = exp(β_k). Every parameter of ``model.named_parameters()`` belongs to exactly one block, as in
 the authors' ``HF.py``, which partitions ``net.parameters()`` (frozen tensors included).
 
-Accepted specs:
+Accepted block specifications:
 
 - ``"scalar"``: one block (``HF.py``'s ``'scalar'``);
 - ``"per_tensor"``: one block per tensor, named after it;

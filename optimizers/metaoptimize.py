@@ -1,8 +1,9 @@
 """MetaOptimize, Hessian-free variants (Sharifnassab, Salehkaleybar, Sutton, ICML 2025).
 
 The update rules are those of the authors' experiment code (``HF.py``), which produced every
-published number: specs/metaoptimize.md §3 and the ``_foreach`` pseudo-code of §9. Each block k (one
-param group) has a log step size β_k; its step size is α_k = exp(β_k). One step, in this order (§3.2):
+published number; docs/optimizers/metaoptimize.md is the reference for everything below. Each block k
+(one param group) has a log step size β_k; its step size is α_k = exp(β_k). One step, in this order
+(docs/optimizers/metaoptimize.md §3):
 
 1. α_k = exp(β_k);
 2. meta-gradient from the OLD trace: z_k = Σ_{i∈k} <h_i, g_i>;
@@ -10,39 +11,44 @@ param group) has a log step size β_k; its step size is α_k = exp(β_k). One st
    weights before the step, then w_i ← w_i − Δ_i and h_i ← γ (1 − κ α_k) h_i − Δ_i;
 4. meta update of β_k from z_k (adam, lion, rmsprop; or ``fixed``, the fixed-step-size baseline).
 
-``normalization`` picks the Adam/RMSProp normalisation (§4):
+``normalization`` picks the Adam/RMSProp normalisation (docs/optimizers/metaoptimize.md §4):
 
 - ``"code"`` (default): ``HF.py``. AdamW base: m ← ρ m + g (undamped sum, no bias correction),
   v ← λ v + g², u = m / √(μ v + ε) with μ = (1 − λ)/(1 − λ^t); RMSProp: u = g / √(μ v + ε); SGDm uses
-  the momentum BEFORE this step's gradient (one-step lag, §10.3); Lion is standard Lion. The meta
-  Adam/RMSProp are the same rules on the K scalars z_k. ε = 1e-10 inside the square root.
+  the momentum BEFORE this step's gradient (one-step lag, docs/optimizers/metaoptimize.md §3.1, §10);
+  Lion is standard Lion. The meta Adam/RMSProp are the same rules on the K scalars z_k
+  (docs/optimizers/metaoptimize.md §3.2). ε = 1e-10 inside the square root.
 - ``"paper"``: the textbook normalisation of the paper's Algorithm 3 / App. A: m ← ρ m + (1 − ρ) g,
   v ← λ v + (1 − λ) g², u = (m/(1 − ρ^t)) / (√(v/(1 − λ^t)) + ε) with ε = 1e-8 OUTSIDE the root (the
   paper has none; at t = 1 the meta-Adam is 0/0 without it). SGDm and Lion are as in ``"code"``.
-- ``"package"``: the 2025 pip package ``MetaOptimize_AdamW_Lion_hg`` (§11, not used for the paper;
-  AdamW base and Lion meta only): textbook AdamW (ε = 1e-8 outside the root), trace
-  h ← γ (1 − κ α) h − α g/(√v̂ + ε) (our sign convention, i.e. minus the package's h), and the meta
-  momentum is updated BEFORE it enters the sign.
+- ``"package"``: the 2025 pip package ``MetaOptimize_AdamW_Lion_hg`` (not used for the paper; AdamW
+  base and Lion meta only; docs/optimizers/metaoptimize.md §5): textbook AdamW (ε = 1e-8 outside the
+  root), trace h ← γ (1 − κ α) h − α g/(√v̂ + ε) (our sign convention, i.e. minus the package's h), and
+  the meta momentum is updated BEFORE it enters the sign.
 
 The defaults of ``momentum`` (ρ) and ``meta_momentum`` (ρ̄) depend on the algorithm: 0.9 for SGDm,
-AdamW and Adam, 0.99 for Lion (App. C tables). For Lion, ``lion_c`` is the interpolation coefficient
-inside the sign (``HF.py``'s ``Lion_beta2``, the Lion paper's β1) and ``momentum`` the EMA coefficient.
+AdamW and Adam, 0.99 for Lion (App. C tables; docs/optimizers/metaoptimize.md §7). For Lion,
+``lion_c`` is the interpolation coefficient inside the sign (``HF.py``'s ``Lion_beta2``, the Lion
+paper's β1) and ``momentum`` the EMA coefficient.
 
 Semantics the suite fixes:
 
 - ``alpha0`` is the initial step size itself (β_0 = log alpha0 in float64, not ``HF.py``'s float32
-  β_0, §10.1); any positive value is valid, e.g. the battery's 1e-6 or 1.0.
-- Every param group is one block. ``from_model`` builds the groups from a preset (§6). Hyper-parameters
-  are shared by all groups, except ``weight_decay``, which a group may override.
+  β_0: docs/optimizers/metaoptimize.md §10); any positive value is valid, e.g. the battery's 1e-6 or 1.0.
+- Every param group is one block. ``from_model`` builds the groups from a preset
+  (docs/optimizers/metaoptimize.md §6). Hyper-parameters are shared by all groups, except
+  ``weight_decay``, which a group may override.
 - ``lr_schedule_compatible = False``: the step size is learned state; there is no ``lr`` to schedule.
-- A parameter whose ``.grad`` is None is treated as having a zero gradient (§9): its momentum and
-  second moment decay, weight decay still moves it, and its trace is kept. Block sums never shift.
+- A parameter whose ``.grad`` is None is treated as having a zero gradient
+  (docs/optimizers/metaoptimize.md §10): its momentum and second moment decay, weight decay still
+  moves it, and its trace is kept. Block sums never shift.
 - Non-finite gradients: if any gradient holds a NaN or an infinity, the whole step is SKIPPED, with no
-  change to parameters or state except the ``skipped_steps`` counter.
-- State: per tensor ``h`` (trace), ``m``, ``v`` as the base needs; per optimizer, under
-  ``state["metaoptimize"]``, the (K,) float64 tensors ``beta``, ``mbar``, ``vbar``, ``z`` and the
-  Python scalars ``step``, ``skipped_steps`` and the running products for the bias corrections
-  (kept as products, as ``HF.py`` does, for bit-level parity). All of it is in ``state_dict()``.
+  change to parameters or state except the ``skipped_steps`` counter (docs/optimizers/README.md §3).
+- State (docs/optimizers/metaoptimize.md §2): per tensor ``h`` (trace), ``m``, ``v`` as the base needs;
+  per optimizer, under ``state["metaoptimize"]``, the (K,) float64 tensors ``beta``, ``mbar``, ``vbar``,
+  ``z`` and the Python scalars ``step``, ``skipped_steps`` and the running products for the bias
+  corrections (kept as products, as ``HF.py`` does, for bit-level parity). All of it is in
+  ``state_dict()``.
 - Host syncs: one per step for the finite check and one to read α as Python floats.
 
 ``fused=True`` (an attribute, not a hyper-parameter: checkpoints load either way) runs the same rule as
@@ -169,7 +175,8 @@ class MetaOptimize(torch.optim.Optimizer):
     def from_model(
         cls, model: torch.nn.Module, *, steps_per_epoch: int = 1, blocks: BlockSpec = "scalar", **kwargs: Any
     ) -> MetaOptimize:
-        """Build with one param group per block of ``blocks`` (specs §6); ``steps_per_epoch`` is unused."""
+        """One param group per block of ``blocks`` (docs/optimizers/metaoptimize.md §6); ``steps_per_epoch``
+        is unused."""
         return cls(param_groups(model, blocks), **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -200,7 +207,7 @@ class MetaOptimize(torch.optim.Optimizer):
                 "rho_bar_acc": 1.0,
             }
         initial = {"beta": math.log(self.defaults["alpha0"]), "mbar": 0.0, "vbar": 0.0, "z": 0.0}
-        for key, value in initial.items():  # beta_0 = log(alpha0) in float64 (specs §10.1)
+        for key, value in initial.items():  # float64 beta_0 (docs/optimizers/metaoptimize.md §10)
             meta[key] = torch.cat([meta[key], meta[key].new_full((1,), value)])
 
     # ------------------------------------------------------------------ step
@@ -218,8 +225,9 @@ class MetaOptimize(torch.optim.Optimizer):
 
     @staticmethod
     def _normalizer(v: list[torch.Tensor], s_in: float, s_div: float, s_out: float) -> list[torch.Tensor]:
-        """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (§3.2, §4; the scalars of
-        :meth:`_base_scalars`); a neutral scalar (0 added, division by 1) is an exact skip."""
+        """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (the scalars of
+        :meth:`_base_scalars`; docs/optimizers/metaoptimize.md §3.1, §4.2, §10); a neutral scalar (0 added,
+        division by 1) is an exact skip."""
         if s_in:  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             s = torch._foreach_add(v, s_in)
             torch._foreach_sqrt_(s)
@@ -239,8 +247,9 @@ class MetaOptimize(torch.optim.Optimizer):
         a: float,
         kappa: float,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-        """Δ_i = a (u_i + κ w_i) for one block (§3.2 step 3), updating m and v; and the package trace term.
-        The per-step scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
+        """Δ_i = a (u_i + κ w_i) for one block (docs/optimizers/metaoptimize.md §3, step 3, and §3.1),
+        updating m and v; and the package trace term (docs/optimizers/metaoptimize.md §5). The per-step
+        scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
         base = self.defaults["base"]
         scalars = self._base_scalars(a)
         delta = torch._foreach_mul(params, a * kappa)
@@ -272,7 +281,7 @@ class MetaOptimize(torch.optim.Optimizer):
         torch._foreach_mul_(m, m_a)  # package: m_hat <- (1 - b1) m_hat + b1 g
         torch._foreach_add_(m, grads, alpha=m_b)
         torch._foreach_addcdiv_(delta, m, s, value=value)
-        if self.defaults["normalization"] == "package":  # trace term: the normalised current gradient (§11)
+        if self.defaults["normalization"] == "package":  # trace term: the normalised current gradient
             trace = torch._foreach_div(grads, s)
             torch._foreach_mul_(trace, a)
             return delta, trace
@@ -281,7 +290,8 @@ class MetaOptimize(torch.optim.Optimizer):
     def _base_scalars(self, a: float) -> list[float]:
         """The base rule's per-step scalars, for the eager :meth:`_displacement` and the ``KERNELS``: SGDm
         ``[a, rho]``, Lion ``[a, c, rho]``, RMSProp ``[a scale, *v_ab, s_in, s_div, s_out]``, AdamW
-        ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA weights ``x <- x_a x + x_b g``, §4)."""
+        ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA weights ``x <- x_a x + x_b g``;
+        docs/optimizers/metaoptimize.md §4.2)."""
         d, meta = self.defaults, self.state[META_KEY]
         base, norm, t = d["base"], d["normalization"], meta["step"]
         rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]
@@ -289,7 +299,8 @@ class MetaOptimize(torch.optim.Optimizer):
             return [a, rho]
         if base == "lion":
             return [a, d["lion_c"], rho]
-        # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out (§4)
+        # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out
+        # (docs/optimizers/metaoptimize.md §4.2)
         if norm == "package":  # m_hat, v_hat EMAs with bias-corrected weights
             b1, b2 = (1.0 - rho) / (1.0 - rho**t), (1.0 - lam) / (1.0 - lam**t)
             m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
@@ -328,7 +339,9 @@ class MetaOptimize(torch.optim.Optimizer):
         return _fused.per_tensor(KERNELS[name][0], lists, decay, *scalars)
 
     def _meta_update(self, z: torch.Tensor) -> None:
-        """β update on the K block scalars from z (§3.2 step 4; textbook form for ``paper``)."""
+        """β update on the K block scalars from z (docs/optimizers/metaoptimize.md §3.2); the textbook
+        form for ``paper`` (docs/optimizers/metaoptimize.md §4.2) and the package's order for
+        ``package`` (docs/optimizers/metaoptimize.md §5)."""
         d, meta = self.defaults, self.state[META_KEY]
         kind, norm = d["meta"], d["normalization"]
         if kind == "fixed":
@@ -366,7 +379,8 @@ class MetaOptimize(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One MetaOptimize step (specs §3.2): z from the old trace, base update, trace, meta update."""
+        """One MetaOptimize step (docs/optimizers/metaoptimize.md §3): z from the old trace, base update,
+        trace, meta update."""
         loss = closure_loss(closure)
         meta = self.state[META_KEY]
         blocks = []
@@ -496,14 +510,16 @@ def _adamw(
 def _adamw_package(
     x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ak: float, a: float, *rest: float
 ) -> Any:
-    """The pip package's AdamW: as ``_adamw``, and the trace term a g / s (§11)."""
+    """The pip package's AdamW: as ``_adamw``, and the trace term a g / s
+    (docs/optimizers/metaoptimize.md §5)."""
     delta, s = _adamw_parts(x, g, m, v, ak, *rest)
     return delta, g / s * a
 
 
 def _kernel_pair(rule: Rule, n_states: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
     """(traced, untraced) kernels for ``rule``: ``traced(x, g, h, *states, decay, *scalars)`` returns
-    <h, g> with the old h (§3.2 step 2) and sets h ← decay h − (Δ or the trace term), w ← w − Δ."""
+    <h, g> with the old h (docs/optimizers/metaoptimize.md §3, step 2) and sets h ← decay h − (Δ or the
+    trace term), w ← w − Δ."""
 
     def traced(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, *args: Any) -> torch.Tensor:
         states, decay, scalars = args[:n_states], args[n_states], args[n_states + 1 :]
