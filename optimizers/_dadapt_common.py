@@ -3,8 +3,9 @@
 ``AdamForm``, the step of D-Adapt Adam and Prodigy (eager skeleton and the host part of the fused one),
 the non-finite start of a step (``grads_or_skip``), coupled decay, the end-of-step bookkeeping, the
 growth-rate check, the shared-lr rule, the Adam-style bias correction, the sharded-training all-reduce
-of specs/optimizers.md §10, the ``d`` / ``d_lr`` diagnostics of §8, a fast form of the non-finite check
-and a shared scratch buffer.
+(docs/optimizers/README.md §4), the ``d`` / ``d_lr`` diagnostics (docs/optimizers/README.md §2), a fast
+form of the non-finite check and a shared scratch buffer. The rules: docs/optimizers/dadaptation.md and
+docs/optimizers/prodigy.md.
 
 Speed notes (issue 4): on CPU, every out-of-place ``torch._foreach_*`` op allocates a parameter-sized
 temporary for *every* tensor at once; glibc hands such a >32 MB block back to the kernel when it is
@@ -87,7 +88,8 @@ def shared_lr(groups: Sequence[dict[str, Any]], hint: str = "") -> float:
 
 
 def bias_correction(group: dict[str, Any]) -> float:
-    """``sqrt(1 - beta2^(k+1)) / (1 - beta1^(k+1))`` with ``use_bias_correction``, else 1 (§2.2, §3)."""
+    """``sqrt(1 - beta2^(k+1)) / (1 - beta1^(k+1))`` with ``use_bias_correction``, else 1
+    (docs/optimizers/dadaptation.md §2.2, docs/optimizers/prodigy.md §2)."""
     if not group["use_bias_correction"]:
         return 1
     beta1, beta2 = group["betas"]
@@ -95,7 +97,8 @@ def bias_correction(group: dict[str, Any]) -> float:
 
 
 def d_diagnostics(group: dict[str, Any], d_lr: float, **extra: float) -> dict[str, float]:
-    """§8: ``d``, ``d_lr``, any extra scalars, then ``skipped_steps``, from the scalars of ``group``."""
+    """docs/optimizers/README.md §2: ``d``, ``d_lr``, any extra scalars, then ``skipped_steps``, from the
+    scalars of ``group``."""
     return {
         "d": float(group["d"]),
         "d_lr": float(d_lr),
@@ -118,7 +121,8 @@ def add_coupled_decay(
     group: dict[str, Any], ps: list[torch.Tensor], gs: list[torch.Tensor], decouple: bool
 ) -> None:
     """Coupled weight decay written into ``p.grad`` as the packages do, ``g <- g + wd x``, when ``group``'s
-    ``weight_decay`` is not 0 and not ``decouple`` (§2.2, §3)."""
+    ``weight_decay`` is not 0 and not ``decouple`` (docs/optimizers/dadaptation.md §2.2,
+    docs/optimizers/prodigy.md §2)."""
     if group["weight_decay"] != 0 and not decouple:
         torch._foreach_add_(gs, ps, alpha=group["weight_decay"])
 
@@ -130,7 +134,8 @@ def coupled_decay(g: torch.Tensor, x: torch.Tensor, decay: float, with_decay: bo
 
 
 def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
-    """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do (§10)."""
+    """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do
+    (docs/optimizers/README.md §4)."""
     return flag or any(hasattr(p, "_fsdp_flattened") for ps in groups for p in ps)
 
 
@@ -140,7 +145,8 @@ def first_device(pgs: GroupGrads) -> torch.device:
 
 
 def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]:
-    """SUM-all-reduce Python scalars across ranks (§10), in float64 on the parameters' device."""
+    """SUM-all-reduce Python scalars across ranks (docs/optimizers/README.md §4), in float64 on the
+    parameters' device."""
     buf = torch.tensor(list(values), dtype=torch.float64, device=device)
     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
     return buf.tolist()
@@ -272,8 +278,9 @@ def moment_updates(
 
 
 class AdamForm(torch.optim.Optimizer):
-    """The step shared by D-Adapt Adam (§2.2) and Prodigy (§3). The eager path is the packages' skeleton,
-    with the per-group pieces from the subclass, each keeping the package's operations and their order:
+    """The step shared by D-Adapt Adam (docs/optimizers/dadaptation.md §2.2) and Prodigy
+    (docs/optimizers/prodigy.md §2). The eager path is the packages' skeleton, with the per-group pieces from
+    the subclass, each keeping the package's operations and their order:
 
     1. ``_begin()``: the gradients, the non-finite policy (None: the step is skipped), group 0's scalars
        ``sc`` and the lazy state;

@@ -1,6 +1,6 @@
 """D-Adaptation AdaGrad (Defazio & Mishchenko, ICML 2023, AdaGrad variant), as ``dadaptation`` 3.2.
 
-Exact rule: specs/optimizers.md §2.3.
+Exact rule: docs/optimizers/dadaptation.md §2.3.
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ def _sparse_values(g: Tensor) -> Tensor:
 class DAdaptAdaGrad(torch.optim.Optimizer):
     """AdaGrad with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdaGrad`` 3.2.
 
-    Per coordinate (§2.3), with ``lambda = d * lr`` (lr of group 0): ``a <- a + g^2`` (a starts at 1e-6),
-    ``s <- s + lambda g``; running totals ``Q = sum s^2 / (sqrt(a) + eps)`` (kept, as in the package, by
-    per-step differences), ``Gw += lambda^2 sum g^2 / (sqrt(a) + eps)`` and ``||s||_1``;
-    ``d_hat = (Q - Gw) / ||s||_1``, ``d <- max(d, min(d_hat, d growth_rate))``;
-    ``z = x0 - s / (sqrt(a) + eps)``, ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum).
+    Per coordinate (docs/optimizers/dadaptation.md §2.3), with ``lambda = d * lr`` (lr of group 0):
+    ``a <- a + g^2`` (a starts at 1e-6), ``s <- s + lambda g``; running totals
+    ``Q = sum s^2 / (sqrt(a) + eps)`` (kept, as in the package, by per-step differences),
+    ``Gw += lambda^2 sum g^2 / (sqrt(a) + eps)`` and ``||s||_1``; ``d_hat = (Q - Gw) / ||s||_1``,
+    ``d <- max(d, min(d_hat, d growth_rate))``; ``z = x0 - s / (sqrt(a) + eps)``,
+    ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum).
     The step uses the old d. Coupled weight decay is written into ``p.grad`` (dense gradients only, as
     the package). Sparse gradients follow the package's sparse path (per tensor, its
     ``sqrt(a + eps)`` denominator included). Scalars ``d``, ``k``, ``gsq_weighted``, ``sksq_weighted``,
@@ -125,7 +126,8 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
-        """§8: ``d`` and ``d_lr = d * lr`` (lr of group 0, the one the package uses)."""
+        """docs/optimizers/README.md §2: ``d`` and ``d_lr = d * lr`` (lr of group 0, the one the package
+        uses)."""
         g = self.param_groups[0]
         return d_diagnostics(g, g["d"] * g["lr"])
 
@@ -289,12 +291,12 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                         state["weighted_sk"] = torch.zeros_like(p).detach()
 
     def _update_d(self, values: list[float]) -> bool:
-        """Both paths' host half of §2.3 from the per-tensor sums, in five blocks of n (:func:`_blocks`
-        of the rows: ``sum g^2 / den``, old and new ``sum s^2 / den``, old and new ``||s||_1``, with
-        ``den = sqrt(a) + eps`` of the new a, and of the old a for the old sum; ``sqrt(a + eps)`` for
-        sparse gradients), the tensors in parameter order: the running totals, the ``||s||_1 = 0`` return
-        (False: nothing written), d_hat, d, the log line, and the new scalars and ``k + 1`` written into
-        every group."""
+        """Both paths' host half of docs/optimizers/dadaptation.md §2.3 from the per-tensor sums, in five
+        blocks of n (:func:`_blocks` of the rows: ``sum g^2 / den``, old and new ``sum s^2 / den``, old and
+        new ``||s||_1``, with ``den = sqrt(a) + eps`` of the new a, and of the old a for the old sum;
+        ``sqrt(a + eps)`` for sparse gradients), the tensors in parameter order: the running totals, the
+        ``||s||_1 = 0`` return (False: nothing written), d_hat, d, the log line, and the new scalars and
+        ``k + 1`` written into every group."""
         g0 = self.param_groups[0]
         lr, log_every, growth_rate, d = g0["lr"], g0["log_every"], g0["growth_rate"], g0["d"]
         n = len(values) // 5
@@ -435,10 +437,10 @@ def _step(
     ck: float,
     with_momentum: bool,
 ) -> tuple[Tensor, Tensor]:
-    """§2.3 for one dense parameter: ``a += g^2``, ``s += lambda g``, ``z = x0 - s / (sqrt(a) + eps)``,
-    ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as eager: x not read); returns
-    ``sum g^2 / den`` and the new ``sum s^2 / den`` (``den = sqrt(a) + eps``, new ``a``), computed in
-    the loop that stores (``one_loop``): g, a, s, x0 read once."""
+    """docs/optimizers/dadaptation.md §2.3 for one dense parameter: ``a += g^2``, ``s += lambda g``,
+    ``z = x0 - s / (sqrt(a) + eps)``, ``x <- momentum x + (1 - momentum) z`` (``x = z`` without momentum, as
+    eager: x not read); returns ``sum g^2 / den`` and the new ``sum s^2 / den`` (``den = sqrt(a) + eps``, new
+    ``a``), computed in the loop that stores (``one_loop``): g, a, s, x0 read once."""
     g = coupled_decay(g, x, decay, with_decay)
     gg = g * g
     a.add_(gg)

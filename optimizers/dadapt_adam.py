@@ -1,6 +1,6 @@
 """D-Adaptation Adam (Defazio & Mishchenko, ICML 2023, Adam variant), as ``dadaptation`` 3.2 (v3 rule).
 
-Exact rule: specs/optimizers.md §2.2.
+Exact rule: docs/optimizers/dadaptation.md §2.2.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 class DAdaptAdam(AdamForm):
     """Adam with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdam`` 3.2.
 
-    Per step (§2.2), with ``sb = sqrt(beta2)``, ``r`` the group's ``layer_scale`` and
-    ``lambda = d * lr * bc`` (``bc = sqrt(1 - beta2^(k+1)) / (1 - beta1^(k+1))`` if
+    Per step (docs/optimizers/dadaptation.md §2.2), with ``sb = sqrt(beta2)``, ``r`` the group's
+    ``layer_scale`` and ``lambda = d * lr * bc`` (``bc = sqrt(1 - beta2^(k+1)) / (1 - beta1^(k+1))`` if
     ``use_bias_correction``, else 1): ``acc += r lambda <g, s / (sqrt(v) + eps)>`` with s and v *before*
     this step's update; ``m <- beta1 m + r lambda (1 - beta1) g``; ``v <- beta2 v + (1 - beta2) g^2``;
     ``s <- sb s + lambda (1 - sb) g``; ``numerator <- sb numerator + (1 - sb) acc``;
@@ -58,7 +58,7 @@ class DAdaptAdam(AdamForm):
     and ``param_groups[i]["skipped_steps"]`` counts it. When ``sum r ||s||_1 = 0`` the step returns
     after the moment updates, without moving and without incrementing k, exactly as the package.
     Under sharded training the sums are all-reduced *before* that check (the package checks first and
-    can deadlock, §10).
+    can deadlock, docs/optimizers/README.md §4).
 
     ``fused=True`` (``optimizers._fused``) runs the same rule as two compiled kernels per parameter:
     pass 1 reads g, s, v and returns ``<g, s / (sqrt(v) + eps)>`` and ``||sb s + lambda (1 - sb) g||_1``
@@ -121,7 +121,8 @@ class DAdaptAdam(AdamForm):
         self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
-        """§8: ``d`` and ``d_lr = d * lr * bc`` (bc of the next step; 1 without bias correction)."""
+        """docs/optimizers/README.md §2: ``d`` and ``d_lr = d * lr * bc`` (bc of the next step; 1 without
+        bias correction)."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
         return d_diagnostics(g, g["d"] * lr * bias_correction(g))
@@ -171,7 +172,7 @@ class DAdaptAdam(AdamForm):
 
     def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
         """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, one tensor at a time in
-        scratch (§2.2)."""
+        scratch (docs/optimizers/dadaptation.md §2.2)."""
         eps, dots = group["eps"], []
         ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
         for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
@@ -183,7 +184,8 @@ class DAdaptAdam(AdamForm):
 
     @staticmethod
     def _coefs(sc: _Scalars, r: float) -> tuple[tuple[float, float], ...]:
-        """§2.2: ``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``, ``s <- b s + a g``, layer scale r."""
+        """docs/optimizers/dadaptation.md §2.2: ``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``,
+        ``s <- b s + a g``, layer scale r."""
         dlr, sb = sc.dlr, sc.sqrt_beta2
         return ((sc.beta1, r * dlr * (1 - sc.beta1)), (sc.beta2, 1 - sc.beta2), (sb, dlr * (1 - sb)))
 
@@ -195,7 +197,8 @@ class DAdaptAdam(AdamForm):
         return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
-        """The weight of the group's dot and l1 terms: its ``layer_scale`` r (§2.2)."""
+        """The weight of the group's dot and l1 terms: its ``layer_scale`` r
+        (docs/optimizers/dadaptation.md §2.2)."""
         return group["layer_scale"]
 
     def _host_update(
@@ -206,10 +209,11 @@ class DAdaptAdam(AdamForm):
         dot_values: Sequence[float],
         l1_values: Sequence[float],
     ) -> dict[str, float] | None:
-        """§2.2 on the host, from each tensor's dot and new ``||s||_1`` (``scales``: its layer_scale r):
-        ``numerator <- sb numerator + (1 - sb) sum r dlr dot``, ``sk_l1 = sum r ||s||_1`` (both all-reduced
-        when sharded, §10), ``d_hat`` and the new ``d``, the log line; the group scalars to write, or None
-        for the package's early return when ``sk_l1 = 0``."""
+        """docs/optimizers/dadaptation.md §2.2 on the host, from each tensor's dot and new ``||s||_1``
+        (``scales``: its layer_scale r): ``numerator <- sb numerator + (1 - sb) sum r dlr dot``,
+        ``sk_l1 = sum r ||s||_1`` (both all-reduced when sharded, docs/optimizers/README.md §4), ``d_hat``
+        and the new ``d``, the log line; the group scalars to write, or None for the package's early
+        return when ``sk_l1 = 0``."""
         g0 = self.param_groups[0]
         growth_rate, log_every = g0["growth_rate"], g0["log_every"]
         dlr, sqrt_beta2, d = sc.dlr, sc.sqrt_beta2, sc.d
@@ -239,7 +243,8 @@ class DAdaptAdam(AdamForm):
         return {"numerator_weighted": numerator, "d": d}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
-        """After the decoupled decay (``AdamForm``): ``x <- x - m / (sqrt(v) + eps)`` (§2.2, the old d)."""
+        """After the decoupled decay (``AdamForm``): ``x <- x - m / (sqrt(v) + eps)``
+        (docs/optimizers/dadaptation.md §2.2, the old d)."""
         eps = group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
@@ -290,8 +295,9 @@ class DAdaptAdam(AdamForm):
 
 
 class _Scalars(NamedTuple):
-    """Group 0's scalars at the start of a step (§2.2): the shared lr, the betas, ``sqrt(beta2)``, ``k``,
-    the old ``d``, ``dlr = d lr bc``, ``numerator_weighted``, ``decouple`` and whether to all-reduce."""
+    """Group 0's scalars at the start of a step (docs/optimizers/dadaptation.md §2.2): the shared lr, the
+    betas, ``sqrt(beta2)``, ``k``, the old ``d``, ``dlr = d lr bc``, ``numerator_weighted``, ``decouple``
+    and whether to all-reduce."""
 
     lr: float
     beta1: float

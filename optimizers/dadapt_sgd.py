@@ -1,7 +1,7 @@
 """D-Adaptation SGD (Defazio & Mishchenko, ICML 2023, SGD variant of Algorithm 1), as ``dadaptation`` 3.2.
 
-Exact rule: specs/optimizers.md §2.1. Helpers shared with the other D-Adaptation modules and Prodigy
-live in optimizers/_dadapt_common.py.
+Exact rule: docs/optimizers/dadaptation.md §2.1. Helpers shared with the other D-Adaptation modules
+and Prodigy live in optimizers/_dadapt_common.py.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Host:
-    """One step's host scalars shared by the eager and fused paths (§2.1): the shared ``lr``,
-    ``dlr = lambda_k = d_k lr / ||g_0||``, ``||g_0||``, and where the §10 all-reduce runs."""
+    """One step's host scalars shared by the eager and fused paths
+    (docs/optimizers/dadaptation.md §2.1): the shared ``lr``, ``dlr = lambda_k = d_k lr / ||g_0||``,
+    ``||g_0||``, and where the all-reduce of docs/optimizers/README.md §4 runs."""
 
     lr: float
     dlr: float
@@ -58,9 +59,10 @@ class _Host:
 class DAdaptSGD(torch.optim.Optimizer):
     """SGD with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptSGD`` 3.2.
 
-    Per step (§2.1): ``lambda_k = d_k * lr / ||g_0||`` (``||g_0||`` without weight decay);
-    ``numerator += lambda_k <g_k, s_k>``; ``s += lambda_k g_k``; ``d_hat = 2 numerator / ||s||``,
-    ``d <- max(d, min(d_hat, d * growth_rate))``; ``z = x0 - s``; ``x <- momentum x + (1 - momentum) z``.
+    Per step (docs/optimizers/dadaptation.md §2.1): ``lambda_k = d_k * lr / ||g_0||`` (``||g_0||``
+    without weight decay); ``numerator += lambda_k <g_k, s_k>``; ``s += lambda_k g_k``;
+    ``d_hat = 2 numerator / ||s||``, ``d <- max(d, min(d_hat, d * growth_rate))``; ``z = x0 - s``;
+    ``x <- momentum x + (1 - momentum) z``.
     The step uses the old d. Weight decay is coupled and written into ``p.grad`` as the package does;
     ``weight_decay``, ``momentum``, ``growth_rate`` come from group 0; every group's lr must equal the
     largest lr or be 0. The scalar state (``d``, ``k``, ``numerator_weighted``, ``g0_norm``) lives in
@@ -126,7 +128,8 @@ class DAdaptSGD(torch.optim.Optimizer):
         self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
-        """§8: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is ``d_lr / g0_norm``)."""
+        """docs/optimizers/README.md §2: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is
+        ``d_lr / g0_norm``)."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
         return d_diagnostics(g, g["d"] * lr)
@@ -181,8 +184,8 @@ class DAdaptSGD(torch.optim.Optimizer):
 
     def _begin(self, pgs: list) -> _Host | None:
         """Both paths' start, after the non-finite check: the shared lr, ``||g_0||`` (first step),
-        ``dlr = d_k lr / ||g_0||`` (§2.1's lambda_k) and the lazy state ``z = x0 = x``, ``s = 0``; None
-        on the ``||g_0|| = 0`` early return (no state created)."""
+        ``dlr = d_k lr / ||g_0||`` (lambda_k of docs/optimizers/dadaptation.md §2.1) and the lazy state
+        ``z = x0 = x``, ``s = 0``; None on the ``||g_0|| = 0`` early return (no state created)."""
         groups = self.param_groups
         lr = shared_lr(groups)
         g0 = groups[0]
@@ -201,11 +204,12 @@ class DAdaptSGD(torch.optim.Optimizer):
         return _Host(lr=lr, dlr=g0["d"] * lr / g0_norm, g0_norm=g0_norm, fsdp=fsdp, device=device)
 
     def _update_d(self, host: _Host, dots: Sequence[float], sk_sq: float) -> bool:
-        """Both paths' host half of §2.1 from the step's reductions (``dots`` = <g_k, s_k> per tensor,
-        ``sk_sq`` = ||s_{k+1}||^2): ``numerator += lambda_k <g_k, s_k>``, the all-reduce of §10, the
-        ``||s|| = 0`` early return (False: nothing written), ``d_hat = 2 numerator / ||s||``,
-        ``d <- max(d, min(d_hat, d growth_rate))`` (when lr > 0), the log line, and the new scalars
-        (``numerator_weighted``, ``d``, ``g0_norm``, ``k + 1``) written into every group."""
+        """Both paths' host half of docs/optimizers/dadaptation.md §2.1 from the step's reductions
+        (``dots`` = <g_k, s_k> per tensor, ``sk_sq`` = ||s_{k+1}||^2): ``numerator += lambda_k <g_k, s_k>``,
+        the all-reduce of docs/optimizers/README.md §4, the ``||s|| = 0`` early return (False: nothing
+        written), ``d_hat = 2 numerator / ||s||``, ``d <- max(d, min(d_hat, d growth_rate))`` (when
+        lr > 0), the log line, and the new scalars (``numerator_weighted``, ``d``, ``g0_norm``, ``k + 1``)
+        written into every group."""
         g0 = self.param_groups[0]
         k, d, numerator = g0["k"], g0["d"], g0["numerator_weighted"]
         for v in dots:
@@ -307,10 +311,11 @@ def _accumulate(
     decay: float,
     with_decay: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """§2.1's accumulation for one parameter of a group with lr > 0, into another buffer: ``s_next <- s +
-    lambda_k g`` (g with coupled weight decay; reads g, s, and x only with weight decay) and the
-    reductions ``<g, s_k>`` and ``||s_{k+1}||^2``. Nothing it reads is written, so on CPU the sums share
-    the store's loop (``one_loop``: the second sum reads the stored buffer): 3 tensors of traffic."""
+    """The accumulation of docs/optimizers/dadaptation.md §2.1 for one parameter of a group with lr > 0,
+    into another buffer: ``s_next <- s + lambda_k g`` (g with coupled weight decay; reads g, s, and x only
+    with weight decay) and the reductions ``<g, s_k>`` and ``||s_{k+1}||^2``. Nothing it reads is
+    written, so on CPU the sums share the store's loop (``one_loop``: the second sum reads the stored
+    buffer): 3 tensors of traffic."""
     g = coupled_decay(g, x, decay, with_decay)
     s_next.copy_(s + g * dlr)
     return (g * s).sum(), (s_next * s_next).sum()
@@ -320,8 +325,9 @@ def _accumulate(
 def _move(
     x: torch.Tensor, s: torch.Tensor, x0: torch.Tensor, keep: float, ck: float, with_momentum: bool
 ) -> None:
-    """§2.1's move with ``s = s_{k+1}``: ``x <- momentum x + (1 - momentum) (x0 - s)`` as eager; without
-    momentum ``x = x0 - s`` (eager's ``0 * x + z``), so x is not read."""
+    """The move of docs/optimizers/dadaptation.md §2.1 with ``s = s_{k+1}``:
+    ``x <- momentum x + (1 - momentum) (x0 - s)`` as eager; without momentum ``x = x0 - s`` (eager's
+    ``0 * x + z``), so x is not read."""
     if with_momentum:
         x.mul_(keep).add_((x0 - s) * ck)
     else:

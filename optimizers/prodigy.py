@@ -1,6 +1,6 @@
 """Prodigy (Mishchenko & Defazio 2023, Algorithm 4, Adam form), as ``prodigyopt`` 1.1.2.
 
-Exact rule: specs/optimizers.md §3.
+Exact rule: docs/optimizers/prodigy.md §2.
 """
 
 from __future__ import annotations
@@ -45,9 +45,9 @@ from optimizers.registry import register
 class Prodigy(AdamForm):
     """Prodigy; constructor identical to ``prodigyopt.Prodigy`` 1.1.2.
 
-    Per step (§3), ``d`` the value at the start of the step, ``bc`` as in Adam bias correction (or 1),
-    ``dlr = d lr bc``, ``beta3 = sqrt(beta2)`` unless given, ``gs``/``xs`` the ``[::slice_p]`` slices
-    of the flattened g and x: ``num = beta3 num + sum (d/d0) dlr <gs, p0 - xs>``;
+    Per step (docs/optimizers/prodigy.md §2), ``d`` the value at the start of the step, ``bc`` as in Adam bias
+    correction (or 1), ``dlr = d lr bc``, ``beta3 = sqrt(beta2)`` unless given, ``gs``/``xs`` the
+    ``[::slice_p]`` slices of the flattened g and x: ``num = beta3 num + sum (d/d0) dlr <gs, p0 - xs>``;
     ``m <- beta1 m + d (1 - beta1) g``; ``v <- beta2 v + d^2 (1 - beta2) g^2``;
     ``s <- beta3 s + (d/d0) dlr gs`` (``(d/d0) d gs`` with ``safeguard_warmup``);
     ``d_hat = d_coef num / sum ||s||_1``; if ``d == d0``: ``d <- max(d, d_hat)``;
@@ -136,7 +136,8 @@ class Prodigy(AdamForm):
         self.fused = bool(fused)
 
     def diagnostics(self) -> dict[str, float]:
-        """§8: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat`` (d before a step), ``d_max``."""
+        """docs/optimizers/README.md §2: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat``
+        (d before a step), ``d_max``."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
         return d_diagnostics(
@@ -202,7 +203,7 @@ class Prodigy(AdamForm):
 
     def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
         """``<gs, p0 - xs>`` per tensor on the ``[::slice_p]`` slices, p0 - xs in scratch; a scalar p0 is 0,
-        where p0 - xs = -xs broadcasts (§3)."""
+        where p0 - xs = -xs broadcasts (docs/optimizers/prodigy.md §2)."""
         slice_p, dots = group["slice_p"], []
         xsl = [p.reshape(-1)[::slice_p] for p in ps]
         ts = scratch_like(xsl, workspace(self))
@@ -213,8 +214,8 @@ class Prodigy(AdamForm):
 
     @staticmethod
     def _coefs(sc: _Scalars, group: dict[str, Any]) -> tuple[tuple[float, float], ...]:
-        """``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``, ``s <- b s + a gs`` in ``group`` (§3):
-        ``a = (d/d0) dlr`` for s, ``(d/d0) d`` with ``safeguard_warmup``."""
+        """``(b, a)`` of ``m <- b m + a g``, ``v <- b v + a g^2``, ``s <- b s + a gs`` in ``group``
+        (docs/optimizers/prodigy.md §2): ``a = (d/d0) dlr`` for s, ``(d/d0) d`` with ``safeguard_warmup``."""
         d, group_d0 = sc.d, group["d0"]
         alpha = (d / group_d0) * d if group["safeguard_warmup"] else (d / group_d0) * sc.dlr
         return ((sc.beta1, d * (1 - sc.beta1)), (sc.beta2, d * d * (1 - sc.beta2)), (sc.beta3, alpha))
@@ -229,7 +230,8 @@ class Prodigy(AdamForm):
         return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)))
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
-        """The weight of the group's dot terms: ``d / d0`` with the group's d0 (§3)."""
+        """The weight of the group's dot terms: ``d / d0`` with the group's d0
+        (docs/optimizers/prodigy.md §2)."""
         return sc.d / group["d0"]
 
     def _host_update(
@@ -240,10 +242,10 @@ class Prodigy(AdamForm):
         dot_values: Sequence[float],
         l1_values: Sequence[float],
     ) -> dict[str, float] | None:
-        """§3 on the host, from each tensor's dot and new ``||s||_1`` (``ratios``: its group's d / d0):
-        ``num <- beta3 num + sum (d/d0) dlr dot``, ``d_denom = sum ||s||_1`` (all-reduced when sharded,
-        §10), ``d_hat``, ``d_max`` and the new ``d``; the group scalars to write, or None for the package's
-        early return when ``d_denom = 0`` (not sharded)."""
+        """docs/optimizers/prodigy.md §2 on the host, from each tensor's dot and new ``||s||_1`` (``ratios``:
+        its group's d / d0): ``num <- beta3 num + sum (d/d0) dlr dot``, ``d_denom = sum ||s||_1`` (all-reduced
+        when sharded, docs/optimizers/README.md §4), ``d_hat``, ``d_max`` and the new ``d``; the group scalars
+        to write, or None for the package's early return when ``d_denom = 0`` (not sharded)."""
         g0, groups = self.param_groups[0], self.param_groups
         d, d_max, d_coef, growth_rate = sc.d, g0["d_max"], g0["d_coef"], g0["growth_rate"]
         delta_numerator = 0.0
@@ -267,7 +269,7 @@ class Prodigy(AdamForm):
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
         """After the decoupled decay (``AdamForm``): ``x <- x - dlr m / (sqrt(v) + d eps)`` with the new d
-        (``dlr d g`` for ``dlr m`` when beta1 = 0) (§3)."""
+        (``dlr d g`` for ``dlr m`` when beta1 = 0) (docs/optimizers/prodigy.md §2)."""
         d, eps = update["d"], group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
@@ -342,9 +344,9 @@ class Prodigy(AdamForm):
 
 
 class _Scalars(NamedTuple):
-    """Group 0's scalars at the start of a step (§3): the shared lr, the betas, ``beta3`` (``sqrt(beta2)``
-    unless given), ``k``, the old ``d``, ``dlr = d lr bc``, ``beta3 d_numerator``, ``decouple`` and
-    whether to all-reduce."""
+    """Group 0's scalars at the start of a step (docs/optimizers/prodigy.md §2): the shared lr, the betas,
+    ``beta3`` (``sqrt(beta2)`` unless given), ``k``, the old ``d``, ``dlr = d lr bc``, ``beta3 d_numerator``,
+    ``decouple`` and whether to all-reduce."""
 
     lr: float
     beta1: float

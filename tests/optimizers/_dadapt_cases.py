@@ -1,4 +1,4 @@
-"""Helpers shared by the D-Adaptation and Prodigy package-equivalence tests (specs/optimizers.md §11)."""
+"""Helpers shared by the D-Adaptation and Prodigy package-equivalence tests (docs/optimizers/README.md §5)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def package_pair(
 
 
 def sharded_and_plain(cls: OptClass, kwargs: dict[str, Any]) -> tuple[Trajectory, Trajectory]:
-    """Trajectories with ``fsdp_in_use=True`` (the all-reduce of §10) and without it."""
+    """Trajectories with ``fsdp_in_use=True`` (the all-reduce of docs/optimizers/README.md §4) and without
+    it."""
     sharded = trajectory(lambda m: cls(m.parameters(), fsdp_in_use=True, **kwargs), ours_scalars)
     plain = trajectory(lambda m: cls(m.parameters(), **kwargs), ours_scalars)
     return sharded, plain
