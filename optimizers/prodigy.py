@@ -260,7 +260,9 @@ class Prodigy(AdamForm):
         d_numerator = sc.d_numerator + delta_numerator
         d_hat = d
         if sc.lr > 0.0:
-            d_hat = d_coef * d_numerator / d_denom
+            # sharded with a zero global ||s||_1 (no early return, so ranks stay in step): the package's 0/0
+            # is a NaN, which the max() calls below pass over, as Python's max does here
+            d_hat = d_coef * d_numerator / d_denom if d_denom else math.nan
             if d == groups[-1]["d0"]:  # the package compares with the last group's d0
                 d = max(d, d_hat)
             d_max = max(d_max, d_hat)

@@ -117,6 +117,20 @@ def test_sharded_code_path_on_one_rank_matches_unsharded(single_rank_process_gro
     assert_same_trajectory(sharded, plain, rtol=1e-15)
 
 
+def test_sharded_zero_first_gradient_keeps_d(single_rank_process_group):
+    """Sharded, a global ||s||_1 of 0 takes no early return (ranks stay in step): d_hat is the package's NaN,
+    which leaves d and d_max as they were, and the next steps adapt d as usual."""
+    model = mlp()
+    opt = Prodigy(model.parameters(), fsdp_in_use=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    g = opt.param_groups[0]
+    assert g["k"] == 1 and g["d"] == g["d0"] == g["d_max"] and g["d_hat"] != g["d_hat"]
+    run_steps(opt, model, 5)
+    assert g["d"] > g["d0"] and all(torch.isfinite(p).all() for p in model.parameters())
+
+
 # name: (constructor kwargs, second-group overrides or None for one group)
 FUSED_CASES = {
     "default": ({}, None),
