@@ -2,7 +2,7 @@
 
 Mechanic's minimal traffic (``benchmarks/optimizer_overhead.py``) has the base step and Mechanic's last
 pass share one read of every tensor, which needs the base's per-parameter rule rather than its ``step()``.
-A base offers it when it was built fused (``fused=True``):
+A base offers it when it was built fused (``fused=True``; docs/optimizers/mechanic.md §2.3):
 
 * an optimizer of ours, through a ``fused_move`` rule and a ``fused_moves()`` method (``Lion``);
 * torch's ``SGD`` with momentum and ``AdamW`` (or ``Adam`` without weight decay), through the adapters

@@ -1,15 +1,16 @@
 """Lion (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms"), as in ``lion-pytorch`` 0.2.5.
 
-specs/optimizers.md §6. Per parameter, with ``m`` the momentum buffer (zeros at the first step)::
+docs/optimizers/lion.md §2. Per parameter, with ``m`` the momentum buffer (zeros at the first step)::
 
     x <- x * (1 - lr * wd)                       # decoupled ("step") weight decay
     c  = sign(beta1 * m + (1 - beta1) * g)
     x <- x - lr * c
     m <- beta2 * m + (1 - beta2) * g
 
-With ``decoupled_weight_decay=True`` the decay is ``wd / lr0`` where ``lr0`` is the constructor ``lr``
-(lion-pytorch's option), so a schedule on ``lr`` does not change the decay per unit of lr. Used on its own
-and as Mechanic's Lion base (``lr=1.0``, paper settings betas (0.9, 0.99)).
+With ``decoupled_weight_decay=True`` (lion-pytorch's option) ``wd`` is replaced by ``wd / lr0``, where
+``lr0`` is the constructor ``lr``: the decay per step is ``wd * lr / lr0``, ``wd`` itself at ``lr = lr0``
+whatever its size (docs/optimizers/lion.md §3). Used on its own and as Mechanic's Lion base (``lr=1.0``,
+the paper's betas (0.9, 0.99); docs/optimizers/lion.md §4).
 
 Non-finite policy (optimizers/_common.py): a step whose gradients hold a NaN or an infinity is skipped
 entirely; ``state["lion"]["skipped_steps"]`` counts such steps.
@@ -126,7 +127,7 @@ class Lion(torch.optim.Optimizer):
         return [self.state[p]["exp_avg"] for p in params]
 
     def diagnostics(self) -> dict[str, float]:
-        """Lion learns no scale: only the skip counter (specs §8)."""
+        """Lion learns no scale: only the skip counter (docs/optimizers/README.md §2)."""
         return {"skipped_steps": float(self.state["lion"]["skipped_steps"])}
 
 

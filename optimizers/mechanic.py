@@ -1,11 +1,13 @@
 """Mechanic (Cutkosky, Defazio, Mehta 2023, arXiv 2306.00144): a learned global scale on a base optimizer.
 
-specs/optimizers.md §1. Mechanic wraps an already built base optimizer ("BASE": SGD with momentum, AdamW,
-Lion, ...) whose learning rate is set to 1.0, and learns one scale ``S = sum_i s_i`` that multiplies the
-base optimizer's accumulated displacement ``Delta`` (paper Algorithm 1). Any LR schedule acts on the base
-learning rate: this class exposes the base's own ``param_groups`` list.
+Mechanic wraps an already built base optimizer ("BASE": SGD with momentum, AdamW, Lion, ...) whose learning
+rate is set to 1.0, and learns one scale ``S = sum_i s_i`` that multiplies the base optimizer's accumulated
+displacement ``Delta`` (paper Algorithm 1). Any LR schedule acts on the base learning rate: this class
+exposes the base's own ``param_groups`` list. The rule, the two reference implementations, where they
+differ and the defaults: docs/optimizers/mechanic.md.
 
-Per step t (Algorithm 1 line numbers; ``x_ref`` is taken at the first step a parameter has a gradient):
+Per step t (``line k``: the k-th step of Algorithm 1, numbered 1 to 6 as in docs/optimizers/mechanic.md §2;
+``x_ref`` is taken at the first step a parameter has a gradient):
 
 * line 2: ``Delta_t`` is recomputed as ``(x_t - x_ref) / (S_t + eps)`` (default), or stored
   (``store_delta=True``, one more buffer, Delta_1 = 0);
@@ -18,7 +20,8 @@ Per step t (Algorithm 1 line numbers; ``x_ref`` is taken at the first step a par
   ``s = W / (sqrt(v) + eps)``;
 * line 3 and 6: ``Delta_{t+1} = Delta_t + u_t``, ``x_{t+1} = x_ref + max(S_{t+1}, 0) * Delta_{t+1}``.
 
-Two implementations differ (specs §1.3 and §1.4); every difference is an option, preset by ``compat``:
+Two implementations differ (docs/optimizers/mechanic.md §3); every difference is an option, preset by
+``compat`` (docs/optimizers/mechanic.md §3.1):
 
 ===================  ===============================  =====================================
 option               ``compat="optax"`` (default)     ``compat="mechanic-pytorch"`` (0.0.1)
@@ -40,7 +43,7 @@ out of h and of the norms and are not reset to ``x_ref + S Delta``.
 State: ``state["mechanic"]`` holds the tuner vectors ``s, m, v, r`` (lists of Python floats), ``step`` and
 ``skipped_steps``; ``state[p]`` holds ``x_ref`` (and ``delta`` with ``store_delta``). ``state_dict()``
 holds this and the base optimizer's full ``state_dict()``, so a checkpoint resumes bit-identically
-(mechanic-pytorch's does not, specs §1.3).
+(mechanic-pytorch's does not, docs/optimizers/mechanic.md §3.2).
 
 Non-finite policy (optimizers/_common.py): if a gradient holds a NaN or an infinity (or ``||g||^2``
 overflows), the whole step, base step included, is skipped and ``state["mechanic"]["skipped_steps"]``
@@ -446,7 +449,7 @@ class Mechanic(torch.optim.Optimizer):
             self.state[p] = {k: v.detach().clone().to(device=p.device, dtype=p.dtype) for k, v in st.items()}
 
     def diagnostics(self) -> dict[str, float]:
-        """``s``: the learned scale ``sum_i s_i`` (specs §8), and the skip counter."""
+        """``s``: the learned scale ``sum_i s_i`` (docs/optimizers/README.md §2), and the skip counter."""
         t = self.state["mechanic"]
         return {"s": float(sum(t["s"])), "skipped_steps": float(t["skipped_steps"])}
 
