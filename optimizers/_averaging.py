@@ -1,4 +1,5 @@
-"""Polynomial-decay iterate averaging (Shamir & Zhang 2013), as in dog-optimizer 1.0.3 (specs §4).
+"""Polynomial-decay iterate averaging (Shamir & Zhang 2013), as in dog-optimizer 1.0.3
+(docs/optimizers/dog.md §2.3).
 
 After the t-th call (t = 1, 2, ...): ``avg <- (1 - w_t) avg + w_t x`` with
 ``w_t = (gamma + 1) / (gamma + t)``, so the first call copies ``x`` exactly. DoG's paper treats this
@@ -85,7 +86,8 @@ class PolynomialDecayAverager:
 
     @torch.no_grad()
     def step(self) -> None:
-        """Fold the base model's current weights into the average (specs §4), then t += 1."""
+        """Fold the base model's current weights into the average (docs/optimizers/dog.md §2.3), then
+        t += 1."""
         fa, fb, oa, ob = self._pairs()
         poly_decay_update_(fa, fb, self.t, self.gamma)
         if oa:

@@ -1,4 +1,5 @@
-"""Adam-HD, hypergradient descent on Adam's learning rate (Baydin et al., ICLR 2018); specs §5.2.
+"""Adam-HD, hypergradient descent on Adam's learning rate (Baydin et al., ICLR 2018);
+docs/optimizers/hypergradient.md §2.2.
 
 Per tensor with step counter t: ``g = grad + wd x``; for t > 1 the hypergradient
 ``h = <g, m / (sqrt(v) + eps)> * sqrt(1 - beta2^(t-1)) / (1 - beta1^(t-1))`` (the previous Adam direction);
@@ -38,14 +39,15 @@ from optimizers.registry import register
 
 @register("adam_hd")
 class AdamHD(torch.optim.Optimizer):
-    """Adam-HD (specs §5.2): the learning rate ``group["lr"]`` is learned state, one per param group.
+    """Adam-HD (docs/optimizers/hypergradient.md §2.2): the learning rate ``group["lr"]`` is learned
+    state, one per param group.
 
     Same arguments and defaults as the authors' ``AdamHD(params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
     weight_decay=0, hypergrad_lr=1e-8)``, plus ``sequential_lr``:
 
-    * ``sequential_lr=False`` (default, the paper's rule and the benchmark's choice in specs §5.2): the
-      hypergradients of all tensors of a group are summed, the rate is updated once, and every tensor steps
-      with the new rate;
+    * ``sequential_lr=False`` (default, the paper's rule and the benchmark's choice,
+      docs/optimizers/hypergradient.md §3.1): the hypergradients of all tensors of a group are summed, the
+      rate is updated once, and every tensor steps with the new rate;
     * ``sequential_lr=True`` reproduces the authors' code exactly: they update ``group["lr"]`` inside the
       per-tensor loop, so tensor j steps with ``lr + beta (h_1 + ... + h_j)``.
 
@@ -108,7 +110,8 @@ class AdamHD(torch.optim.Optimizer):
         if skip_if_nonfinite([g for _, _, gs in work for g in gs], self.state):
             return loss
 
-        # §5.2 steps 1-2: g = grad + wd x; per-tensor hypergradients from the previous moments
+        # docs/optimizers/hypergradient.md §2.2 steps 1-2: g = grad + wd x; per-tensor hypergradients from the
+        # previous moments
         h_terms, where = [], []  # where: (work index, tensor index, bias-correction factor)
         for wi, (group, ps, grads) in enumerate(work):
             if not ps:
@@ -145,7 +148,8 @@ class AdamHD(torch.optim.Optimizer):
     def _apply(
         self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], h: dict[int, float]
     ) -> None:
-        """§5.2 steps 3-4: the rate update, the Adam moments and the step."""
+        """docs/optimizers/hypergradient.md §2.2 steps 3-4: the rate update, the Adam moments and the
+        step."""
         beta1, beta2 = group["betas"]
         rates = self._rates(group, len(ps), h)
         states = [self.state[p] for p in ps]
@@ -167,7 +171,8 @@ class AdamHD(torch.optim.Optimizer):
 
     @staticmethod
     def _rates(group: dict[str, Any], n: int, h: dict[int, float]) -> list[float]:
-        """§5.2 step 3: the rate each of the ``n`` tensors steps with; sets the group's new rate."""
+        """docs/optimizers/hypergradient.md §2.2 step 3: the rate each of the ``n`` tensors steps with;
+        sets the group's new rate."""
         lr, beta = group["lr"], group["hypergrad_lr"]
         if group["sequential_lr"]:  # the authors' in-loop update: tensor j uses lr + beta (h_1 + ... + h_j)
             rates = []
@@ -229,7 +234,7 @@ class AdamHD(torch.optim.Optimizer):
             _fused.per_tensor(_adam_step, lists, wd, beta1, beta2, group["eps"], wd != 0)
 
     def diagnostics(self) -> dict[str, float]:
-        """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
+        """The learned rate ``lr`` per group (docs/optimizers/README.md §2) and ``skipped_steps``."""
         return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])
 
 
@@ -242,7 +247,8 @@ class AdamHD(torch.optim.Optimizer):
 def _hd_dot(
     g: torch.Tensor, x: torch.Tensor, m: torch.Tensor, v: torch.Tensor, wd: float, eps: float, with_wd: bool
 ) -> torch.Tensor:
-    """Pass 1, read-only: ``<g + wd x, m / (sqrt(v) + eps)>`` with the old moments (§5.2 steps 1-2)."""
+    """Pass 1, read-only: ``<g + wd x, m / (sqrt(v) + eps)>`` with the old moments
+    (docs/optimizers/hypergradient.md §2.2 steps 1-2)."""
     if with_wd:
         g = g + wd * x
     return (g * (m / (v.sqrt() + eps))).sum()
@@ -261,8 +267,9 @@ def _adam_step(
     eps: float,
     with_wd: bool,
 ) -> None:
-    """Pass 2 (§5.2 step 4): the Adam moments, then ``x <- x + step_size m / (sqrt(v) + eps)``
-    (``step_size``, one element: minus the bias-corrected rate; ``g`` formed from the old ``x``)."""
+    """Pass 2 (docs/optimizers/hypergradient.md §2.2 step 4): the Adam moments, then
+    ``x <- x + step_size m / (sqrt(v) + eps)`` (``step_size``, one element: minus the bias-corrected rate;
+    ``g`` formed from the old ``x``)."""
     if with_wd:
         g = g + wd * x
     m.mul_(beta1).add_(g * (1 - beta1))

@@ -1,4 +1,4 @@
-"""DoG, Distance over Gradients (Ivgi, Hinder, Carmon, ICML 2023); specs/optimizers.md §4.
+"""DoG, Distance over Gradients (Ivgi, Hinder, Carmon, ICML 2023); docs/optimizers/dog.md §2.1.
 
 ``eta_t = lr * rbar_t / sqrt(G_t)`` with ``rbar_t = max(r_eps, max_{i<=t} ||x_i - x_0||)``,
 ``r_eps = reps_rel * (1 + ||x_0||)``, ``G_t = eps + sum_{i<=t} ||g_i||^2``; then ``x <- x - eta_t g_t``.
@@ -40,7 +40,7 @@ def _scalar_dtype(device: torch.device) -> torch.dtype:
 
 @register("dog")
 class DoG(torch.optim.Optimizer):
-    """DoG (specs §4), a vectorised re-implementation of ``dog.DoG`` 1.0.3.
+    """DoG (docs/optimizers/dog.md §2.1), a vectorised re-implementation of ``dog.DoG`` 1.0.3.
 
     State: ``group["rbar"]``, ``group["G"]``, ``group["eta"]`` (0-dim float64 tensors for DoG; one entry per
     tensor of the group for :class:`~optimizers.ldog.LDoG`), ``state[p]["x0"]`` (the initial point), and with
@@ -71,8 +71,8 @@ class DoG(torch.optim.Optimizer):
     Each kernel runs one compiled call per chunk of ``_fused.CHUNK`` tensors of a group, ``-eta`` (L-DoG:
     per tensor) passed as one-element tensors.
 
-    Diagnostics (specs §8): ``eta``, ``rbar``, ``G`` per group (suffix ``@<group index>`` with several
-    groups), and ``skipped_steps``.
+    Diagnostics (docs/optimizers/README.md §2): ``eta``, ``rbar``, ``G`` per group (suffix
+    ``@<group index>`` with several groups), and ``skipped_steps``.
     """
 
     initial_lr_arg = "reps_rel"  # the first step moves reps_rel * (1 + ||x_0||): DoG's step-size seed
@@ -123,13 +123,13 @@ class DoG(torch.optim.Optimizer):
     def _scalars(
         self, group: dict[str, Any], gsq: torch.Tensor, norms: torch.Tensor, first: bool
     ) -> torch.Tensor:
-        """§4 steps 2-4 from the per-tensor ``||g||^2`` and ``||x_0||`` (first step) or ``||x_t - x_0||``:
-        sets ``group["rbar"]``, ``group["G"]``, ``group["eta"]`` and returns eta."""
+        """docs/optimizers/dog.md §2.1 steps 2-4 from the per-tensor ``||g||^2`` and ``||x_0||`` (first
+        step) or ``||x_t - x_0||``: sets ``group["rbar"]``, ``group["G"]``, ``group["eta"]``; returns eta."""
         device, sdtype = gsq.device, gsq.dtype
-        if first:  # §4 step 2: rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
+        if first:  # docs/optimizers/dog.md §2.1 step 2: rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
             rbar = group["reps_rel"] * (1 + self._reduce_norms(norms))
             G = self._reduce_sq(gsq) + group["eps"]
-        else:  # §4 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
+        else:  # docs/optimizers/dog.md §2.1 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
             # .to(): a no-op unless a checkpoint was loaded onto another device
             rbar = torch.maximum(group["rbar"].to(device=device, dtype=sdtype), self._reduce_norms(norms))
             G = group["G"].to(device=device, dtype=sdtype) + self._reduce_sq(gsq)
@@ -140,13 +140,14 @@ class DoG(torch.optim.Optimizer):
         return eta
 
     def _take_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
-        """§4 step 1 (first step): ``x_0 <- x`` per tensor; returns the per-tensor ``||x_0||``."""
+        """docs/optimizers/dog.md §2.1 step 2 (first step): ``x_0 <- x`` per tensor; returns the
+        per-tensor ``||x_0||``."""
         for p in params:
             self.state[p]["x0"] = p.detach().clone()
         return torch.stack(torch._foreach_norm(params)).to(sdtype)
 
     def _dist_from_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
-        """The per-tensor ``||x_t - x_0||`` of §4 step 3."""
+        """The per-tensor ``||x_t - x_0||`` of docs/optimizers/dog.md §2.1 step 3."""
         diffs = torch._foreach_sub(params, [self.state[p]["x0"] for p in params])
         return torch.stack(torch._foreach_norm(diffs)).to(sdtype)
 
@@ -178,7 +179,7 @@ class DoG(torch.optim.Optimizer):
         norms = self._take_x0(params, sdtype) if first else self._dist_from_x0(params, sdtype)
         eta = self._scalars(group, gsq, norms, first)
 
-        if ps:  # §4 step 5: x <- x - eta g
+        if ps:  # docs/optimizers/dog.md §2.1 step 5: x <- x - eta g
             if self._layerwise:
                 neg = list((-(eta if every else eta[index])).unbind())
             else:
@@ -263,7 +264,8 @@ class DoG(torch.optim.Optimizer):
             neg_t = _fused.per_tensor_scalars(negs, ps)
             wd = group["weight_decay"]
             if gamma is None or t == 1:
-                _fused.per_tensor(_fused.sgd_step, [ps, grads, neg_t], wd)  # §4 step 5
+                # docs/optimizers/dog.md §2.1 step 5
+                _fused.per_tensor(_fused.sgd_step, [ps, grads, neg_t], wd)
             else:
                 avgs = [self.state[p]["avg"] for p in ps]
                 _fused.per_tensor(_dog_update_avg, [ps, grads, avgs, neg_t], wd, poly_decay_weight(t, gamma))
@@ -300,7 +302,8 @@ class DoG(torch.optim.Optimizer):
         return {k: float(group[k]) for k in ("eta", "rbar", "G")}
 
     def diagnostics(self, per_tensor: bool = False) -> dict[str, float]:
-        """Learned scalars (specs §8): ``eta``, ``rbar``, ``G`` per group, and ``skipped_steps``."""
+        """Learned scalars (docs/optimizers/README.md §2): ``eta``, ``rbar``, ``G`` per group, and
+        ``skipped_steps``."""
         out: dict[str, float] = {}
         for i, group in enumerate(self.param_groups):
             if "rbar" not in group:
@@ -316,7 +319,8 @@ class DoG(torch.optim.Optimizer):
 def _dog_probe(
     g: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, wd: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1, read-only: ``||g + wd x||^2`` (this step's gradient, §4) and ``||x - x0||^2``."""
+    """Pass 1, read-only: ``||g + wd x||^2`` (this step's gradient, docs/optimizers/dog.md §2.1 step 1)
+    and ``||x - x0||^2``."""
     d = g + x * wd
     r = x - x0
     return (d * d).sum(), (r * r).sum()

@@ -1,4 +1,4 @@
-"""L-DoG, layer-wise DoG (Ivgi, Hinder, Carmon, ICML 2023); specs/optimizers.md §4.
+"""L-DoG, layer-wise DoG (Ivgi, Hinder, Carmon, ICML 2023); docs/optimizers/dog.md §2.2.
 
 The DoG rule of :mod:`optimizers.dog` applied to every tensor separately: per tensor i,
 ``eta_i = lr * rbar_i / sqrt(G_i)`` with ``rbar_i = max(reps_rel (1 + ||x0_i||), max_t ||x_t,i - x0_i||)``
@@ -15,16 +15,18 @@ from optimizers.registry import register
 
 @register("ldog")
 class LDoG(DoG):
-    """L-DoG (specs §4): DoG per tensor; everything else (averaging, skipping, state) as in :class:`DoG`.
+    """L-DoG (docs/optimizers/dog.md §2.2): DoG per tensor; everything else (averaging, skipping, state)
+    as in :class:`DoG`.
 
     State: ``group["rbar"]``, ``group["G"]``, ``group["eta"]`` are float64 vectors with one entry per tensor
     of the group (in ``group["params"]`` order).
 
     Diagnostics: per group (suffix ``@<group index>`` with several groups) ``eta`` = the mean of the
     per-tensor step sizes, ``eta_min``, ``eta_max``, ``rbar`` and ``G`` = their means over tensors; with
-    ``diagnostics(per_tensor=True)`` also ``eta[i]``, ``rbar[i]``, ``G[i]`` for every tensor i (specs §8).
-    The summaries leave out tensors that have never had a nonzero gradient (``G_i = eps``, e.g. frozen
-    tensors, whose unused ``eta_i = rbar_i / sqrt(eps)`` is large), unless no tensor of the group has had one.
+    ``diagnostics(per_tensor=True)`` also ``eta[i]``, ``rbar[i]``, ``G[i]`` for every tensor i
+    (docs/optimizers/README.md §2). The summaries leave out tensors that have never had a nonzero gradient
+    (``G_i = eps``, e.g. frozen tensors, whose unused ``eta_i = rbar_i / sqrt(eps)`` is large), unless no
+    tensor of the group has had one.
     """
 
     _layerwise = True

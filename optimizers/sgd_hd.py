@@ -1,4 +1,5 @@
-"""SGD-HD and SGDN-HD, hypergradient descent on the learning rate (Baydin et al., ICLR 2018); specs §5.1.
+"""SGD-HD and SGDN-HD, hypergradient descent on the learning rate (Baydin et al., ICLR 2018);
+docs/optimizers/hypergradient.md §2.1.
 
 Per step: ``g = grad + wd x``; ``h = <g, u_prev>`` (``u_prev = 0`` at the first step); ``lr <- lr + beta h``;
 then the torch-SGD direction ``u`` (plain ``g``; momentum buffer ``b = g`` at first, else
@@ -34,7 +35,8 @@ from optimizers.registry import register
 
 @register("sgd_hd")
 class SGDHD(torch.optim.Optimizer):
-    """SGD-HD / SGDN-HD (specs §5.1): the learning rate ``group["lr"]`` is learned state.
+    """SGD-HD / SGDN-HD (docs/optimizers/hypergradient.md §2.1): the learning rate ``group["lr"]`` is learned
+    state.
 
     Same arguments and defaults as the authors' ``SGDHD(params, lr, momentum=0, dampening=0,
     weight_decay=0, nesterov=False, hypergrad_lr=1e-6)``; ``hypergrad_lr`` is the paper's beta.
@@ -110,7 +112,8 @@ class SGDHD(torch.optim.Optimizer):
         if skip_if_nonfinite([g for _, _, gs in groups for g in gs], self.state):
             return loss
 
-        # §5.1 steps 1-2: g = grad + wd x; h = <g, u_prev> per group (one host sync for all groups)
+        # docs/optimizers/hypergradient.md §2.1 steps 1-2: g = grad + wd x; h = <g, u_prev> per group
+        # (one host sync for all groups)
         h_terms, owners = [], []
         for gi, (group, ps, grads) in enumerate(groups):
             if group["weight_decay"] != 0 and ps:
@@ -125,13 +128,15 @@ class SGDHD(torch.optim.Optimizer):
             h[gi] += v
 
         for gi, (group, ps, grads) in enumerate(groups):
-            group["lr"] = group["lr"] + group["hypergrad_lr"] * h[gi]  # §5.1 step 3
+            # docs/optimizers/hypergradient.md §2.1 step 3
+            group["lr"] = group["lr"] + group["hypergrad_lr"] * h[gi]
             if ps:
                 self._apply(group, ps, grads)
         return loss
 
     def _apply(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """§5.1 steps 4-5: the SGD direction u, ``x <- x - lr u``, ``u_prev <- u``."""
+        """docs/optimizers/hypergradient.md §2.1 steps 4-5: the SGD direction u, ``x <- x - lr u``,
+        ``u_prev <- u``."""
         mu, damp = group["momentum"], group["dampening"]
         if mu == 0:
             u = grads
@@ -179,13 +184,15 @@ class SGDHD(torch.optim.Optimizer):
         for gi, v in zip(owners, values, strict=True):
             h[gi] += v
         for gi, (group, ps, grads) in enumerate(groups):
-            group["lr"] = group["lr"] + group["hypergrad_lr"] * h[gi]  # §5.1 step 3
+            # docs/optimizers/hypergradient.md §2.1 step 3
+            group["lr"] = group["lr"] + group["hypergrad_lr"] * h[gi]
             if ps:
                 self._fused_apply(group, ps, grads)
 
     def _fused_apply(self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
-        """Pass 2 (§5.1 steps 4-5), one kernel per parameter; lazy buffers are allocated, not copied:
-        a new momentum buffer is zeros updated with ``mu = 0``, ``1 - dampening = 1`` (so ``b = g``)."""
+        """Pass 2 (docs/optimizers/hypergradient.md §2.1 steps 4-5), one kernel per parameter; lazy
+        buffers are allocated, not copied: a new momentum buffer is zeros updated with ``mu = 0``,
+        ``1 - dampening = 1`` (so ``b = g``)."""
         lr, wd, mu = group["lr"], group["weight_decay"], group["momentum"]
         states = [self.state[p] for p in ps]
         if mu == 0:
@@ -216,7 +223,7 @@ class SGDHD(torch.optim.Optimizer):
                 _fused.per_tensor(_momentum_step, lists, lr, wd, decay, keep, wd != 0)
 
     def diagnostics(self) -> dict[str, float]:
-        """The learned rate ``lr`` per group (specs §8) and ``skipped_steps``."""
+        """The learned rate ``lr`` per group (docs/optimizers/README.md §2) and ``skipped_steps``."""
         return learned_lr_diagnostics(self.param_groups, self.state["skipped_steps"])
 
 
@@ -228,7 +235,7 @@ class SGDHD(torch.optim.Optimizer):
 
 @_fused.kernel
 def _hd_dot(g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, wd: float, with_wd: bool) -> torch.Tensor:
-    """Pass 1, read-only: ``<g + wd x, u_prev>`` (§5.1 steps 1-2)."""
+    """Pass 1, read-only: ``<g + wd x, u_prev>`` (docs/optimizers/hypergradient.md §2.1 steps 1-2)."""
     if with_wd:
         g = g + wd * x
     return (g * u).sum()

@@ -1,4 +1,4 @@
-"""Trainable Learning Rate (TLR, anonymous ICLR 2022 submission): specs/optimizers.md section 7."""
+"""Trainable Learning Rate (TLR, anonymous ICLR 2022 submission): docs/optimizers/tlr.md."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _ratio(rho: torch.Tensor, sq: torch.Tensor, c: float) -> torch.Tensor:
-    """Relative change r of eq. 9 / Algorithm 2 line 5, elementwise (spec 7.1).
+    """Relative change r of eq. 9 / Algorithm 2 line 5, elementwise (docs/optimizers/tlr.md §2.1).
 
     ``alpha_{t+1} = alpha_t (1 + r)`` with ``A = 4 (||g_t||^2 - rho)``: ``r = min(rho / A, c)`` if
     ``A > 0``; ``r = c`` if ``A <= 0 < rho``; ``r = 0`` otherwise (the 0/0 guard for ``rho = 0``).
@@ -51,17 +51,18 @@ class TLR(torch.optim.Optimizer):
     """SGD whose learning rate alpha is learned by the damped Newton rule of TLR (eqs. 7-9, Algorithm 2).
 
     ``alpha <- alpha (1 + min(rho / max(4 (||g||^2 - rho), 0), c))`` with ``rho = <g_t, g_{t-1}>``
-    (spec 7.1), so one update raises alpha by at most ``1 + c`` and lowers it by less than 25%.
+    (docs/optimizers/tlr.md §2.1), so one update raises alpha by at most ``1 + c`` and lowers it by less
+    than 25%.
 
     Modes (``mode``):
 
-    * ``"gd"``, Algorithm 2 (spec 7.2): every step, ``g_t = grad + weight_decay * x`` (**[I]** weight
-      decay allowed and included in ``g``), alpha is updated from ``(g_t, g_{t-1})`` *before* the weight
-      step (line 5), then ``x <- x - alpha_{t+1} b`` (line 6), then ``g_t`` is stored (line 7).
-      ``g_{-1} = 0``. With ``momentum=0, weight_decay=0`` this is Algorithm 2 verbatim; otherwise ``b``
-      is the heavy-ball buffer below (an extension, the paper's GD has none). ``update_every`` must be
-      None or 1.
-    * ``"sgd"``, Section 4 / Appendix D (spec 7.3), the variant of all experiments:
+    * ``"gd"``, Algorithm 2 (docs/optimizers/tlr.md §2.2): every step, ``g_t = grad + weight_decay * x``
+      (**[I]** weight decay allowed and included in ``g``), alpha is updated from ``(g_t, g_{t-1})``
+      *before* the weight step (line 5), then ``x <- x - alpha_{t+1} b`` (line 6), then ``g_t`` is stored
+      (line 7). ``g_{-1} = 0``. With ``momentum=0, weight_decay=0`` this is Algorithm 2 verbatim; otherwise
+      ``b`` is the heavy-ball buffer below (an extension, the paper's GD has none). ``update_every`` must
+      be None or 1.
+    * ``"sgd"``, Section 4 / Appendix D (docs/optimizers/tlr.md §2.3), the variant of all experiments:
 
       - base update: torch ``SGD`` semantics (**[I]**): ``d = grad + weight_decay * x`` (coupled L2),
         ``b = d`` on a tensor's first step then ``b = momentum * b + d`` (no dampening, no Nesterov),
@@ -77,10 +78,10 @@ class TLR(torch.optim.Optimizer):
         alpha first changes at step 2K). **[I]** So ``sgd`` with K = 1, momentum 0 is *not* ``gd``.
       - **[I]** No schedule on top of alpha, no clipping, no bound other than the factor (0.75, 1.25].
 
-    Granularity (spec 7.4): ``per_tensor=False`` keeps one alpha for all tensors (``rho`` and the norm
-    are sums over every tensor); it lives in ``group["lr"]`` of every group, so groups must share one
-    initial ``lr``. ``per_tensor=True`` (paper D.2, ``sgd_tlr_pl``; **[I]** "per layer" means per
-    tensor, weights and biases separately) keeps one alpha per parameter tensor in
+    Granularity (docs/optimizers/tlr.md §2.4): ``per_tensor=False`` keeps one alpha for all tensors
+    (``rho`` and the norm are sums over every tensor); it lives in ``group["lr"]`` of every group, so groups
+    must share one initial ``lr``. ``per_tensor=True`` (paper D.2, ``sgd_tlr_pl``; **[I]** "per layer" means
+    per tensor, weights and biases separately) keeps one alpha per parameter tensor in
     ``group["tensor_lrs"]`` (parallel to ``group["params"]``), initialised to the group's ``lr``;
     ``group["lr"]`` then stays the initial value. Parameters without a gradient are not updated and add
     nothing to the sums (a tensor that moved earlier in a window still contributes its displacement).
@@ -92,9 +93,9 @@ class TLR(torch.optim.Optimizer):
     Non-finite policy (optimizers/_common.py): a NaN/inf in any gradient skips the whole step: no
     parameter or state change, only ``param_groups[0]["skipped_steps"]`` is incremented.
 
-    Diagnostics (spec 8): ``alpha`` (global) or ``alpha/<i>`` per tensor in parameter order across
-    groups plus ``alpha`` = their parameter-count-weighted mean (the mean rate a coordinate sees);
-    ``skipped_steps``.
+    Diagnostics (docs/optimizers/README.md §2): ``alpha`` (global) or ``alpha/<i>`` per tensor in parameter
+    order across groups plus ``alpha`` = their parameter-count-weighted mean (the mean rate a coordinate
+    sees); ``skipped_steps``.
 
     ``fused=True`` (an attribute, not a group option: checkpoints load either way) runs the same rule with
     compiled kernels (``optimizers._fused``), one compiled call per chunk of ``_fused.CHUNK`` tensors of a
@@ -107,9 +108,9 @@ class TLR(torch.optim.Optimizer):
     kernel for the step and ``g_{t-1} <- g_t``. A missing momentum buffer or ``g_{t-1}`` starts as zeros
     (``mu 0 + d = d``), which equals the eager first step for finite values.
 
-    Distributed (spec 10): under DDP (replicated parameters, reduced gradients) every rank computes the
-    same alpha, no extra communication. Sharded parameters (FSDP/ZeRO) are not supported: the window
-    inner products would need an all-reduce.
+    Distributed (docs/optimizers/README.md §4): under DDP (replicated parameters, reduced gradients) every
+    rank computes the same alpha, no extra communication. Sharded parameters (FSDP/ZeRO) are not supported:
+    the window inner products would need an all-reduce.
     """
 
     initial_lr_arg = "lr"
@@ -206,7 +207,8 @@ class TLR(torch.optim.Optimizer):
         return [group["tensor_lrs"][pos[id(p)]] for p in ps]
 
     def _update_alphas(self, index: list[int], rho: list[torch.Tensor], sq: list[torch.Tensor]) -> None:
-        """Apply the rule of spec 7.1 to the tensors ``index`` (positions in ``_alphas()`` order)."""
+        """Apply the rule of docs/optimizers/tlr.md §2.1 to the tensors ``index`` (positions in
+        ``_alphas()`` order)."""
         head = self.param_groups[0]
         if not index:
             return
@@ -451,7 +453,8 @@ class TLR(torch.optim.Optimizer):
 
     # ----------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, float]:
-        """``alpha`` (and ``alpha/<i>`` per tensor when ``per_tensor``) and ``skipped_steps`` (spec 8)."""
+        """``alpha`` (and ``alpha/<i>`` per tensor when ``per_tensor``) and ``skipped_steps``
+        (docs/optimizers/README.md §2)."""
         head = self.param_groups[0]
         out: dict[str, float] = {}
         if head["per_tensor"]:

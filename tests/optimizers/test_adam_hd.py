@@ -1,9 +1,11 @@
-"""Adam-HD against a literal transcription of the authors' ``adam_hd.py`` (specs §5.2).
+"""Adam-HD against a literal transcription of the authors' ``adam_hd.py``
+(docs/optimizers/hypergradient.md §2.2).
 
 There is no package: the oracle below is the authors' ``AdamHD.step`` line by line, with the deprecated
 ``add_(scalar, tensor)`` overloads spelled with ``alpha=``/``value=``. ``once_per_step=True`` changes only
-what specs §5.2 says the benchmark changes: the group's hypergradients are summed and the rate is updated
-once, before any tensor steps (the paper's rule; our default). ``once_per_step=False`` is the authors' code.
+what docs/optimizers/hypergradient.md §3.1 says lrbench changes: the group's hypergradients are summed and
+the rate is updated once, before any tensor steps (the paper's rule; our default). ``once_per_step=False``
+is the authors' code.
 """
 
 from __future__ import annotations

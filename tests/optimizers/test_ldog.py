@@ -1,4 +1,5 @@
-"""L-DoG against dog-optimizer 1.0.3's LDoG (specs/optimizers.md §4, §11): per-tensor eta, averaging."""
+"""L-DoG against dog-optimizer 1.0.3's LDoG (docs/optimizers/dog.md §2.2, docs/optimizers/README.md §5):
+per-tensor eta, averaging."""
 
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from tests.optimizers.test_dog import (  # the same cases as DoG
 
 
 def ref_scalars(opt: torch.optim.Optimizer) -> dict[str, float]:
-    """The package's per-tensor eta, rbar and G (§8), under our ``diagnostics(per_tensor=True)`` names."""
+    """The package's per-tensor eta, rbar and G (docs/optimizers/README.md §2), under our
+    ``diagnostics(per_tensor=True)`` names."""
     multi = len(opt.param_groups) > 1
     out = {}
     for gi, g in enumerate(opt.param_groups):

@@ -1,4 +1,5 @@
-"""SGD-HD / SGDN-HD against a literal transcription of the authors' ``sgd_hd.py`` (specs §5.1).
+"""SGD-HD / SGDN-HD against a literal transcription of the authors' ``sgd_hd.py``
+(docs/optimizers/hypergradient.md §2.1).
 
 There is no package: the oracle below is the authors' ``SGDHD.step`` line by line (flat gradient vector,
 ``torch.dot``, in-place weight decay on ``.grad``), with the deprecated ``add_(scalar, tensor)`` overloads
