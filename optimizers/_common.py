@@ -133,8 +133,8 @@ def skip_if_nonfinite(grads: Sequence[torch.Tensor], *counters: dict[str, Any]) 
 
 
 def learned_lr_diagnostics(groups: Sequence[dict[str, Any]], skipped_steps: float) -> dict[str, float]:
-    """docs/optimizers/README.md §2 for a learned per-group ``lr``: ``lr`` (``lr@<group index>`` with several groups) and
-    ``skipped_steps``."""
+    """docs/optimizers/README.md §2 for a learned per-group ``lr``: ``lr`` (``lr@<group index>`` with
+    several groups) and ``skipped_steps``."""
     multi = len(groups) > 1
     out = {("lr" + (f"@{i}" if multi else "")): float(g["lr"]) for i, g in enumerate(groups)}
     out["skipped_steps"] = float(skipped_steps)
