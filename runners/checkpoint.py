@@ -35,11 +35,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir: Path, state: dict[str, Any], rng: Any = None) -> None:
-    """Write ``state`` and ``rng`` (default: this process's :func:`rng_state`; several ranks pass the list
-    of theirs) to ``run_dir/checkpoint.pt`` atomically."""
+def save(run_dir: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` to ``run_dir/checkpoint.pt`` atomically."""
     buf = io.BytesIO()
-    torch.save({**state, "rng": rng_state() if rng is None else rng}, buf)
+    torch.save({**state, "rng": rng_state()}, buf)
     atomic_write_bytes(run_dir / FILENAME, buf.getvalue())
 
 

@@ -161,20 +161,27 @@ class Trainer:
         distributed.load_states(self.model, self.opt, ck["model"], ck["optimizer"], self.world)
         if self.sched is not None:
             self.sched.load_state_dict(ck["scheduler"])
-        rng = ck["rng"]  # one state per rank when saved by several (a list); a 1-process run saves one
-        checkpoint.set_rng_state(rng[self.world.rank % len(rng)] if isinstance(rng, list) else rng)
+        own = ck["rng"], ck["loss_acc"]
+        ranks = ck.get("ranks")  # what differs between ranks, when saved by as many ranks as now
+        if ranks is not None and len(ranks) == self.world.world_size:
+            own = ranks[self.world.rank]["rng"], ranks[self.world.rank]["loss_acc"]
+        checkpoint.set_rng_state(own[0])
         for key in ("step", "epoch", "in_epoch", "n_acc", "last", "best", "last_eval_step", "resumed_from"):
             setattr(self, key, ck[key])
-        self.loss_acc = ck["loss_acc"].to(self.device)
+        self.loss_acc = own[1].to(self.device)
         self.prior_wall, self.prior_train_s = ck["wall_s"], ck["train_s"]
         self.resumed_from = [*self.resumed_from, self.step]
         return int(ck["records"])
 
     def save_checkpoint(self) -> None:
-        """Every rank takes part (FSDP gathers the shards, each rank gives its RNG state); rank 0 writes."""
+        """Every rank takes part (FSDP gathers the shards; each rank gives its RNG state and its share of
+        the loss sum since the last log point); rank 0 writes."""
         model_state, opt_state = distributed.states(self.model, self.opt, self.world)
-        rng = checkpoint.rng_state()
-        rngs = self.world.gather_objects(rng) if self.world.distributed else rng
+        ranks = None
+        if self.world.distributed:
+            ranks = self.world.gather_objects(
+                {"rng": checkpoint.rng_state(), "loss_acc": self.loss_acc.cpu()}
+            )
         self.next_ckpt_time = self._next_ckpt_time()
         if not self.world.is_main:
             return
@@ -197,9 +204,8 @@ class Trainer:
                 "records": self.metrics.count,
                 "wall_s": self.prior_wall + time.monotonic() - self.t0,
                 "train_s": self.prior_train_s + time.monotonic() - self.t0,
-                "world_size": self.world.world_size,
+                "ranks": ranks,
             },
-            rng=rngs,
         )
 
     def _next_ckpt_time(self) -> float:
