@@ -171,7 +171,7 @@ def relaunch(nproc_per_node: int, device: torch.device, overrides: Sequence[str]
     (standalone: one node, a free port) and wait for it; its exit code.
 
     SIGTERM/SIGUSR1/SIGINT sent to this process are passed on to torchrun, which hands them to every
-    worker as SIGTERM (``TORCHELASTIC_SIGNALS_TO_HANDLE``); the workers then checkpoint and stop together.
+    worker (``--signals-to-handle``); the workers then checkpoint and stop together.
     """
     if not isinstance(nproc_per_node, int) or nproc_per_node < 1:
         raise ConfigError("launcher.nproc_per_node", f"must be an integer >= 1, got {nproc_per_node!r}")
@@ -186,12 +186,12 @@ def relaunch(nproc_per_node: int, device: torch.device, overrides: Sequence[str]
         "torch.distributed.run",
         "--standalone",
         f"--nproc_per_node={nproc_per_node}",
+        "--signals-to-handle=SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1",
         "-m",
         "runners.train",
         *overrides,
     ]
-    env = {**os.environ, "TORCHELASTIC_SIGNALS_TO_HANDLE": "SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"}
-    proc = subprocess.Popen(command, env=env)
+    proc = subprocess.Popen(command)
     forwarded = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
     old = {sig: signal.signal(sig, lambda signum, _frame: proc.send_signal(signum)) for sig in forwarded}
     try:
