@@ -127,12 +127,6 @@ def training_module(model: torch.nn.Module, world: World) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _state_options(world: World) -> Any:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
 def states(model: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> tuple[dict, dict]:
     """Full (unsharded, unwrapped) model and optimizer state dicts; under FSDP a collective whose
     result only rank 0 holds. The model's keys are those of a one-process run, which can load it."""
@@ -140,7 +134,7 @@ def states(model: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> 
         return model.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint import state_dict as dcp
 
-    options = _state_options(world)
+    options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
     return dcp.get_model_state_dict(model, options=options), dcp.get_optimizer_state_dict(
         model, opt, options=options
     )

@@ -92,7 +92,7 @@ def test_two_processes_match_one_to_a_derived_tolerance(two_ranks, tmp_path):
     for softmax regression; checked below) a gradient step is non-expansive in the 2-norm, so after
     T steps over P parameters the gap obeys
     ``|gap|_inf <= T sqrt(P) (lr c u G + 2 u X)``, the last term the update's own rounding in each run
-    (X bounds |parameter|). Here about 2e-4; the gap seen is about 1e-7, while a wrong loss weight or
+    (X bounds |parameter|). Here about 2e-4; the gap seen is about 3e-8, while a wrong loss weight or
     a lost half-batch moves the weights by ~lr."""
     cfg = compose_cfg(tmp_path, *f"{SGD0},{COMMON}".split(","))
     container = OmegaConf.to_container(cfg, resolve=True)
