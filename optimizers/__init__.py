@@ -6,7 +6,7 @@ Importing the package imports every module, so every optimizer is registered and
 import importlib
 import pkgutil
 
-from optimizers.registry import OPTIMIZERS, build, register
+from optimizers.registry import OPTIMIZERS, SHARDABLE, NotShardableError, build, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_") and _mod.name != "registry":
@@ -14,4 +14,11 @@ for _mod in pkgutil.iter_modules(__path__):
 
 globals().update({cls.__name__: cls for cls in OPTIMIZERS.values() if isinstance(cls, type)})
 
-__all__ = ["OPTIMIZERS", "build", "register", *sorted({c.__name__ for c in OPTIMIZERS.values()})]
+__all__ = [
+    "OPTIMIZERS",
+    "SHARDABLE",
+    "NotShardableError",
+    "build",
+    "register",
+    *sorted({c.__name__ for c in OPTIMIZERS.values()}),
+]

@@ -1,9 +1,12 @@
-"""Torch's own optimizers, registered as the baselines of every table (SGD, Adam, AdamW)."""
+"""Torch's own optimizers, registered as the baselines of every table (SGD, Adam, AdamW).
+
+Their rules are elementwise, so they run unchanged on FSDP's sharded (DTensor) parameters.
+"""
 
 import torch
 
 from optimizers.registry import register
 
-register("sgd")(torch.optim.SGD)
-register("adam")(torch.optim.Adam)
-register("adamw")(torch.optim.AdamW)
+register("sgd", sharded=True)(torch.optim.SGD)
+register("adam", sharded=True)(torch.optim.Adam)
+register("adamw", sharded=True)(torch.optim.AdamW)

@@ -4,6 +4,10 @@ An optimizer module registers its class once with ``@register("name")``. The run
 optimizer with :func:`build`, which knows nothing of the optimizer's internals: a class that needs
 more than ``model.parameters()`` (a wrapped base optimizer, parameter blocks, a window measured in
 epochs) defines a classmethod ``from_model(model, *, steps_per_epoch, **cfg)`` and does it there.
+
+Sharded parameters (FSDP2, ``torch.distributed.fsdp.fully_shard``: each parameter a DTensor holding its
+rank's rows) are declared per optimizer at registration (``sharded=True``): only rules that run unchanged
+on DTensors and match the unsharded run up to rounding. The others are refused by :func:`build`.
 """
 
 from __future__ import annotations
@@ -14,32 +18,45 @@ from typing import Any
 import torch
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {}
+#: optimizers whose rule is exact on FSDP-sharded parameters (see the module docstring)
+SHARDABLE: set[str] = set()
 
 
-def register(name: str) -> Callable[[type], type]:
-    """Class decorator: make ``cls`` buildable as ``optimizer=<name>``."""
+class NotShardableError(ValueError):
+    """The optimizer cannot run on sharded (FSDP) parameters."""
+
+
+def register(name: str, *, sharded: bool = False) -> Callable[[type], type]:
+    """Class decorator: make ``cls`` buildable as ``optimizer=<name>`` (and under FSDP if ``sharded``)."""
 
     def deco(cls: type) -> type:
         if name in OPTIMIZERS and OPTIMIZERS[name] is not cls:
             raise ValueError(f"optimizer name {name!r} is registered twice")
         OPTIMIZERS[name] = cls
+        if sharded:
+            SHARDABLE.add(name)
         return cls
 
     return deco
 
 
 def build(
-    cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1
+    cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1, sharded: bool = False
 ) -> torch.optim.Optimizer:
     """Build the optimizer that ``cfg`` names (``cfg["name"]``) for ``model``.
 
     Every other key of ``cfg`` is a constructor argument. Classes with a ``from_model`` classmethod
-    receive the model and ``steps_per_epoch``; the others receive ``model.parameters()``.
+    receive the model and ``steps_per_epoch``; the others receive ``model.parameters()``. ``sharded``:
+    the model is FSDP-sharded; an optimizer not declared for it raises :class:`NotShardableError`.
     """
     kwargs = dict(cfg)
     name = kwargs.pop("name", None)
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer.name={name!r} is not one of {sorted(OPTIMIZERS)}")
+    if sharded and name not in SHARDABLE:
+        raise NotShardableError(
+            f"optimizer {name!r} does not run on FSDP-sharded parameters; FSDP supports {sorted(SHARDABLE)}"
+        )
     cls = OPTIMIZERS[name]
     from_model = getattr(cls, "from_model", None)
     if from_model is not None:

@@ -4,6 +4,11 @@ The runner knows the task only through :class:`tasks.base.Task` and the optimize
 ``optimizers.build`` and the optional ``diagnostics()``. The per-step path does no host sync: the
 minibatch loss is summed on the device and read (and checked for NaN/inf) every
 ``log_every_steps`` steps only.
+
+On several ranks (:mod:`runners.distributed`) every rank runs this loop on its share of each global
+batch and evaluates the full model itself (same weights, same metrics); rank 0 alone writes. The ranks
+agree at each log point, by one all-reduce of a few scalars, on the mean loss, on a stop signal any of
+them received and on a checkpoint due by time: a signal is acted on within ``log_every_steps`` steps.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from tqdm import tqdm
 
 import optimizers
 import tasks
-from runners import checkpoint, schedules
+from runners import checkpoint, distributed, schedules
 from runners.errors import ConfigError, as_config_error
 from runners.loggers import NoLogger, WandbLogger
 from runners.store import MetricsWriter, provenance
@@ -45,7 +50,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_task(cfg: dict[str, Any], device: torch.device) -> tasks.Task:
+def build_task(cfg: dict[str, Any], world: distributed.World) -> tasks.Task:
     tasks.load_all()
     kwargs = dict(cfg["task"])
     name = kwargs.pop("name")
@@ -54,16 +59,20 @@ def build_task(cfg: dict[str, Any], device: torch.device) -> tasks.Task:
             "task.name", f"{name!r} is not a registered task; registered: {sorted(tasks.TASKS)}"
         )
     try:
-        return tasks.TASKS[name](seed=cfg["seed"], device=device, **kwargs)
+        return tasks.TASKS[name](
+            seed=cfg["seed"], device=world.device, rank=world.rank, world_size=world.world_size, **kwargs
+        )
     except (ValueError, TypeError) as exc:
         raise as_config_error("task", cfg["task"], exc) from exc
 
 
 def build_optimizer(
-    cfg: dict[str, Any], model: torch.nn.Module, steps_per_epoch: int
+    cfg: dict[str, Any], model: torch.nn.Module, steps_per_epoch: int, *, sharded: bool = False
 ) -> torch.optim.Optimizer:
     try:
-        return optimizers.build(cfg["optimizer"], model, steps_per_epoch=steps_per_epoch)
+        return optimizers.build(cfg["optimizer"], model, steps_per_epoch=steps_per_epoch, sharded=sharded)
+    except optimizers.NotShardableError as exc:
+        raise ConfigError("distributed.strategy", str(exc)) from exc
     except (ValueError, TypeError) as exc:
         raise as_config_error("optimizer", cfg["optimizer"], exc) from exc
 
@@ -96,10 +105,17 @@ class Trainer:
     """One run in one run dir; :meth:`run` returns the summary fields the loop knows."""
 
     def __init__(
-        self, cfg: dict[str, Any], run_dir: Path, logger: NoLogger | WandbLogger, *, progress: bool
+        self,
+        cfg: dict[str, Any],
+        run_dir: Path,
+        logger: NoLogger | WandbLogger,
+        *,
+        progress: bool,
+        world: distributed.World | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.logger, self.progress = cfg, run_dir, logger, progress
-        self.device = pick_device(cfg["device"])
+        self.world = world or distributed.World(pick_device(cfg["device"]))
+        self.device = self.world.device
         if cfg.get("torch_threads"):
             torch.set_num_threads(int(cfg["torch_threads"]))
         precision = cfg["precision"]
@@ -110,7 +126,7 @@ class Trainer:
             if precision == "bf16"
             else contextlib.nullcontext()
         )
-        self.task = build_task(cfg, self.device)
+        self.task = build_task(cfg, self.world)
         self.spe = int(self.task.steps_per_epoch)
         self.epochs = int(cfg["epochs"] or self.task.epochs)
         self.total = self.epochs * self.spe
@@ -118,7 +134,10 @@ class Trainer:
             self.total = min(self.total, int(cfg["max_steps"]))
         seed_everything(int(cfg["seed"]))
         self.model = self.task.build_model()
-        self.opt = build_optimizer(cfg, self.model, self.spe)
+        distributed.shard_model(self.model, self.world)
+        sharded = self.world.distributed and self.world.strategy == "fsdp"
+        self.opt = build_optimizer(cfg, self.model, self.spe, sharded=sharded)
+        self.train_model = distributed.training_module(self.model, self.world)
         self.sched, self.schedule_note = build_scheduler(cfg, self.opt, self.spe, self.total)
         self.diagnostics = getattr(self.opt, "diagnostics", None)
         # loop state (all of it goes into the checkpoint)
@@ -131,32 +150,47 @@ class Trainer:
         self.resumed_from: list[int] = []
         self.signal: int | None = None
         records = self._resume()
-        self.metrics = MetricsWriter(run_dir / "metrics.jsonl", keep=records)
+        path = run_dir / "metrics.jsonl" if self.world.is_main else None
+        self.metrics = MetricsWriter(path, keep=records)
 
     # -- checkpoints -------------------------------------------------------------------------
     def _resume(self) -> int:
         ck = checkpoint.load(self.run_dir)
         if ck is None:
             return 0
-        self.model.load_state_dict(ck["model"])
-        self.opt.load_state_dict(ck["optimizer"])
+        distributed.load_states(self.model, self.opt, ck["model"], ck["optimizer"], self.world)
         if self.sched is not None:
             self.sched.load_state_dict(ck["scheduler"])
-        checkpoint.set_rng_state(ck["rng"])
+        own = ck["rng"], ck["loss_acc"]
+        ranks = ck.get("ranks")  # what differs between ranks, when saved by as many ranks as now
+        if ranks is not None and len(ranks) == self.world.world_size:
+            own = ranks[self.world.rank]["rng"], ranks[self.world.rank]["loss_acc"]
+        checkpoint.set_rng_state(own[0])
         for key in ("step", "epoch", "in_epoch", "n_acc", "last", "best", "last_eval_step", "resumed_from"):
             setattr(self, key, ck[key])
-        self.loss_acc = ck["loss_acc"].to(self.device)
+        self.loss_acc = own[1].to(self.device)
         self.prior_wall, self.prior_train_s = ck["wall_s"], ck["train_s"]
         self.resumed_from = [*self.resumed_from, self.step]
         return int(ck["records"])
 
     def save_checkpoint(self) -> None:
+        """Every rank takes part (FSDP gathers the shards; each rank gives its RNG state and its share of
+        the loss sum since the last log point); rank 0 writes."""
+        model_state, opt_state = distributed.states(self.model, self.opt, self.world)
+        ranks = None
+        if self.world.distributed:
+            ranks = self.world.gather_objects(
+                {"rng": checkpoint.rng_state(), "loss_acc": self.loss_acc.cpu()}
+            )
+        self.next_ckpt_time = self._next_ckpt_time()
+        if not self.world.is_main:
+            return
         self.metrics.sync()
         checkpoint.save(
             self.run_dir,
             {
-                "model": self.model.state_dict(),
-                "optimizer": self.opt.state_dict(),
+                "model": model_state,
+                "optimizer": opt_state,
                 "scheduler": None if self.sched is None else self.sched.state_dict(),
                 "step": self.step,
                 "epoch": self.epoch,
@@ -170,9 +204,9 @@ class Trainer:
                 "records": self.metrics.count,
                 "wall_s": self.prior_wall + time.monotonic() - self.t0,
                 "train_s": self.prior_train_s + time.monotonic() - self.t0,
+                "ranks": ranks,
             },
         )
-        self.next_ckpt_time = self._next_ckpt_time()
 
     def _next_ckpt_time(self) -> float:
         minutes = self.cfg.get("ckpt_every_minutes")
@@ -180,6 +214,21 @@ class Trainer:
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.signal = signum
+
+    def _agree_to_stop(self) -> tuple[bool, bool]:
+        """(stop on a signal, checkpoint due by time), the same on every rank: one all-reduce of a
+        checkpoint-due count and each rank's signal number where there are several ranks."""
+        due = time.monotonic() >= self.next_ckpt_time
+        if not self.world.distributed:
+            return self.signal is not None, due
+        flags = torch.zeros(1 + self.world.world_size, dtype=torch.float64, device=self.device)
+        flags[0] = float(due)
+        flags[1 + self.world.rank] = float(self.signal or 0)
+        values = self.world.all_sum(flags).tolist()
+        received = [int(v) for v in values[1:] if v]
+        if received and self.signal is None:
+            self.signal = received[0]
+        return bool(received), values[0] > 0
 
     # -- logging -----------------------------------------------------------------------------
     def _record(self, values: dict[str, float]) -> None:
@@ -192,6 +241,8 @@ class Trainer:
         """Write the mean minibatch loss since the last log point and the diagnostics; False on NaN/inf."""
         if self.n_acc == 0:
             return True
+        if self.world.distributed:  # each rank's loss is its share's; their mean is the global batch's
+            self.world.all_sum(self.loss_acc).div_(self.world.world_size)
         loss = float(self.loss_acc) / self.n_acc
         values = {"batch/loss": loss}
         if self.diagnostics is not None:
@@ -256,7 +307,7 @@ class Trainer:
                 epoch_done = True
                 for batch in batches:
                     with self.amp:
-                        loss = self.task.loss(self.model, batch)
+                        loss = self.task.loss(self.train_model, batch)
                     if own_zero_grad:
                         self.opt.zero_grad(set_to_none=True)
                     else:
@@ -272,18 +323,21 @@ class Trainer:
                     self.step += 1
                     self.in_epoch += 1
                     self.n_acc += 1
-                    if self.step % log_every == 0 and not self._log_point():
+                    log_now = self.step % log_every == 0
+                    if log_now and not self._log_point():
                         status = "diverged"
                         break
                     if eval_steps and self.step % eval_steps == 0:
                         self.evaluate()
-                    if self.signal is not None:
+                    # several ranks agree at log points only; one process looks at every step
+                    stop, due = (
+                        self._agree_to_stop() if log_now or not self.world.distributed else (False, False)
+                    )
+                    if stop:
                         self.save_checkpoint()
                         status = "preempted"
                         break
-                    if (
-                        ckpt_every and self.step % ckpt_every == 0
-                    ) or time.monotonic() >= self.next_ckpt_time:
+                    if (ckpt_every and self.step % ckpt_every == 0) or due:
                         self.save_checkpoint()
                     if self.step >= self.total:
                         epoch_done = self.in_epoch >= self.spe
@@ -312,7 +366,7 @@ class Trainer:
                 signal.signal(sig, handler)
         now = time.monotonic()
         train_s = self.prior_train_s + now - self.t0
-        if status == "completed" and not cfg.get("keep_checkpoint", True):
+        if status == "completed" and not cfg.get("keep_checkpoint", True) and self.world.is_main:
             (self.run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
         out: dict[str, Any] = {
             "status": status,
@@ -328,6 +382,8 @@ class Trainer:
             "schedule": self.schedule_note,
             "resumed_from_steps": self.resumed_from,
             "device": str(self.device),
+            "world_size": self.world.world_size,
+            "distributed_strategy": self.world.strategy if self.world.distributed else None,
             "provenance": provenance(self.device, self.task.data_source),
         }
         if self.diverged:

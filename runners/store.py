@@ -31,6 +31,7 @@ NON_RESULT_KEYS = (
     "keep_checkpoint",
     "torch_threads",
     "sweep",
+    "distributed",
 )
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,17 +75,23 @@ def run_id(cfg: dict[str, Any]) -> str:
 
 
 class MetricsWriter:
-    """Appends ``{"step","epoch","split","name","value"}`` records to ``metrics.jsonl``."""
+    """Appends ``{"step","epoch","split","name","value"}`` records to ``metrics.jsonl``.
 
-    def __init__(self, path: Path, keep: int = 0) -> None:
+    With ``path=None`` (a rank other than 0) it writes nothing and only counts.
+    """
+
+    def __init__(self, path: Path | None, keep: int = 0) -> None:
         self.path = path
-        truncate_records(path, keep)
         self.count = keep
-        self._f: IO[str] = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._f: IO[str] | None = None
+        if path is not None:
+            truncate_records(path, keep)
+            self._f = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
 
     def write(self, step: int, epoch: float, split: str, name: str, value: float) -> None:
-        rec = {"step": step, "epoch": epoch, "split": split, "name": name, "value": value}
-        self._f.write(json.dumps(rec) + "\n")
+        if self._f is not None:
+            rec = {"step": step, "epoch": epoch, "split": split, "name": name, "value": value}
+            self._f.write(json.dumps(rec) + "\n")
         self.count += 1
 
     def write_dict(self, step: int, epoch: float, metrics: dict[str, float]) -> None:
@@ -95,11 +102,12 @@ class MetricsWriter:
 
     def sync(self) -> None:
         """Flush to disk (before a checkpoint records :attr:`count`)."""
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        if self._f is not None:
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def close(self) -> None:
-        if not self._f.closed:
+        if self._f is not None and not self._f.closed:
             self.sync()
             self._f.close()
 

@@ -28,10 +28,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runners import store
+from runners import distributed, store
 from runners.errors import EXIT_BAD_INPUT, ConfigError
 from runners.loggers import NoLogger, make_logger
-from runners.loop import Trainer
+from runners.loop import Trainer, pick_device
 from tasks.base import DatasetMissingError
 
 FINISHED = ("completed", "diverged")
@@ -103,8 +103,30 @@ def _fail(
     store.atomic_write_text(run_dir / "error.txt", detail)
 
 
+def _relaunch(cfg: DictConfig, run_dir: Path) -> int:
+    """``launcher=torchrun``: this run on ``launcher.nproc_per_node`` processes; the exit code its
+    recorded status implies (torchrun's own code when none was recorded)."""
+    hc = _hydra()
+    overrides = list(hc.overrides.task) if hc is not None else []
+    code = distributed.relaunch(cfg.launcher.nproc_per_node, pick_device(cfg.device), overrides)
+    summary = store.read_summary(run_dir) or {}
+    if summary.get("status") in FINISHED:
+        return 0
+    if summary.get("status") == "preempted" and summary.get("signal"):
+        return 128 + int(signal.Signals[summary["signal"]])
+    return code or 1
+
+
+def _is_launcher_process(cfg: DictConfig) -> bool:
+    """True in the process that ``launcher=torchrun`` starts from (not yet one of the ranks)."""
+    return OmegaConf.select(cfg, "launcher.nproc_per_node") is not None and "RANK" not in os.environ
+
+
 def run(cfg: DictConfig) -> int:
-    """Train the run ``cfg`` describes (or skip/resume it); return the process exit code."""
+    """Train the run ``cfg`` describes (or skip/resume it); return the process exit code.
+
+    Under torchrun or SLURM with several tasks every rank runs this; rank 0 alone writes the store.
+    """
     multirun = is_multirun()
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("hydra", None)
@@ -112,12 +134,21 @@ def run(cfg: DictConfig) -> int:
     identity = _identity(cfg, container, run_dir)
     previous = store.read_summary(run_dir)
     if previous is not None and previous.get("status") in FINISHED:
-        print(f"{run_dir}: already completed (status {previous['status']}), skipping")
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{run_dir}: already completed (status {previous['status']}), skipping")
         return 0
     started = _now()
     trainer: Trainer | None = None
+    world: distributed.World | None = None
     try:
-        trainer = Trainer(container, run_dir, NoLogger(), progress=_progress(cfg))
+        if _is_launcher_process(cfg):
+            return _relaunch(cfg, run_dir)
+        world = distributed.setup(pick_device(str(cfg.device)), str(cfg.distributed.strategy))
+        trainer = Trainer(
+            container, run_dir, NoLogger(), progress=_progress(cfg) and world.is_main, world=world
+        )
+        if not world.is_main:
+            return _follow(trainer)
         store.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(container))
         tags = [f"task:{identity['task']}", f"optimizer:{identity['optimizer']}", f"seed:{identity['seed']}"]
         if identity["dataset"] is not None:
@@ -138,12 +169,15 @@ def run(cfg: DictConfig) -> int:
             raise
         key = exc.key if isinstance(exc, ConfigError) else "task"
         message = exc.message if isinstance(exc, ConfigError) else str(exc)
-        print(f"error: {key}: {message}", file=sys.stderr)
-        if multirun:
+        if world is None or world.is_main:
+            print(f"error: {key}: {message}", file=sys.stderr)
+        if multirun and (world is None or world.is_main):
             _fail(run_dir, identity, container, f"{key}: {message}", traceback.format_exc())
             return 0
         return EXIT_BAD_INPUT
     except Exception as exc:
+        if world is not None and not world.is_main:
+            raise
         if trainer is not None:
             with contextlib.suppress(Exception):
                 trainer.logger.finish(exit_code=1)
@@ -169,9 +203,20 @@ def run(cfg: DictConfig) -> int:
     return 0
 
 
+def _follow(trainer: Trainer) -> int:
+    """A rank other than 0: train in step with rank 0, write nothing; the exit code of the status."""
+    result = trainer.run()
+    if result["status"] == "preempted" and result.get("signal"):
+        return 128 + int(signal.Signals[result["signal"]])
+    return 0
+
+
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _app(cfg: DictConfig) -> None:
-    code = run(cfg)
+    try:
+        code = run(cfg)
+    finally:
+        distributed.teardown()
     if code:
         sys.exit(code)
 

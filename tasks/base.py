@@ -4,6 +4,13 @@ A task owns its model, its data and its metrics. The runner only calls what is b
 task is one module here plus one ``configs/task/<name>.yaml``. Data order must be a pure
 function of ``(seed, epoch)``: that is what lets a resumed run continue bit-identically by
 skipping the batches of the interrupted epoch that were already consumed.
+
+On several ranks (DDP) the batch size of the config is the global batch. Every rank walks the same
+global batches of the epoch's order and yields only its own contiguous part of each
+(:meth:`Task.rank_part`), so a rank loads ``batch / world_size`` samples, never the global batch, and its
+data is a function of ``(seed, epoch, rank)`` only. DDP averages the ranks' gradients, so each rank's
+loss is the mean over its part; :meth:`Task.rank_part` gives the factor for the one case where the parts
+differ in size (a short last batch).
 """
 
 from __future__ import annotations
@@ -42,15 +49,39 @@ class DatasetMissingError(FileNotFoundError):
 class Task(ABC):
     """One training problem: model, data, loss and metrics.
 
-    Constructed as ``Task(seed=..., device=..., **cfg)`` from ``configs/task/<name>.yaml``.
+    Constructed as ``Task(seed=..., device=..., rank=..., world_size=..., **cfg)`` from
+    ``configs/task/<name>.yaml``; ``rank``/``world_size`` are 0/1 in a single process.
     """
 
     #: training length the task's protocol fixes; the runner reads it
     epochs: int
 
-    def __init__(self, *, seed: int, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self, *, seed: int, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
         self.seed = seed
         self.device = torch.device(device)
+        self.rank, self.world_size = rank, world_size
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse a global batch the ranks cannot share equally."""
+        if batch_size % self.world_size:
+            raise ValueError(
+                f"batch_size={batch_size} does not divide by the world size {self.world_size}: "
+                "each rank takes batch_size / world_size samples of the global batch"
+            )
+
+    def rank_part(self, n: int) -> tuple[int, int, float | None]:
+        """This rank's ``[start, stop)`` within a global batch of ``n`` samples, contiguous, sizes
+        differing by at most one (``torch.tensor_split``'s), and the loss factor: None where every part
+        has ``n / world_size`` samples (the plain mean is exact), else ``world_size / n`` for a *summed*
+        loss, which makes DDP's average of the ranks' gradients the global batch's mean gradient."""
+        base, extra = divmod(n, self.world_size)
+        start = self.rank * base + min(self.rank, extra)
+        stop = start + base + (self.rank < extra)
+        return start, stop, (None if extra == 0 else self.world_size / n)
 
     @abstractmethod
     def build_model(self) -> torch.nn.Module:
@@ -59,19 +90,24 @@ class Task(ABC):
     @property
     @abstractmethod
     def steps_per_epoch(self) -> int:
-        """Optimizer steps in one epoch."""
+        """Optimizer steps in one epoch (global batches; the same on every rank)."""
 
     @abstractmethod
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        """The batches of ``epoch`` (0-based), in an order that depends only on ``(seed, epoch)``."""
+        """This rank's part of each global batch of ``epoch`` (0-based), in an order that depends only on
+        ``(seed, epoch)``; :attr:`steps_per_epoch` batches, the same count on every rank."""
 
     @abstractmethod
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        """Scalar training loss of ``model`` on ``batch``."""
+        """Scalar training loss of ``model`` on ``batch`` (this rank's part, weighted as
+        :meth:`rank_part` says)."""
 
     @abstractmethod
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        """Metrics named ``<split>/<metric>``, e.g. ``{"train/accuracy": 91.2, "train/loss": 0.3}``."""
+        """Metrics named ``<split>/<metric>``, e.g. ``{"train/accuracy": 91.2, "train/loss": 0.3}``.
+
+        Every rank calls it with the same weights and must return the same values (under FSDP the
+        forward pass is a collective); rank 0 records them."""
 
     @property
     @abstractmethod

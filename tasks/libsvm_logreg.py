@@ -28,15 +28,18 @@ class LibsvmLogReg(Task):
         *,
         seed: int,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
         dataset: str = "iris",
         root: str | Path = "data",
         source: str = "auto",
         batch_size: int = 16,
         epochs: int = 100,
     ) -> None:
-        super().__init__(seed=seed, device=device)
+        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size)
         if batch_size < 1:
             raise ValueError(f"task.batch_size={batch_size} must be >= 1")
+        self.check_batch_size(batch_size)
         if epochs < 1:
             raise ValueError(f"task.epochs={epochs} must be >= 1")
         loaded = resolve(dataset, root, source)
@@ -53,16 +56,22 @@ class LibsvmLogReg(Task):
     def steps_per_epoch(self) -> int:
         return -(-self.x.shape[0] // self.batch_size)
 
-    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float | None]]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         perm = torch.randperm(self.x.shape[0], generator=gen).to(self.device)
         xp, yp = self.x[perm], self.y[perm]  # one gather per epoch; batches are views
-        for i in range(0, xp.shape[0], self.batch_size):
-            yield xp[i : i + self.batch_size], yp[i : i + self.batch_size]
+        n = xp.shape[0]
+        for i in range(0, n, self.batch_size):
+            start, stop, factor = self.rank_part(min(self.batch_size, n - i))
+            yield xp[i + start : i + stop], yp[i + start : i + stop], factor
 
-    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(model(x), y)
+    def loss(
+        self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor, float | None]
+    ) -> torch.Tensor:
+        x, y, factor = batch
+        if factor is None:
+            return F.cross_entropy(model(x), y)
+        return F.cross_entropy(model(x), y, reduction="sum") * factor
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:

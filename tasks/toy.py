@@ -29,17 +29,20 @@ class ToyIris(Task):
         *,
         seed: int,
         device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
         batch_size: int = 16,
         epochs: int = 5,
         objective: str = "cross_entropy",
     ) -> None:
-        super().__init__(seed=seed, device=device)
+        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(epochs, int) or epochs < 1:
             raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
         if objective not in ("cross_entropy", "mse"):
             raise ValueError(f"objective must be one of ('cross_entropy', 'mse'), got {objective!r}")
+        self.check_batch_size(batch_size)
         self.batch_size, self.epochs, self.objective = batch_size, epochs, objective
         x, y = load_iris(return_X_y=True)
         x = torch.as_tensor(x, dtype=torch.float32)
@@ -57,16 +60,20 @@ class ToyIris(Task):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.y), generator=gen).to(self.device)
         for idx in order.split(self.batch_size):
-            yield self.x[idx], self.y[idx]
+            start, stop, factor = self.rank_part(len(idx))
+            yield self.x[idx[start:stop]], self.y[idx[start:stop]], factor
 
-    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         if self.objective == "mse":
-            return F.mse_loss(logits.float(), F.one_hot(y, 3).float())
-        return F.cross_entropy(logits.float(), y)
+            per_sample = F.mse_loss(logits.float(), F.one_hot(y, 3).float(), reduction=reduction)
+            return per_sample if reduction == "mean" else per_sample / 3
+        return F.cross_entropy(logits.float(), y, reduction=reduction)
 
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-        x, y = batch
-        return self._loss(model(x), y)
+        x, y, factor = batch
+        if factor is None:
+            return self._loss(model(x), y)
+        return self._loss(model(x), y, reduction="sum") * factor
 
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:

@@ -124,7 +124,7 @@ def test_batches_are_a_permutation_fixed_by_seed_and_epoch() -> None:
     assert task.steps_per_epoch == 12  # ceil(178 / 16): the last batch has 2 rows
     ep0 = list(task.train_batches(0))
     assert len(ep0) == 12 and ep0[-1][0].shape[0] == 178 - 11 * 16
-    rows = torch.cat([x for x, _ in ep0])
+    rows = torch.cat([x for x, _, _ in ep0])
     assert sorted(map(tuple, rows.tolist())) == sorted(map(tuple, task.x.tolist()))  # each row once
     again = LibsvmLogReg(seed=3, dataset="wine", root=DATA, batch_size=16)
     assert all(torch.equal(a[0], b[0]) for a, b in zip(ep0, again.train_batches(0), strict=True))
