@@ -9,7 +9,7 @@ On top of the upstream launcher (one job array per multirun, submitit's pickles 
   largest node; any other pending reason is printed when it changes, so no job is waited on in silence;
 - preemption and time-outs: submitit signals the job with SIGUSR1 (upstream: USR2), the runner checkpoints
   on it and hands it on to submitit, which requeues the job; the batch script passes a SIGUSR1 sent to it
-  alone (``scancel --batch``) on to the job step (:mod:`._executor`);
+  alone (``scancel --batch``) on to the job step (:data:`BATCH_SETUP`);
 - ``time`` takes SLURM's own time strings (``4:00:00``, ``2-00:00:00``) and wins over ``timeout_min``;
 - ``wait: false`` returns as soon as the jobs are queued (``make sweep``);
 - ``<sweep dir>/slurm_jobs.json`` lists each job id with its overrides.
