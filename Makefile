@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SEEDS ?= 3
 JOBS ?= 2
 
-.PHONY: setup test lint data reproduce-table1 figures bench clean
+.PHONY: setup test lint data reproduce-table1 figures sweep sweep-status slurm-start slurm-status slurm-stop bench clean
 
 setup: $(STAMP)
 
@@ -38,3 +38,24 @@ reproduce-table1: setup data
 # Re-make Table 1 and its figures from the finished runs, training nothing.
 figures: setup
 	$(PY) scripts/reproduce_table1.py --report-only
+
+# A paper table's runs on a cluster: `make sweep EXPERIMENT=dadapt_figure2 LAUNCHER=slurm` submits every run
+# the results store does not hold as finished (SLURM job arrays; LAUNCHER=joblib runs them here), prints the
+# job ids and where results land. SWEEP_ARGS: the table script's options and runner overrides, e.g.
+# SWEEP_ARGS='--seeds 10 hydra.launcher.partition=gpu hydra.launcher.time=2:00:00'.
+EXPERIMENT ?= dadapt_figure2
+LAUNCHER ?= slurm
+sweep: setup
+	$(PY) scripts/sweep.py submit $(EXPERIMENT) --launcher $(LAUNCHER) --seeds $(SEEDS) $(SWEEP_ARGS)
+
+# completed / running / failed / diverged / missing counts of the same plan (results store + squeue)
+sweep-status: setup
+	$(PY) scripts/sweep.py status $(EXPERIMENT) --seeds $(SEEDS) $(SWEEP_ARGS)
+
+# A one-node SLURM on this machine (root; installs Debian's packages on first use): the `slurm` tests' cluster.
+slurm-start:
+	scripts/slurm/cluster.sh start
+slurm-status:
+	scripts/slurm/cluster.sh status
+slurm-stop:
+	scripts/slurm/cluster.sh stop

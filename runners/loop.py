@@ -292,10 +292,10 @@ class Trainer:
         # torch's Optimizer.zero_grad opens a profiler record_function per call, a measurable share of a
         # tiny step; an optimizer that overrides zero_grad keeps its own
         own_zero_grad = type(self.opt).zero_grad is not torch.optim.Optimizer.zero_grad
-        old_handlers = {}
+        self.outer_handlers: dict[int, Any] = {}  # restored after the loop; see runners.train.run
         for sig in STOP_SIGNALS:
             with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
-                old_handlers[sig] = signal.signal(sig, self._on_signal)
+                self.outer_handlers[sig] = signal.signal(sig, self._on_signal)
         self.bar = tqdm(total=self.total, initial=self.step, disable=not self.progress, dynamic_ncols=True)
         self.model.train()
         status = None
@@ -362,7 +362,7 @@ class Trainer:
         finally:
             self.bar.close()
             self.metrics.close()
-            for sig, handler in old_handlers.items():
+            for sig, handler in self.outer_handlers.items():
                 signal.signal(sig, handler)
         now = time.monotonic()
         train_s = self.prior_train_s + now - self.t0

@@ -9,7 +9,8 @@ Examples::
 The same command always maps to the same run dir (:func:`runners.store.run_id`): a completed run is
 skipped, an interrupted one resumes from its checkpoint. Exit codes: 0 completed or diverged (and
 0 for a failed member of a multirun, whose failure is recorded in its summary), 2 bad input,
-128+signal when preempted (SIGTERM/SIGUSR1; this also ends a sweep), 1 for a crash.
+128+signal when preempted (SIGTERM/SIGUSR1; this also ends a sweep; under SLURM submitit requeues the
+job instead), 1 for a crash.
 """
 
 from __future__ import annotations
@@ -199,7 +200,9 @@ def run(cfg: DictConfig) -> int:
     shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if not k.startswith("opt/"))
     print(f"{status}: {run_dir} ({result['steps']} steps, {result['wall_s']:.1f}s) {shown}")
     if status == "preempted":  # also ends a sweep: its finished members are skipped when it is re-run
-        return 128 + int(signal.Signals[result["signal"]])
+        signum = signal.Signals[result["signal"]]
+        hand_on_signal(trainer.outer_handlers.get(signum), signum)
+        return 128 + int(signum)
     return 0
 
 
@@ -209,6 +212,13 @@ def _follow(trainer: Trainer) -> int:
     if result["status"] == "preempted" and result.get("signal"):
         return 128 + int(signal.Signals[result["signal"]])
     return 0
+
+
+def hand_on_signal(handler: Any, signum: int) -> None:
+    """Pass a stop signal, once checkpointed, to the Python handler the training loop displaced. Under
+    SLURM that is submitit's: it requeues the job, which resumes here from the checkpoint."""
+    if callable(handler):
+        handler(signum, None)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

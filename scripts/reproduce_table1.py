@@ -98,7 +98,7 @@ def multirun(overrides: list[str], jobs: int, log: Path) -> int:
         return subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 3)))
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", os.cpu_count() or 1)))
@@ -112,44 +112,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--report-only", action="store_true", help="skip training; table + figures only")
     ap.add_argument("--no-figures", action="store_true")
     ap.add_argument("overrides", nargs="*", help="extra runner overrides, e.g. task.epochs=2")
-    args = ap.parse_args(argv)
+    return ap
 
-    preflight(figures=not args.no_figures)
+
+def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]], dict[str, str], list[str]]:
+    """Table 1's runs as Hydra multiruns of the runner (overrides after ``experiment=dadapt_figure2``,
+    swept values comma-separated): one for the LR-free methods at their defaults, one per grid-searched
+    baseline or optimizer with protocol overrides. Also each problem's data source and what is not run.
+    ``local``: the runs share this machine's cores (``args.jobs`` workers), not a cluster's."""
     results, data = Path(args.results).resolve(), Path(args.data).resolve()
     datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
     to_run, sources, opts = plan(data, datasets, optimizers)
+    notes = [
+        f"not run: {DATASETS[d].name} (no data in {data}; `python scripts/download_data.py status`)"
+        for d in datasets
+        if sources[d] == "missing"
+    ]
     missing_opts = sorted(set(optimizers) - set(opts))
-    for d in datasets:
-        if sources[d] == "missing":
-            print(
-                f"not run: {DATASETS[d].name} (no data in {data}; `python scripts/download_data.py status`)"
-            )
     if missing_opts:
-        print(f"not run: optimizers without a config: {', '.join(missing_opts)}")
+        notes.append(f"not run: optimizers without a config: {', '.join(missing_opts)}")
+    if not to_run:
+        return [], sources, notes
+    common = [
+        f"task.dataset={','.join(to_run)}",
+        *([] if data == REPO / "data" else [f"task.root={data}"]),  # the root is part of the run id
+        f"results_dir={results}",
+        f"logger={args.logger}",
+        f"seed={','.join(str(s) for s in range(args.seeds))}",
+        # one thread per run when the runs fill the cores (no OpenMP threads spinning on a busy core)
+        *(["torch_threads=1"] if local and args.jobs >= (os.cpu_count() or 1) else []),
+        *args.overrides,
+    ]
+    runs = []
+    lr_free = [o for o in opts if o not in GRID and o not in EXTRA]
+    if lr_free:  # one multirun for all LR-free methods at their defaults
+        runs.append([*common, f"optimizer={','.join(lr_free)}"])
+    for opt in (o for o in opts if o in GRID or o in EXTRA):
+        sweep = [f"optimizer={opt}", *EXTRA.get(opt, [])]
+        if opt in GRID:
+            sweep.append(f"optimizer.lr={args.grid_adam if opt == 'adam' else args.grid_sgd}")
+        runs.append([*common, *sweep])
+    return runs, sources, notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preflight(figures=not args.no_figures)
+    results = Path(args.results).resolve()
+    datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    runs, sources, notes = sweeps(args)
+    for note in notes:
+        print(note)
 
     t0 = time.monotonic()
-    if not args.report_only and to_run:
-        common = [
-            f"task.dataset={','.join(to_run)}",
-            *([] if data == REPO / "data" else [f"task.root={data}"]),  # the root is part of the run id
-            f"results_dir={results}",
-            f"logger={args.logger}",
-            f"seed={','.join(str(s) for s in range(args.seeds))}",
-            # one thread per run when the runs fill the cores (no OpenMP threads spinning on a busy core)
-            *(["torch_threads=1"] if args.jobs >= (os.cpu_count() or 1) else []),
-            *args.overrides,
-        ]
+    if not args.report_only and runs:
         log = results / "logs" / "table1_runs.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        lr_free = [o for o in opts if o not in GRID and o not in EXTRA]
-        if lr_free:  # one multirun for all LR-free methods at their defaults
-            multirun([*common, f"optimizer={','.join(lr_free)}"], args.jobs, log)
-        for opt in (o for o in opts if o in GRID or o in EXTRA):
-            sweep = [f"optimizer={opt}", *EXTRA.get(opt, [])]
-            if opt in GRID:
-                sweep.append(f"optimizer.lr={args.grid_adam if opt == 'adam' else args.grid_sgd}")
-            multirun([*common, *sweep], args.jobs, log)
+        for overrides in runs:
+            multirun(overrides, args.jobs, log)
         print(f"runs done in {time.monotonic() - t0:.0f} s (log: {log})")
 
     from runners.collect import collect

@@ -25,7 +25,7 @@ def test_sweep_grid_composes(tmp_path, sweep):
     [
         ("basic", "hydra._internal.core_plugins.basic_launcher.BasicLauncher"),
         ("joblib", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-        ("submitit_slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+        ("submitit_slurm", "hydra_plugins.lrbench_slurm.slurm_launcher.SlurmLauncher"),
     ],
 )
 def test_launcher_composes(tmp_path, launcher, target):
