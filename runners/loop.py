@@ -14,6 +14,7 @@ them received and on a checkpoint due by time: a signal is acted on within ``log
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import random
 import signal
@@ -276,6 +277,13 @@ class Trainer:
                 self.best[key] = value
         self.last_eval_step = self.step
 
+    def _replicas_identical(self) -> bool:
+        """Under DDP every rank holds the whole model; the copies must end bitwise equal (a collective)."""
+        digest = hashlib.sha256()
+        for p in self.model.parameters():
+            digest.update(p.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
+        return len(set(self.world.gather_objects(digest.hexdigest()))) == 1
+
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -386,6 +394,8 @@ class Trainer:
             "distributed_strategy": self.world.strategy if self.world.distributed else None,
             "provenance": provenance(self.device, self.task.data_source),
         }
+        if self.world.distributed and self.world.strategy == "ddp":
+            out["replicas_identical"] = self._replicas_identical()
         if self.diverged:
             out.update(self.diverged)
         if status == "preempted":

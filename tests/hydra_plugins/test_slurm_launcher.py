@@ -138,6 +138,30 @@ def test_usr1_to_the_batch_shell_checkpoints_requeues_and_resumes_bitwise(tmp_pa
 
 
 @needs_slurm
+def test_two_task_job_trains_with_ddp_and_its_ranks_end_identical(tmp_path):
+    """tasks_per_node=2: both tasks join one gloo group (runners/distributed.py, from SLURM's environment),
+    train under DDP, and the run's summary records that the two replicas ended bitwise equal."""
+    sweep = tmp_path / "sweep"
+    code, out, err = cli_run(
+        tmp_path,
+        "-m",
+        "task=toy",
+        "optimizer=adamw",
+        "max_steps=60",
+        "log_every_steps=10",
+        "logger=none",
+        "launcher=submitit_slurm",
+        "hydra.launcher.tasks_per_node=2",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert code == 0, out + err
+    (run,) = summaries(tmp_path / "results")
+    assert run["status"] == "completed", run
+    assert run["world_size"] == 2 and run["distributed_strategy"] == "ddp"
+    assert run["replicas_identical"] is True
+
+
+@needs_slurm
 def test_what_slurm_refuses_is_one_line_with_its_reason(tmp_path):
     cases = {
         "never_starts": (

@@ -211,6 +211,7 @@ def test_killed_or_signalled_job_resumes_bitwise(tmp_path):
         assert run_dir.name == reference_dir.name
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps"] == RESUME_STEPS
+        assert summary["world_size"] == 2 and summary["replicas_identical"] is True
         assert len(summary["resumed_from_steps"]) == 1 and summary["resumed_from_steps"][0] >= 100
         assert (run_dir / "metrics.jsonl").read_bytes() == reference, name
         model = torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
