@@ -28,7 +28,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runners import store
+from runners import schema, store
 from runners.errors import EXIT_BAD_INPUT, ConfigError
 from runners.loggers import NoLogger, make_logger
 from runners.loop import Trainer
@@ -106,8 +106,13 @@ def _fail(
 def run(cfg: DictConfig) -> int:
     """Train the run ``cfg`` describes (or skip/resume it); return the process exit code."""
     multirun = is_multirun()
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
+    try:
+        container = schema.resolve(cfg)
+    except ConfigError as exc:  # no run dir to record it in: the config does not resolve
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     run_dir = run_dir_for(cfg, container)
     identity = _identity(cfg, container, run_dir)
     previous = store.read_summary(run_dir)
@@ -117,6 +122,7 @@ def run(cfg: DictConfig) -> int:
     started = _now()
     trainer: Trainer | None = None
     try:
+        schema.validate(container)
         trainer = Trainer(container, run_dir, NoLogger(), progress=_progress(cfg))
         store.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(container))
         tags = [f"task:{identity['task']}", f"optimizer:{identity['optimizer']}", f"seed:{identity['seed']}"]
