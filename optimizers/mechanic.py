@@ -113,7 +113,7 @@ from optimizers._common import (
     host_floats,
     skip_if_nonfinite,
 )
-from optimizers.registry import build, register
+from optimizers.registry import OptimizerConfig, build, register
 
 PRESETS: dict[str, dict[str, Any]] = {
     "optax": {
@@ -225,7 +225,7 @@ class Mechanic(torch.optim.Optimizer):
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, *, steps_per_epoch: int, base: Mapping[str, Any], **kwargs: Any
+        cls, model: torch.nn.Module, *, steps_per_epoch: int, base: OptimizerConfig, **kwargs: Any
     ) -> Mechanic:
         """Build the base from its config dict (``{"name": "sgd", "lr": 1.0, ...}``), then wrap it."""
         return cls(build(dict(base), model, steps_per_epoch=steps_per_epoch), **kwargs)

@@ -13,7 +13,7 @@ on DTensors and match the unsharded run up to rounding. The others are refused b
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 
@@ -62,3 +62,8 @@ def build(
     if from_model is not None:
         return from_model(model, steps_per_epoch=steps_per_epoch, **kwargs)
     return cls(model.parameters(), **kwargs)
+
+
+#: An argument that is itself an optimizer config (``{"name": ..., **arguments}``), built with :func:`build`
+#: (Mechanic's ``base``); the runner's config schema checks it as one (``runners/schema.py``).
+OptimizerConfig = Annotated[Mapping[str, Any], "optimizer config"]

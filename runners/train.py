@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runners import distributed, store
+from runners import distributed, schema, store
 from runners.errors import EXIT_BAD_INPUT, ConfigError
 from runners.loggers import NoLogger, make_logger
 from runners.loop import Trainer, pick_device
@@ -129,8 +129,13 @@ def run(cfg: DictConfig) -> int:
     Under torchrun or SLURM with several tasks every rank runs this; rank 0 alone writes the store.
     """
     multirun = is_multirun()
-    container = OmegaConf.to_container(cfg, resolve=True)
-    container.pop("hydra", None)
+    try:
+        container = schema.resolve(cfg)
+    except ConfigError as exc:  # no run dir to record it in: the config does not resolve
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     run_dir = run_dir_for(cfg, container)
     identity = _identity(cfg, container, run_dir)
     previous = store.read_summary(run_dir)
@@ -142,6 +147,7 @@ def run(cfg: DictConfig) -> int:
     trainer: Trainer | None = None
     world: distributed.World | None = None
     try:
+        schema.validate(container)  # before any work, and before torchrun starts the ranks
         if _is_launcher_process(cfg):
             return _relaunch(cfg, run_dir)
         world = distributed.setup(pick_device(str(cfg.device)), str(cfg.distributed.strategy))

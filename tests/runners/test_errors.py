@@ -28,12 +28,45 @@ class MissingData(Task):
 def test_invalid_value_is_one_line_and_full_traceback_on_request(tmp_path):
     code, out, err = cli_run(tmp_path, "logger=none", "optimizer=sgd", "optimizer.lr=-1")
     assert code == 2
-    assert err.strip() == "error: optimizer.lr: Invalid learning rate: -1"
+    assert err == "error: optimizer.lr: must be >= 0, got -1\n"
     assert not (tmp_path / "results" / "runs").exists()
     code, out, err = cli_run(
         tmp_path, "logger=none", "optimizer=sgd", "optimizer.lr=-1", env={"HYDRA_FULL_ERROR": "1"}
     )
-    assert code != 0 and "Traceback" in err and "ValueError: Invalid learning rate: -1" in err
+    assert code != 0 and "Traceback" in err and "ConfigError: optimizer.lr: must be >= 0, got -1" in err
+
+
+@pytest.mark.parametrize(
+    ("overrides", "line"),
+    [
+        (["seed=abc"], "seed: expected an int, got 'abc'"),
+        (
+            ["optimizer=adam", "optimizer.betas=[0.9]"],
+            "optimizer.betas: expected a list of 2 floats, got [0.9]",
+        ),
+        (["+task.foo=1"], "task.foo: unknown key; the keys are batch_size, epochs, name, objective"),
+        (
+            ["optimizer=dadapt_sgd", "optimizer.momentum=1.5"],
+            "optimizer.momentum: must be in [0, 1), got 1.5",
+        ),
+        (
+            ["optimizer=mechanic_sgd", "optimizer.base.lr=abc"],
+            "optimizer.base.lr: expected a float, got 'abc'",
+        ),
+    ],
+    ids=["type", "length", "unknown-key", "range", "nested"],
+)
+def test_schema_error_is_one_line_at_the_command_line(tmp_path, overrides, line):
+    code, out, err = cli_run(tmp_path, "logger=none", *overrides)
+    assert (code, err) == (2, f"error: {line}\n")
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+def test_unknown_key_without_plus_is_hydras_message_without_traceback(tmp_path):
+    code, out, err = cli_run(tmp_path, "logger=none", "optimizer.lrr=1")
+    assert code == 1
+    assert "Could not override 'optimizer.lrr'" in err and "+optimizer.lrr=1" in err
+    assert "Traceback" not in err
 
 
 def test_unknown_optimizer_lists_hydra_options(tmp_path):
@@ -80,7 +113,7 @@ def test_failing_and_diverging_members_do_not_stop_a_joblib_sweep(tmp_path):
         "log_every_steps=1",
     )
     assert code == 0, err
-    assert "error: optimizer.lr: Invalid learning rate: -1" in err
+    assert "error: optimizer.lr: must be >= 0, got -1" in err
     by_lr = {}
     for s in summaries(tmp_path / "results"):
         cfg = (tmp_path / "results" / "runs" / "adhoc" / s["run_id"] / "config.yaml").read_text()
@@ -90,7 +123,7 @@ def test_failing_and_diverging_members_do_not_stop_a_joblib_sweep(tmp_path):
         "  lr: 1000000.0": "diverged",
         "  lr: 0.1": "completed",
     }
-    assert by_lr["  lr: -1"]["error"] == "optimizer.lr: Invalid learning rate: -1"
+    assert by_lr["  lr: -1"]["error"] == "optimizer.lr: must be >= 0, got -1"
     assert by_lr["  lr: 0.1"]["steps"] == 40
     assert (
         json.dumps(by_lr["  lr: 1000000.0"]["final"]).count("Infinity")
