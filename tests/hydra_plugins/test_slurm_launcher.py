@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from hydra_plugins.lrbench_slurm.slurm_launcher import sbatch_error_key, slurm_minutes
-from tests.runners.helpers import cli, cli_run, summaries
+from tests.runners.helpers import cli, cli_run, resume_args, summaries
 
 
 def needs_slurm(test: Callable) -> Callable:
@@ -74,18 +74,7 @@ def _run_dirs(tmp: Path) -> list[Path]:
 # the toy task for 5000 steps (a few seconds) with a checkpoint every 100: SIGUSR1, sent when the first
 # checkpoint exists, lands mid-run; adam + warmup_cosine: optimizer and scheduler state must survive
 STEPS = 5000
-TOY = (
-    "task=toy",
-    "optimizer=adam",
-    "schedule=warmup_cosine",
-    "schedule.warmup_fraction=0.1",
-    f"epochs={STEPS // 10}",
-    "log_every_steps=7",
-    "eval_every_epochs=10",
-    "ckpt_every_steps=100",
-    "ckpt_every_minutes=null",
-    "torch_threads=1",
-)
+TOY = ("task=toy", *resume_args(STEPS))
 
 
 @needs_slurm

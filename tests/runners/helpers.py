@@ -19,6 +19,23 @@ from runners.train import CONFIG_DIR, run
 REPO = Path(__file__).resolve().parents[2]
 
 
+def resume_args(steps: int) -> tuple[str, ...]:
+    """The overrides of the resume tests: the toy task for ``steps`` steps with a checkpoint every 100, so
+    a signal sent once the first checkpoint exists lands mid-run; adam + warmup_cosine, so optimizer and
+    scheduler state both have to survive the restart."""
+    return (
+        "optimizer=adam",
+        "schedule=warmup_cosine",
+        "schedule.warmup_fraction=0.1",
+        f"epochs={steps // 10}",
+        "log_every_steps=7",
+        "eval_every_epochs=10",
+        "ckpt_every_steps=100",
+        "ckpt_every_minutes=null",
+        "torch_threads=1",
+    )
+
+
 def compose_cfg(results: Path, *overrides: str) -> DictConfig:
     """The app's config for ``overrides`` (logger=none, no bar, results under ``results``)."""
     GlobalHydra.instance().clear()

@@ -22,7 +22,7 @@ from runners import distributed
 from runners.errors import ConfigError
 from runners.loggers import NoLogger
 from runners.loop import Trainer, build_task
-from tests.runners.helpers import REPO, cli, compose_cfg
+from tests.runners.helpers import REPO, cli, compose_cfg, resume_args
 
 STEPS = 30
 COMMON = f"max_steps={STEPS},log_every_steps=5,torch_threads=1"
@@ -117,15 +117,7 @@ def test_two_processes_match_one_to_a_derived_tolerance(two_ranks, tmp_path):
 RESUME_STEPS = 3000
 ARGS = (
     "logger=none",
-    "optimizer=adam",
-    "schedule=warmup_cosine",
-    "schedule.warmup_fraction=0.1",
-    f"epochs={RESUME_STEPS // 10}",
-    "log_every_steps=7",
-    "eval_every_epochs=10",
-    "ckpt_every_steps=100",
-    "ckpt_every_minutes=null",
-    "torch_threads=1",
+    *resume_args(RESUME_STEPS),
     "launcher=torchrun",
     "launcher.nproc_per_node=2",
 )

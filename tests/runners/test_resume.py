@@ -9,23 +9,12 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.runners.helpers import cli
+from tests.runners.helpers import cli, resume_args
 
 # 3000 steps (about 2.5 s here), checkpoints every 100: the kill lands after the first checkpoint, far from
 # the end. adam + warmup_cosine: optimizer and scheduler state both have to survive the restart.
 STEPS = 3000
-ARGS = (
-    "logger=none",
-    "optimizer=adam",
-    "schedule=warmup_cosine",
-    "schedule.warmup_fraction=0.1",
-    f"epochs={STEPS // 10}",
-    "log_every_steps=7",
-    "eval_every_epochs=10",
-    "ckpt_every_steps=100",
-    "ckpt_every_minutes=null",
-    "torch_threads=1",
-)
+ARGS = ("logger=none", *resume_args(STEPS))
 
 
 def _run_dir(tmp: Path) -> Path:
