@@ -61,7 +61,7 @@ def _sweep(*args: str) -> str:
 @pytest.mark.usefixtures("slurm_cluster")
 def test_failed_member_shows_in_sweep_status_and_the_rest_completes(tmp_path):
     results = tmp_path / "results"
-    # Table 1's plan cut to one problem, one seed, one epoch and SGD at two LRs, one of which torch refuses
+    # Table 1's plan cut to one problem, one seed, one epoch and SGD at two LRs, one refused as bad input
     table = ["--seeds", "1", "--datasets", "iris", "--optimizers", "sgd", "--grid-sgd", "0.5,-1"]
     table += ["--results", str(results), "--data", str(tmp_path / "data"), "task.epochs=1"]
     out = _sweep("submit", "dadapt_figure2", "--launcher", "slurm", *table)
@@ -90,7 +90,7 @@ def test_failed_member_shows_in_sweep_status_and_the_rest_completes(tmp_path):
     assert counts == {"completed": "1", "running": "0", "failed": "1", "diverged": "0", "missing": "0"}, (
         status.stdout
     )
-    assert re.search(r"^failed: .*-sgd-s0-\w+: optimizer\.lr: Invalid learning rate: -1", status.stdout, re.M)
+    assert re.search(r"^failed: .*-sgd-s0-\w+: optimizer\.lr: must be >= 0, got -1", status.stdout, re.M)
 
     again = _sweep("submit", "dadapt_figure2", "--launcher", "slurm", *table)  # only the failed run
     assert "dadapt_figure2: 1 runs submitted, 1 already finished" in again, again
