@@ -8,10 +8,16 @@ epochs) defines a classmethod ``from_model(model, *, steps_per_epoch, **cfg)`` a
 Sharded parameters (FSDP2, ``torch.distributed.fsdp.fully_shard``: each parameter a DTensor holding its
 rank's rows) are declared per optimizer at registration (``sharded=True``): only rules that run unchanged
 on DTensors and match the unsharded run up to rounding. The others are refused by :func:`build`.
+
+Batched runs (docs/optimizers/README.md §6): a class whose constructor (or ``from_model``) takes
+``runs`` steps R independent runs whose parameters carry a leading run dimension; its ``batch_keys``
+names the hyper-parameters that may differ between the runs (seeds always may). :func:`batch_keys`
+is None for a class without a run dimension.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
@@ -24,6 +30,16 @@ SHARDABLE: set[str] = set()
 
 class NotShardableError(ValueError):
     """The optimizer cannot run on sharded (FSDP) parameters."""
+
+
+def batch_keys(name: str) -> tuple[str, ...] | None:
+    """The hyper-parameters that may differ between the members of a batched group of ``name``, or None
+    when the class has no run dimension (its runs go one per process)."""
+    cls = OPTIMIZERS[name]
+    init = getattr(cls, "from_model", None) or cls.__init__
+    if "runs" not in inspect.signature(init).parameters:
+        return None
+    return tuple(getattr(cls, "batch_keys", ()))
 
 
 def register(name: str, *, sharded: bool = False) -> Callable[[type], type]:
@@ -41,13 +57,20 @@ def register(name: str, *, sharded: bool = False) -> Callable[[type], type]:
 
 
 def build(
-    cfg: Mapping[str, Any], model: torch.nn.Module, *, steps_per_epoch: int = 1, sharded: bool = False
+    cfg: Mapping[str, Any],
+    model: torch.nn.Module,
+    *,
+    steps_per_epoch: int = 1,
+    sharded: bool = False,
+    runs: int | None = None,
 ) -> torch.optim.Optimizer:
     """Build the optimizer that ``cfg`` names (``cfg["name"]``) for ``model``.
 
     Every other key of ``cfg`` is a constructor argument. Classes with a ``from_model`` classmethod
     receive the model and ``steps_per_epoch``; the others receive ``model.parameters()``. ``sharded``:
     the model is FSDP-sharded; an optimizer not declared for it raises :class:`NotShardableError`.
+    ``runs``: the model is a batched group of that many runs (each parameter's dim 0); a key in
+    :func:`batch_keys` may then hold one value per run.
     """
     kwargs = dict(cfg)
     name = kwargs.pop("name", None)
@@ -58,6 +81,10 @@ def build(
             f"optimizer {name!r} does not run on FSDP-sharded parameters; FSDP supports {sorted(SHARDABLE)}"
         )
     cls = OPTIMIZERS[name]
+    if runs is not None:
+        if batch_keys(name) is None:
+            raise ValueError(f"optimizer {name!r} has no run dimension; its runs cannot be batched")
+        kwargs["runs"] = runs
     from_model = getattr(cls, "from_model", None)
     if from_model is not None:
         return from_model(model, steps_per_epoch=steps_per_epoch, **kwargs)

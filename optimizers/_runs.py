@@ -1,0 +1,148 @@
+"""The run dimension: R independent runs stepped by one optimizer (docs/optimizers/README.md §6).
+
+A batched group of R runs (one per seed, or per learning rate) keeps every parameter as one tensor with
+a leading dimension of R: member ``r``'s parameters are ``p[r]`` for every ``p``. An optimizer built
+with ``runs=R`` treats the members as independent problems: every global sum is reduced within a member
+(a length-R vector), every learned scalar is a length-R vector, a member whose gradients are not finite
+skips its step alone, and a hyper-parameter may differ per member. ``runs=None`` is the single run, whose
+parameters have no run dimension. These helpers are the only place the layout is spelled out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+Floats = float | Sequence[float] | np.ndarray | torch.Tensor
+
+
+def check_runs(runs: int | None, params: Iterable[torch.Tensor]) -> None:
+    """Raise ValueError unless ``runs`` is None or a positive int that every parameter's dim 0 equals."""
+    if runs is None:
+        return
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise ValueError(f"runs must be None or an int >= 1, got {runs!r}")
+    for p in params:
+        if p.dim() == 0 or p.shape[0] != runs:
+            raise ValueError(f"runs={runs}: every parameter needs a leading run dimension of {runs}, got {tuple(p.shape)}")
+
+
+def member_values(name: str, value: Floats, runs: int | None) -> np.ndarray | float:
+    """A hyper-parameter that may differ per member: a float (shared), or R floats as a float64 array.
+
+    A single run takes a float only."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if runs is None:
+        raise ValueError(f"{name} must be a number for a single run, got {value!r}")
+    arr = np.asarray(value.tolist() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+    if arr.shape != (runs,):
+        raise ValueError(f"{name} must be a number or {runs} numbers (one per run), got shape {arr.shape}")
+    return arr
+
+
+def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
+    """Per-member scalars as a tensor that broadcasts over ``like``'s member slices (shape
+    ``[R, 1, ..., 1]``, ``like``'s dtype and device); a Python float stays a float (a shared scalar).
+
+    Cast to the parameter's dtype first, as a Python float is when it scales a tensor, so that a member
+    computes what its single run computes."""
+    if isinstance(values, int | float):
+        return float(values)
+    t = torch.as_tensor(np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values)
+    return t.to(dtype=like.dtype, device=like.device).reshape((t.numel(),) + (1,) * (like.dim() - 1))
+
+
+def member_sums(tensors: Sequence[torch.Tensor], runs: int) -> torch.Tensor:
+    """``[T, R]``: each tensor's sum within each member (no host sync)."""
+    if not tensors:
+        return torch.zeros(0, runs)
+    return torch.stack([t.reshape(runs, -1).sum(1) for t in tensors])
+
+
+def member_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], runs: int) -> torch.Tensor:
+    """``[T, R]``: each pair's inner product within each member (no host sync)."""
+    if not a:
+        return torch.zeros(0, runs)
+    rows = [torch.linalg.vecdot(x.reshape(runs, -1), y.reshape(runs, -1)) for x, y in zip(a, b, strict=True)]
+    return torch.stack(rows)
+
+
+def host_rows(values: torch.Tensor) -> np.ndarray:
+    """``[T, R]`` per-tensor, per-member values as float64 on the host (one sync)."""
+    return values.detach().to(torch.float64).cpu().numpy()
+
+
+def sequential_sum(rows: np.ndarray, start: float | np.ndarray = 0.0) -> np.ndarray:
+    """Sum ``[T, R]`` over T in tensor order, in float64: per member the order of a single run's
+    ``for v in values: acc += v`` (numpy's own sum is pairwise)."""
+    acc = np.zeros(rows.shape[1]) + start
+    for row in rows:
+        acc = acc + row
+    return acc
+
+
+def finite_members(tensors: Sequence[torch.Tensor], runs: int) -> np.ndarray:
+    """``[R]`` bool on the host: the members none of whose tensors holds a NaN or an infinity.
+
+    Through each member's plain sum first (NaN and inf propagate into it), and only for a member whose
+    sum is not finite through ``max |x|``, which cannot overflow (the single-run rule of
+    ``optimizers._common.all_finite``)."""
+    if not tensors:
+        return np.ones(runs, dtype=bool)
+    sums = torch.stack([t.reshape(runs, -1).sum(1, dtype=torch.float64) for t in tensors])
+    ok = torch.isfinite(sums).all(0)
+    if bool(ok.all()):
+        return np.ones(runs, dtype=bool)
+    amax = torch.stack([t.reshape(runs, -1).abs().amax(1).double() for t in tensors])
+    return torch.isfinite(amax).all(0).cpu().numpy()
+
+
+class MemberSnapshot:
+    """The slices of some members in a list of tensors, to put back after a step those members skip.
+
+    Exact for any rule whose state is laid out by member (every tensor with the run dimension first):
+    a skipped member's parameters and buffers are restored bit for bit."""
+
+    def __init__(self, members: np.ndarray, tensors: Iterable[torch.Tensor]) -> None:
+        self.index = torch.as_tensor(np.flatnonzero(members))
+        self.saved = [(t, t.detach()[self.index.to(t.device)].clone()) for t in tensors]
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for t, slices in self.saved:
+                t[self.index.to(t.device)] = slices
+
+
+def member_state_tensors(states: Iterable[Mapping[str, Any]], runs: int) -> list[torch.Tensor]:
+    """Every tensor of the given per-parameter states whose dim 0 is the run dimension."""
+    return [
+        v
+        for st in states
+        for v in st.values()
+        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == runs
+    ]
+
+
+def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, float]]:
+    """A batched ``diagnostics()`` (each value a float shared by all members, or R values) as one dict
+    of floats per member."""
+    out: list[dict[str, float]] = [{} for _ in range(runs)]
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().tolist()
+        elif isinstance(value, np.ndarray):
+            value = value.tolist()
+        if isinstance(value, list | tuple):
+            if len(value) != runs:
+                raise ValueError(f"diagnostics()[{key!r}] has {len(value)} values for {runs} runs")
+            for r, v in enumerate(value):
+                out[r][key] = float(v)
+        else:
+            for r in range(runs):
+                out[r][key] = float(value)
+    return out
+
