@@ -35,13 +35,17 @@ def fusable(base: torch.optim.Optimizer) -> bool:
     """Whether ``base``'s step can run inside a wrapper's fused pass (module docstring)."""
     if hasattr(base, "fused_moves"):
         return bool(getattr(base, "fused", False))
-    adapter = _ADAPTERS.get(type(base))
-    return adapter is not None and all(adapter.fusable(group) for group in base.param_groups)
+    adapter = _adapter(base)
+    return (
+        adapter is not None
+        and getattr(base, "runs", None) is None
+        and all(adapter.fusable(group) for group in base.param_groups)
+    )
 
 
 def rule(base: torch.optim.Optimizer) -> Move:
     """The per-parameter rule of a :func:`fusable` base."""
-    return type(base).fused_move if hasattr(base, "fused_moves") else _ADAPTERS[type(base)].move
+    return type(base).fused_move if hasattr(base, "fused_moves") else _adapter(base).move
 
 
 def moves(base: torch.optim.Optimizer) -> Moves:
@@ -50,7 +54,7 @@ def moves(base: torch.optim.Optimizer) -> Moves:
     nothing is moved."""
     if hasattr(base, "fused_moves"):
         return base.fused_moves()
-    group_moves, out = _ADAPTERS[type(base)].group_moves, []
+    group_moves, out = _adapter(base).group_moves, []
     for group in base.param_groups:
         params, grads = grads_with_params(group["params"])
         if params:
@@ -159,3 +163,8 @@ class _Adapter:
 _SGD = _Adapter(_sgd_fusable, sgd_momentum_move, _sgd_moves)
 _ADAM = _Adapter(_adam_fusable, adamw_move, _adam_moves)
 _ADAPTERS: dict[type, _Adapter] = {torch.optim.SGD: _SGD, torch.optim.Adam: _ADAM, torch.optim.AdamW: _ADAM}
+
+
+def _adapter(base: torch.optim.Optimizer) -> _Adapter | None:
+    """The adapter of torch's class that ``base`` is (the registry's baselines subclass torch's)."""
+    return next((_ADAPTERS[c] for c in type(base).__mro__ if c in _ADAPTERS), None)

@@ -10,7 +10,7 @@ parameters have no run dimension. These helpers are the only place the layout is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -27,7 +27,9 @@ def check_runs(runs: int | None, params: Iterable[torch.Tensor]) -> None:
         raise ValueError(f"runs must be None or an int >= 1, got {runs!r}")
     for p in params:
         if p.dim() == 0 or p.shape[0] != runs:
-            raise ValueError(f"runs={runs}: every parameter needs a leading run dimension of {runs}, got {tuple(p.shape)}")
+            raise ValueError(
+                f"runs={runs}: every parameter needs a leading run dimension of {runs}, got {tuple(p.shape)}"
+            )
 
 
 def member_values(name: str, value: Floats, runs: int | None) -> np.ndarray | float:
@@ -44,6 +46,16 @@ def member_values(name: str, value: Floats, runs: int | None) -> np.ndarray | fl
     return arr
 
 
+def host_map(fn: Callable[..., float], *args: float | np.ndarray) -> np.ndarray:
+    """``fn`` applied per member to Python floats: the scalars a run alone computes, bit for bit.
+
+    For anything beyond + - * / and sqrt: numpy's float64 ``power``, ``exp`` and ``log`` may take SIMD
+    paths (SVML) that differ from the C library's by an ulp, so ``beta ** k`` per member goes through
+    here, not through ``np.power``."""
+    arrays = [np.broadcast_to(np.asarray(a, dtype=np.float64), np.broadcast(*args).shape) for a in args]
+    return np.array([fn(*(float(x) for x in xs)) for xs in zip(*arrays, strict=True)], dtype=np.float64)
+
+
 def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
     """Per-member scalars as a tensor that broadcasts over ``like``'s member slices (shape
     ``[R, 1, ..., 1]``, ``like``'s dtype and device); a Python float stays a float (a shared scalar).
@@ -52,7 +64,9 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
     computes what its single run computes."""
     if isinstance(values, int | float):
         return float(values)
-    t = torch.as_tensor(np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values)
+    t = torch.as_tensor(
+        np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values
+    )
     return t.to(dtype=like.dtype, device=like.device).reshape((t.numel(),) + (1,) * (like.dim() - 1))
 
 
@@ -145,4 +159,3 @@ def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, fl
             for r in range(runs):
                 out[r][key] = float(value)
     return out
-
