@@ -6,7 +6,7 @@ Importing the package imports every module, so every optimizer is registered and
 import importlib
 import pkgutil
 
-from optimizers.registry import OPTIMIZERS, SHARDABLE, NotShardableError, build, register
+from optimizers.registry import OPTIMIZERS, SHARDABLE, NotShardableError, batch_keys, build, register
 
 for _mod in pkgutil.iter_modules(__path__):
     if not _mod.name.startswith("_") and _mod.name != "registry":
@@ -18,6 +18,7 @@ __all__ = [
     "OPTIMIZERS",
     "SHARDABLE",
     "NotShardableError",
+    "batch_keys",
     "build",
     "register",
     *sorted({c.__name__ for c in OPTIMIZERS.values()}),

@@ -84,6 +84,7 @@ class WandbLogger:
             name=name,
             id=run_id,
             resume="allow",
+            reinit="create_new",  # a batched group holds one W&B run per member at once
             dir=str(run_dir),
             mode=mode,
             config=cfg.get("_run_config"),

@@ -14,6 +14,7 @@ them received and on a checkpoint due by time: a signal is acted on within ``log
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import math
 import random
@@ -68,10 +69,17 @@ def build_task(cfg: dict[str, Any], world: distributed.World) -> tasks.Task:
 
 
 def build_optimizer(
-    cfg: dict[str, Any], model: torch.nn.Module, steps_per_epoch: int, *, sharded: bool = False
+    cfg: dict[str, Any],
+    model: torch.nn.Module,
+    steps_per_epoch: int,
+    *,
+    sharded: bool = False,
+    runs: int | None = None,
 ) -> torch.optim.Optimizer:
     try:
-        return optimizers.build(cfg["optimizer"], model, steps_per_epoch=steps_per_epoch, sharded=sharded)
+        return optimizers.build(
+            cfg["optimizer"], model, steps_per_epoch=steps_per_epoch, sharded=sharded, runs=runs
+        )
     except optimizers.NotShardableError as exc:
         raise ConfigError("distributed.strategy", str(exc)) from exc
     except (ValueError, TypeError) as exc:
@@ -133,11 +141,10 @@ class Trainer:
         self.total = self.epochs * self.spe
         if cfg.get("max_steps"):
             self.total = min(self.total, int(cfg["max_steps"]))
-        seed_everything(int(cfg["seed"]))
-        self.model = self.task.build_model()
+        self.model = self._build_model()
         distributed.shard_model(self.model, self.world)
         sharded = self.world.distributed and self.world.strategy == "fsdp"
-        self.opt = build_optimizer(cfg, self.model, self.spe, sharded=sharded)
+        self.opt = self._build_optimizer(sharded)
         self.train_model = distributed.training_module(self.model, self.world)
         self.sched, self.schedule_note = build_scheduler(cfg, self.opt, self.spe, self.total)
         self.diagnostics = getattr(self.opt, "diagnostics", None)
@@ -151,8 +158,35 @@ class Trainer:
         self.resumed_from: list[int] = []
         self.signal: int | None = None
         records = self._resume()
-        path = run_dir / "metrics.jsonl" if self.world.is_main else None
-        self.metrics = MetricsWriter(path, keep=records)
+        self.metrics = self._open_metrics(records)
+
+    # -- what a batched group (runners/batched.py) does differently ---------------------------
+    def _build_model(self) -> torch.nn.Module:
+        seed_everything(int(self.cfg["seed"]))
+        return self.task.build_model()
+
+    def _build_optimizer(self, sharded: bool) -> torch.optim.Optimizer:
+        return build_optimizer(self.cfg, self.model, self.spe, sharded=sharded)
+
+    def _open_metrics(self, records: Any) -> Any:
+        path = self.run_dir / "metrics.jsonl" if self.world.is_main else None
+        return MetricsWriter(path, keep=records)
+
+    def _batches(self, epoch: int) -> Any:
+        return self.task.train_batches(epoch)
+
+    def _extra_state(self) -> dict[str, Any]:
+        """What else the checkpoint holds."""
+        return {}
+
+    def _load_extra_state(self, ck: dict[str, Any]) -> None:
+        """Read back :meth:`_extra_state`."""
+
+    def _train_loss(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """(what to differentiate, what to accumulate for the logged loss)."""
+        with self.amp:
+            loss = self.task.loss(self.train_model, batch)
+        return loss, loss
 
     # -- checkpoints -------------------------------------------------------------------------
     def _resume(self) -> int:
@@ -170,6 +204,7 @@ class Trainer:
         for key in ("step", "epoch", "in_epoch", "n_acc", "last", "best", "last_eval_step", "resumed_from"):
             setattr(self, key, ck[key])
         self.loss_acc = own[1].to(self.device)
+        self._load_extra_state(ck)
         self.prior_wall, self.prior_train_s = ck["wall_s"], ck["train_s"]
         self.resumed_from = [*self.resumed_from, self.step]
         return int(ck["records"])
@@ -206,6 +241,7 @@ class Trainer:
                 "wall_s": self.prior_wall + time.monotonic() - self.t0,
                 "train_s": self.prior_train_s + time.monotonic() - self.t0,
                 "ranks": ranks,
+                **self._extra_state(),
             },
         )
 
@@ -309,13 +345,12 @@ class Trainer:
         status = None
         try:
             while status is None and self.step < self.total and self.epoch < self.epochs:
-                batches = self.task.train_batches(self.epoch)
+                batches = self._batches(self.epoch)
                 if self.in_epoch:
                     batches = islice(batches, self.in_epoch, None)
                 epoch_done = True
                 for batch in batches:
-                    with self.amp:
-                        loss = self.task.loss(self.train_model, batch)
+                    loss, logged = self._train_loss(batch)
                     if own_zero_grad:
                         self.opt.zero_grad(set_to_none=True)
                     else:
@@ -327,7 +362,7 @@ class Trainer:
                     self.opt.step()
                     if self.sched is not None:
                         self.sched.step()
-                    self.loss_acc.add_(loss.detach())
+                    self.loss_acc.add_(logged.detach())
                     self.step += 1
                     self.in_epoch += 1
                     self.n_acc += 1
@@ -378,8 +413,8 @@ class Trainer:
             (self.run_dir / checkpoint.FILENAME).unlink(missing_ok=True)
         out: dict[str, Any] = {
             "status": status,
-            "final": dict(self.last),
-            "best": dict(self.best),
+            "final": copy.deepcopy(self.last),
+            "best": copy.deepcopy(self.best),
             "steps": self.step,
             "epochs_done": self.step / self.spe,
             "steps_per_epoch": self.spe,

@@ -88,6 +88,8 @@ class TrainSchema:
     logger: dict[str, Any]
     distributed: dict[str, Any]
     launcher: dict[str, Any] | None = None  # launcher=torchrun's; the other launchers live under hydra.
+    batch_runs: bool = True
+    members: dict[str, Any] | None = None  # a batched group's members (runners/batched.py)
 
 
 @dataclass(config=STRICT)
@@ -144,7 +146,8 @@ def _unit_interval(value: Any) -> Any:
 
 
 def _nonnegative(value: Any) -> Any:
-    if value is not None and not value >= 0:
+    values = value if isinstance(value, Sequence) else [value]
+    if any(v is not None and not v >= 0 for v in values):
         raise ValueError("must be >= 0")
     return value
 
@@ -296,9 +299,10 @@ def _optimizer_schema(name: str) -> tuple[type, dict[str, Any]]:
     more = True
     from_model = getattr(cls, "from_model", None)
     if from_model is not None:
-        fields, more = _fields(from_model, from_model, {_first_argument(from_model), "steps_per_epoch"})
+        supplied = {_first_argument(from_model), "steps_per_epoch", "runs"}
+        fields, more = _fields(from_model, from_model, supplied)
     if more:
-        init, more = _fields(cls, cls.__init__, {_first_argument(cls)})
+        init, more = _fields(cls, cls.__init__, {_first_argument(cls), "runs"})
         fields = {**init, **fields}
     ranged = {
         arg: (Annotated[hint, AfterValidator(SHARED_RANGES[arg])] if arg in SHARED_RANGES else hint, default)

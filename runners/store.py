@@ -32,6 +32,8 @@ NON_RESULT_KEYS = (
     "torch_threads",
     "sweep",
     "distributed",
+    "batch_runs",
+    "members",
 )
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,7 +29,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runners import distributed, schema, store
+from runners import batched, distributed, schema, store
 from runners.errors import EXIT_BAD_INPUT, ConfigError
 from runners.loggers import NoLogger, make_logger
 from runners.loop import Trainer, pick_device
@@ -136,6 +136,8 @@ def run(cfg: DictConfig) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if container.get("members"):
+        return _run_group(cfg, multirun)
     run_dir = run_dir_for(cfg, container)
     identity = _identity(cfg, container, run_dir)
     previous = store.read_summary(run_dir)
@@ -157,16 +159,13 @@ def run(cfg: DictConfig) -> int:
         if not world.is_main:
             return _follow(trainer)
         store.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(container))
-        tags = [f"task:{identity['task']}", f"optimizer:{identity['optimizer']}", f"seed:{identity['seed']}"]
-        if identity["dataset"] is not None:
-            tags.append(f"dataset:{identity['dataset']}")
         trainer.logger = make_logger(
             container["logger"],
             run_dir,
             run_config=container,
             name=run_dir.name,
             group=identity["group"],
-            tags=tags,
+            tags=_tags(identity),
         )
         if trainer.resumed_from:
             print(f"{run_dir}: resuming from step {trainer.step}")
@@ -194,22 +193,93 @@ def run(cfg: DictConfig) -> int:
         print(f"error: {run_dir.name} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         _fail(run_dir, identity, container, f"{type(exc).__name__}: {exc}", traceback.format_exc())
         return 0
-    summary = {**identity, **result, "started_at": started, "finished_at": _now()}
-    summary["wandb"] = {"mode": trainer.logger.mode, "id": trainer.logger.run_id}
-    store.atomic_write_json(run_dir / "summary.json", summary)
+    _finish(run_dir, identity, result, trainer.logger, started)
     status = result["status"]
-    trainer.logger.summary(
-        {"status": status, **{f"final/{k}": v for k, v in result["final"].items()}}
-        | {f"best/{k}": v for k, v in result["best"].items()}
-    )
-    trainer.logger.finish(exit_code=0 if status in FINISHED else 1)
-    shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if not k.startswith("opt/"))
-    print(f"{status}: {run_dir} ({result['steps']} steps, {result['wall_s']:.1f}s) {shown}")
     if status == "preempted":  # also ends a sweep: its finished members are skipped when it is re-run
         signum = signal.Signals[result["signal"]]
         hand_on_signal(trainer.outer_handlers.get(signum), signum)
         return 128 + int(signum)
     return 0
+
+
+def _finish(
+    run_dir: Path, identity: dict[str, Any], result: dict[str, Any], logger: Any, started: str
+) -> None:
+    """Write a finished (or preempted) run's summary, close its logger, print its one line."""
+    summary = {**identity, **result, "started_at": started, "finished_at": _now()}
+    summary["wandb"] = {"mode": logger.mode, "id": logger.run_id}
+    store.atomic_write_json(run_dir / "summary.json", summary)
+    status = result["status"]
+    logger.summary(
+        {"status": status, **{f"final/{k}": v for k, v in result["final"].items()}}
+        | {f"best/{k}": v for k, v in result["best"].items()}
+    )
+    logger.finish(exit_code=0 if status in FINISHED else 1)
+    shown = ", ".join(f"{k}={v:.4g}" for k, v in result["final"].items() if not k.startswith("opt/"))
+    print(f"{status}: {run_dir} ({result['steps']} steps, {result['wall_s']:.1f}s) {shown}")
+
+
+def _run_group(cfg: DictConfig, multirun: bool) -> int:
+    """A batched group (``members``, runners/batched.py): its unfinished members trained as one program,
+    each recorded as its own run; the exit code as for one run."""
+    started = _now()
+    containers = [schema.resolve(c) for c in batched.member_configs(cfg)]
+    run_dirs = [run_dir_for(cfg, c) for c in containers]
+    todo = [i for i, d in enumerate(run_dirs) if (store.read_summary(d) or {}).get("status") not in FINISHED]
+    for i in sorted(set(range(len(run_dirs))) - set(todo)):
+        print(f"{run_dirs[i]}: already completed, skipping")
+    if not todo:
+        return 0
+    containers, run_dirs = [containers[i] for i in todo], [run_dirs[i] for i in todo]
+    identities = [_identity(cfg, c, d) for c, d in zip(containers, run_dirs, strict=True)]
+    trainer: batched.BatchedTrainer | None = None
+    try:
+        for c in containers:
+            schema.validate(c)
+        if _is_launcher_process(cfg) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("members", "a batched group runs on one process (set batch_runs=false)")
+        opt_cfg = batched.group_optimizer(containers)
+        trainer = batched.BatchedTrainer(containers, run_dirs, opt_cfg, progress=_progress(cfg))
+        for r, (c, d, ident) in enumerate(zip(containers, run_dirs, identities, strict=True)):
+            store.atomic_write_text(d / "config.yaml", OmegaConf.to_yaml(c))
+            trainer.loggers[r] = make_logger(
+                c["logger"], d, run_config=c, name=d.name, group=ident["group"], tags=_tags(ident)
+            )
+        if trainer.resumed_from:
+            print(f"{trainer.run_dir}: resuming {len(run_dirs)} batched runs from step {trainer.step}")
+        result = trainer.run()
+    except (ConfigError, DatasetMissingError) as exc:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        key = exc.key if isinstance(exc, ConfigError) else "task"
+        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        print(f"error: {key}: {message}", file=sys.stderr)
+        if not multirun:
+            return EXIT_BAD_INPUT
+        for c, d, ident in zip(containers, run_dirs, identities, strict=True):
+            _fail(d, ident, c, f"{key}: {message}", traceback.format_exc())
+        return 0
+    except Exception as exc:
+        for c, d, ident in zip(containers, run_dirs, identities, strict=True):
+            _fail(d, ident, c, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        if not multirun:
+            raise
+        print(f"error: batched group failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 0
+    for r, res in enumerate(trainer.member_results(result)):
+        _finish(run_dirs[r], identities[r], res, trainer.loggers[r], started)
+    if result["status"] == "preempted":
+        signum = signal.Signals[result["signal"]]
+        hand_on_signal(trainer.outer_handlers.get(signum), signum)
+        return 128 + int(signum)
+    return 0
+
+
+def _tags(identity: dict[str, Any]) -> list[str]:
+    tags = [f"task:{identity['task']}", f"optimizer:{identity['optimizer']}", f"seed:{identity['seed']}"]
+    if identity["dataset"] is not None:
+        tags.append(f"dataset:{identity['dataset']}")
+    return tags
 
 
 def _follow(trainer: Trainer) -> int:

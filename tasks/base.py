@@ -11,12 +11,18 @@ global batches of the epoch's order and yields only its own contiguous part of e
 data is a function of ``(seed, epoch, rank)`` only. DDP averages the ranks' gradients, so each rank's
 loss is the mean over its part; :meth:`Task.rank_part` gives the factor for the one case where the parts
 differ in size (a short last batch).
+
+Batched runs (runners/batched.py): a task with ``batchable = True`` also runs R of its runs, one per
+seed, as one program on one process. The runner builds each member's model with :meth:`Task.build_model`
+after seeding with the member's seed, as its run alone, and asks the task to stack them; the task then
+gives each member its own minibatches (its run alone's order), the members' losses as a vector and each
+member's metrics. Only the methods below; ``tasks/_stacked.py`` has them for linear models.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -55,6 +61,9 @@ class Task(ABC):
 
     #: training length the task's protocol fixes; the runner reads it
     epochs: int
+    #: whether R runs (one per seed) can run as one program; then the four ``*members*``/``stack_models``
+    #: methods below exist
+    batchable: bool = False
 
     def __init__(
         self, *, seed: int, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1
@@ -113,3 +122,20 @@ class Task(ABC):
     @abstractmethod
     def data_source(self) -> dict[str, Any]:
         """Provenance of the data read: source kind, files with their size and sha256, shapes."""
+
+    # -- batched runs (only where ``batchable``) ---------------------------------------------------
+    def stack_models(self, models: Sequence[torch.nn.Module]) -> torch.nn.Module:
+        """One module holding the members' models, each parameter with a leading run dimension."""
+        raise NotImplementedError(f"{type(self).__name__} does not run batched runs")
+
+    def member_batches(self, seeds: Sequence[int], epoch: int) -> Iterator[Batch]:
+        """Every member's minibatch of ``epoch`` side by side, each in its run alone's order."""
+        raise NotImplementedError(f"{type(self).__name__} does not run batched runs")
+
+    def member_losses(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        """``[R]``: each member's training loss on its part of ``batch``."""
+        raise NotImplementedError(f"{type(self).__name__} does not run batched runs")
+
+    def evaluate_members(self, model: torch.nn.Module) -> list[dict[str, float]]:
+        """Each member's :meth:`evaluate`."""
+        raise NotImplementedError(f"{type(self).__name__} does not run batched runs")

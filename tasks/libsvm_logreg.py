@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from tasks._libsvm_data import resolve
+from tasks._stacked import StackedLinearRuns
 from tasks.base import Task, register_task
 
 
 @register_task("libsvm_logreg")
-class LibsvmLogReg(Task):
+class LibsvmLogReg(StackedLinearRuns, Task):
     """``task=libsvm_logreg task.dataset=<Iris|Wine|Glass|...>``; see ``configs/task/libsvm_logreg.yaml``."""
 
     def __init__(
@@ -56,9 +57,13 @@ class LibsvmLogReg(Task):
     def steps_per_epoch(self) -> int:
         return -(-self.x.shape[0] // self.batch_size)
 
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the training rows, a function of ``(seed, epoch)`` only."""
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+
     def train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, float | None]]:
-        gen = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        perm = torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+        perm = self.order(self.seed, epoch)
         xp, yp = self.x[perm], self.y[perm]  # one gather per epoch; batches are views
         n = xp.shape[0]
         for i in range(0, n, self.batch_size):
@@ -73,9 +78,16 @@ class LibsvmLogReg(Task):
             return F.cross_entropy(model(x), y)
         return F.cross_entropy(model(x), y, reduction="sum") * factor
 
+    def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="none")
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        logits = model(self.x).float()
+        return self.metrics(model(self.x))
+
+    def metrics(self, logits: torch.Tensor) -> dict[str, float]:
+        """Training-set accuracy (%) and mean loss from the logits on the whole training set."""
+        logits = logits.float()
         loss = F.cross_entropy(logits, self.y).item()
         acc = (logits.argmax(dim=1) == self.y).float().mean().item() * 100.0
         return {"train/accuracy": acc, "train/loss": loss}

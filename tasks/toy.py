@@ -17,11 +17,12 @@ import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_iris
 
+from tasks._stacked import StackedLinearRuns
 from tasks.base import Batch, Task, register_task
 
 
 @register_task("toy")
-class ToyIris(Task):
+class ToyIris(StackedLinearRuns, Task):
     """Iris classification with a linear model; metrics on the training set (as for LIBSVM sets)."""
 
     def __init__(
@@ -56,10 +57,13 @@ class ToyIris(Task):
     def steps_per_epoch(self) -> int:
         return -(-len(self.y) // self.batch_size)
 
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the samples, a function of ``(seed, epoch)`` only."""
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.y), generator=gen).to(self.device)
+
     def train_batches(self, epoch: int) -> Iterator[Batch]:
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        order = torch.randperm(len(self.y), generator=gen).to(self.device)
-        for idx in order.split(self.batch_size):
+        for idx in self.order(self.seed, epoch).split(self.batch_size):
             start, stop, factor = self.rank_part(len(idx))
             yield self.x[idx[start:stop]], self.y[idx[start:stop]], factor
 
@@ -75,9 +79,17 @@ class ToyIris(Task):
             return self._loss(model(x), y)
         return self._loss(model(x), y, reduction="sum") * factor
 
+    def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.objective == "mse":
+            return F.mse_loss(logits.float(), F.one_hot(y, 3).float(), reduction="none").mean(1)
+        return F.cross_entropy(logits.float(), y, reduction="none")
+
     @torch.no_grad()
     def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
-        logits = model(self.x)
+        return self.metrics(model(self.x))
+
+    def metrics(self, logits: torch.Tensor) -> dict[str, float]:
+        """Training-set accuracy (%) and mean loss from the logits on the whole training set."""
         acc = (logits.argmax(1) == self.y).float().mean() * 100
         return {"train/accuracy": float(acc), "train/loss": float(self._loss(logits, self.y))}
 
