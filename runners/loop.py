@@ -189,7 +189,7 @@ class Trainer:
         return loss, loss
 
     # -- checkpoints -------------------------------------------------------------------------
-    def _resume(self) -> int:
+    def _resume(self) -> Any:
         ck = checkpoint.load(self.run_dir)
         if ck is None:
             return 0
@@ -207,7 +207,7 @@ class Trainer:
         self._load_extra_state(ck)
         self.prior_wall, self.prior_train_s = ck["wall_s"], ck["train_s"]
         self.resumed_from = [*self.resumed_from, self.step]
-        return int(ck["records"])
+        return ck["records"]  # an int; a list, one per member, for a batched group
 
     def save_checkpoint(self) -> None:
         """Every rank takes part (FSDP gathers the shards; each rank gives its RNG state and its share of
