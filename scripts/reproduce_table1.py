@@ -4,10 +4,13 @@
     SEEDS=10 JOBS=2 python scripts/reproduce_table1.py  # the paper's 10 seeds
     python scripts/reproduce_table1.py --report-only   # re-make table + figures from finished runs
 
-Runs are Hydra multiruns of ``runners.train`` with ``experiment=dadapt_figure2`` on the joblib launcher
-(one run per dataset x optimizer x seed x LR). The runner maps each command to a fixed run dir and skips
-finished runs, so a rerun only does what is missing. Problems with no data are listed as ``not run``
-with the command that fetches them; optimizers with no ``configs/optimizer/<name>.yaml`` likewise.
+A thin driver of ``configs/table/table1.yaml``, which holds the protocol (problems, seeds, optimizers,
+their LR grids and overrides). Each optimizer's runs are one Hydra multirun of ``runners.train`` with the
+table's experiment; the runner's sweeper packs each problem's seeds x LRs into one batched program
+(runners/batched.py), and up to ``JOBS`` multiruns run at once. The runner maps each run to a fixed run dir
+and skips finished runs, so a rerun only does what is missing. Problems with no data are listed as
+``not run`` with the command that fetches them; optimizers with no ``configs/optimizer/<name>.yaml``
+likewise.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from runners.reports import paper  # noqa: E402
-from runners.reports.table1 import GRID, OPTIMIZERS, PAPER_FILES  # noqa: E402
+from runners.reports.table1 import GRID, OPTIMIZERS, PAPER_FILES, protocol  # noqa: E402
 from tasks._libsvm_data import DATASETS, availability  # noqa: E402
 
-EXPERIMENT = "dadapt_figure2"
-#: log grids of the grid-searched baselines (the paper gives none). With the top decade removed the best
-#: LR sat on the grid's top edge for Glass, Iris and Vehicle (Adam, at 1) and four problems (SGD, at 10);
-#: the table marks a best LR that is still at an edge.
-GRID_LRS = {"adam": "1e-4,1e-3,1e-2,1e-1,1,10", "sgd": "1e-3,1e-2,1e-1,1,10,100"}
-#: protocol overrides (no weight decay; momentum 0 "as printed" for the plain-SGD baseline); every other
-#: optimizer runs at its config's defaults, which already have no weight decay. Adam runs torch's fused
-#: kernel: the same rule in fewer ops, which at this size is ~20% of an iteration.
-EXTRA = {
-    "sgd": ["optimizer.momentum=0.0"],
-    "adam": ["optimizer.fused=true"],
-    "tlr": ["optimizer.weight_decay=0.0"],
-    "mechanic_adam": ["optimizer.base.weight_decay=0.0", "optimizer.base.fused=true"],
-}
+PROTOCOL = protocol()
+EXPERIMENT = PROTOCOL["experiment"]
+
+
+def _grid(name: str) -> str:
+    return ",".join(repr(float(v)) for v in PROTOCOL["optimizers"][name].get("grid") or [])
 
 
 def plan(
@@ -86,11 +82,12 @@ def preflight(figures: bool) -> None:
             raise SystemExit(f"error: the figures need matplotlib ({e}); run `make setup`") from None
 
 
-def multirun(overrides: list[str], jobs: int, log: Path) -> int:
-    """One Hydra multirun of the runner on the joblib launcher; its output goes to ``log``."""
-    cmd = [sys.executable, "-m", "runners.train", "-m", f"experiment={EXPERIMENT}", "launcher=joblib"]
+def multirun(overrides: list[str], log: Path) -> int:
+    """One Hydra multirun of the runner on the basic launcher (its groups one after the other); its
+    output goes to ``log``."""
+    cmd = [sys.executable, "-m", "runners.train", "-m", f"experiment={EXPERIMENT}", "launcher=basic"]
     cmd += overrides
-    env = {**os.environ, "JOBS": str(jobs), "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")}
+    env = {**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")}
     print("+ " + " ".join(cmd[1:]), flush=True)
     with log.open("a") as f:
         f.write("+ " + " ".join(cmd) + "\n")
@@ -98,14 +95,18 @@ def multirun(overrides: list[str], jobs: int, log: Path) -> int:
         return subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
 
 
+def _optimizer_of(overrides: list[str]) -> str:
+    return next(o.partition("=")[2] for o in overrides if o.startswith("optimizer="))
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 3)))
+    ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", PROTOCOL["seeds"])))
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", os.cpu_count() or 1)))
-    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma list (default: all 12)")
+    ap.add_argument("--datasets", default=",".join(PROTOCOL["datasets"]), help="comma list (default: all 12)")
     ap.add_argument("--optimizers", default=",".join(OPTIMIZERS), help="comma list (default: all 11)")
-    ap.add_argument("--grid-adam", default=GRID_LRS["adam"])
-    ap.add_argument("--grid-sgd", default=GRID_LRS["sgd"])
+    for name in GRID:
+        ap.add_argument(f"--grid-{name}", default=_grid(name), help=f"{name}'s LR grid (comma list)")
     ap.add_argument("--logger", default=os.environ.get("LOGGER", "none"), help="none (default) or wandb")
     ap.add_argument("--results", default=os.environ.get("LRBENCH_RESULTS", "results"))
     ap.add_argument("--data", default=os.environ.get("LRBENCH_DATA", "data"))
@@ -115,10 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def grids(args: argparse.Namespace) -> dict[str, str]:
+    return {name: getattr(args, f"grid_{name}") for name in GRID}
+
+
 def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]], dict[str, str], list[str]]:
-    """Table 1's runs as Hydra multiruns of the runner (overrides after ``experiment=dadapt_figure2``,
-    swept values comma-separated): one for the LR-free methods at their defaults, one per grid-searched
-    baseline or optimizer with protocol overrides. Also each problem's data source and what is not run.
+    """Table 1's runs as Hydra multiruns of the runner (overrides after ``experiment=<the table's>``,
+    swept values comma-separated): one per optimizer, with its protocol overrides and, for a grid-searched
+    baseline, its LR grid. Also each problem's data source and what is not run.
     ``local``: the runs share this machine's cores (``args.jobs`` workers), not a cluster's."""
     results, data = Path(args.results).resolve(), Path(args.data).resolve()
     datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
@@ -135,7 +140,7 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
     if not to_run:
         return [], sources, notes
     common = [
-        f"task.dataset={','.join(to_run)}",
+        f"{PROTOCOL['task_key']}={','.join(to_run)}",
         *([] if data == REPO / "data" else [f"task.root={data}"]),  # the root is part of the run id
         f"results_dir={results}",
         f"logger={args.logger}",
@@ -145,13 +150,11 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
         *args.overrides,
     ]
     runs = []
-    lr_free = [o for o in opts if o not in GRID and o not in EXTRA]
-    if lr_free:  # one multirun for all LR-free methods at their defaults
-        runs.append([*common, f"optimizer={','.join(lr_free)}"])
-    for opt in (o for o in opts if o in GRID or o in EXTRA):
-        sweep = [f"optimizer={opt}", *EXTRA.get(opt, [])]
+    for opt in opts:  # one multirun per optimizer: its protocol overrides, its grid
+        spec = PROTOCOL["optimizers"].get(opt, {})
+        sweep = [f"optimizer={opt}", *spec.get("overrides", [])]
         if opt in GRID:
-            sweep.append(f"optimizer.lr={args.grid_adam if opt == 'adam' else args.grid_sgd}")
+            sweep.append(f"optimizer.lr={grids(args)[opt]}")
         runs.append([*common, *sweep])
     return runs, sources, notes
 
@@ -168,17 +171,16 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     if not args.report_only and runs:
-        log = results / "logs" / "table1_runs.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        for overrides in runs:
-            multirun(overrides, args.jobs, log)
-        print(f"runs done in {time.monotonic() - t0:.0f} s (log: {log})")
+        logs = results / "logs" / "table1"
+        logs.mkdir(parents=True, exist_ok=True)
+        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            list(pool.map(lambda o: multirun(o, logs / f"{_optimizer_of(o)}.log"), runs))
+        print(f"runs done in {time.monotonic() - t0:.0f} s (logs: {logs}/)")
 
     from runners.collect import collect
     from runners.reports.table1 import report
 
-    grids = {"adam": args.grid_adam, "sgd": args.grid_sgd}
-    df = select_runs(collect(results / "runs" / EXPERIMENT), datasets, optimizers, args.seeds, grids)
+    df = select_runs(collect(results / "runs" / EXPERIMENT), datasets, optimizers, args.seeds, grids(args))
     counts = df["status"].value_counts().to_dict() if len(df) else {}
     print(f"{len(df)} runs collected {counts}")
     report(df, results, sources=sources, figures=not args.no_figures)

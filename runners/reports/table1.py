@@ -22,37 +22,26 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from runners.reports import paper
 from tasks._libsvm_data import DATASETS, FETCH_EMBEDDED, FETCH_LIBSVM
 
-#: column order and labels; ``adam``/``sgd`` are grid-searched, the rest run at their defaults
-OPTIMIZERS: dict[str, str] = {
-    "adam": "Adam (grid)",
-    "sgd": "SGD (grid)",
-    "dadapt_adam": "D-Adapt Adam",
-    "dadapt_sgd": "D-Adapt SGD",
-    "mechanic_adam": "Mechanic Adam",
-    "mechanic_sgd": "Mechanic SGD",
-    "prodigy": "Prodigy",
-    "dog": "DoG",
-    "metaoptimize": "MetaOptimize",
-    "tlr": "TLR",
-    "adam_hd": "Adam-HD",
-}
-GRID = ("adam", "sgd")
+#: the table's protocol (problems, seeds, optimizers with their labels, grids and overrides)
+PROTOCOL_FILE = Path(__file__).resolve().parents[2] / "configs" / "table" / "table1.yaml"
+
+
+def protocol() -> dict[str, Any]:
+    """``configs/table/table1.yaml``, interpolations resolved."""
+    return OmegaConf.to_container(OmegaConf.load(PROTOCOL_FILE), resolve=True)
+
+
+_OPTS = protocol()["optimizers"]
+#: column order and labels; the optimizers with a ``grid`` are grid-searched, the rest run at their defaults
+OPTIMIZERS: dict[str, str] = {name: spec["label"] for name, spec in _OPTS.items()}
+GRID = tuple(name for name, spec in _OPTS.items() if spec.get("grid"))
 #: the learned scale plotted per LR-free method (names: docs/optimizers/README.md §2)
-SCALES: dict[str, str] = {
-    "mechanic_adam": "s",
-    "mechanic_sgd": "s",
-    "dadapt_adam": "d_lr",
-    "dadapt_sgd": "d_lr",
-    "prodigy": "d",
-    "tlr": "alpha",
-    "metaoptimize": "alpha",
-    "dog": "eta",
-    "adam_hd": "lr",
-}
+SCALES: dict[str, str] = {name: spec["scale"] for name, spec in _OPTS.items() if spec.get("scale")}
 #: the paper values this report reads (reference/paper_results/, runners/reports/paper.py)
 PAPER_FILES = ("dadapt_figures_values.csv",)
 PAPER_COLS = {"Adam (LR grid-searched)": "paper Adam (grid)", "D-Adapt Adam": "paper D-Adapt Adam"}
@@ -189,6 +178,9 @@ def build_table(df: pd.DataFrame, sources: Mapping[str, str | None] | None = Non
             r = sub.loc["dadapt_adam"]
             p_da = paper.loc[key, ["paper D-Adapt Adam", "paper D-Adapt Adam SE"]]
             row["verdict"] = verdict(r["mean"], r["se"], p_da.iloc[0], p_da.iloc[1])
+            narrow = spec.embedded_features is not None and "embedded" in kinds.get(key, "")
+            if row["verdict"] == "differs" and narrow:  # the cause the data record shows
+                row["verdict"] += f" (data: {spec.embedded_features} of {spec.features} features)"
             row["note"] = f"{int(r['n'])} seeds"
             if avail.get(key) and key in kinds and avail[key] not in kinds[key]:
                 row["note"] += f"; {avail[key]} now present, these runs read {kinds[key]}"
