@@ -50,6 +50,12 @@ overflows), the whole step, base step included, is skipped and ``state["mechanic
 counts it. Having checked, Mechanic runs the base step inside ``_common.finite_grads_checked``, so a base of
 ours (Lion) does not read the gradients again for its own check.
 
+Batched runs (``runs=R``, docs/optimizers/mechanic.md §2.4): the base is built with the same ``runs``; the
+eager step above is the only rule. Its host sums are per member (``optimizers/_runs.py``), every tuner
+float is an array of R values (``_tune`` and ``_h`` are written once for both), a scalar that scales
+tensors is a float alone and a ``per_member`` tensor batched (``_scalars``), and a member whose gradients
+are not finite skips alone (``_SkippedMembers``).
+
 Cost per step: four foreach reductions (``||g||^2``, ``<Delta, g>``, ``||y||^2``, ``<Delta, y>``) fetched in
 one host sync (a second one with ``decay_weights="post"``), a copy of ``x_t``, two foreach passes for
 ``Delta_{t+1}`` (plus two to recompute ``Delta_t``), and three to write ``x_{t+1}``. The tuner itself is n
@@ -451,7 +457,12 @@ class Mechanic(torch.optim.Optimizer):
         values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is)."""
         if self.runs is None:
             return values
-        return [per_member(values, t) for t in tensors]
+        made: dict[tuple, torch.Tensor] = {}  # one host-to-device copy per dtype, device and rank
+        for t in tensors:
+            key = (t.dtype, t.device, t.dim())
+            if key not in made:
+                made[key] = per_member(values, t)
+        return [made[(t.dtype, t.device, t.dim())] for t in tensors]
 
     def _host_sums(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor] | None]]) -> list[Any]:
         """Per pair ``(a, b)``: ``sum_p <a_p, b_p>`` (``||a||^2`` when b is None), per tensor on the device,

@@ -123,6 +123,16 @@ def test_a_per_member_base_lr_is_the_bases():
     assert_batched_matches_alone(make, members, nonfinite=(3, 10))
 
 
+def test_two_base_param_groups():
+    """One tuner over both groups, each member's sums over both (docs/optimizers/mechanic.md §1)."""
+
+    def make(params, runs, hp):
+        groups = [{"params": params[:2], "lr": 1.0}, {"params": params[2:], "lr": 0.5}]
+        return Mechanic(AdamW(groups, lr=1.0, weight_decay=0.1, runs=runs), runs=runs)
+
+    assert_batched_matches_alone(make, seeds(), nonfinite=(0, 70))
+
+
 def _run(opt, params, data, steps: range, poison=None) -> None:
     for step in steps:
         grads = [member_grads([p[r] for p in params], data[r][step]) for r in range(len(data))]
