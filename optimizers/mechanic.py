@@ -50,6 +50,12 @@ overflows), the whole step, base step included, is skipped and ``state["mechanic
 counts it. Having checked, Mechanic runs the base step inside ``_common.finite_grads_checked``, so a base of
 ours (Lion) does not read the gradients again for its own check.
 
+Batched runs (``runs=R``, docs/optimizers/mechanic.md §2.4): the base is built with the same ``runs``; the
+eager step above is the only rule. Its host sums are per member (``optimizers/_runs.py``), every tuner
+float is an array of R values (``_tune`` and ``_h`` are written once for both), a scalar that scales
+tensors is a float alone and a ``per_member`` tensor batched (``_scalars``), and a member whose gradients
+are not finite skips alone (``_SkippedMembers``).
+
 Cost per step: four foreach reductions (``||g||^2``, ``<Delta, g>``, ``||y||^2``, ``<Delta, y>``) fetched in
 one host sync (a second one with ``decay_weights="post"``), a copy of ``x_t``, two foreach passes for
 ``Delta_{t+1}`` (plus two to recompute ``Delta_t``), and three to write ``x_{t+1}``. The tuner itself is n
@@ -98,6 +104,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from optimizers import _fused, _fused_bases
@@ -112,6 +119,15 @@ from optimizers._common import (
     grads_with_params,
     host_floats,
     skip_if_nonfinite,
+)
+from optimizers._runs import (
+    MemberSnapshot,
+    check_runs,
+    host_rows,
+    member_dots,
+    member_state_tensors,
+    per_member,
+    sequential_sum,
 )
 from optimizers.registry import OptimizerConfig, build, register
 
@@ -158,15 +174,69 @@ def _columns(rows: list[torch.Tensor]) -> list[float]:
     return [sum(column) for column in zip(*torch.stack(rows).tolist(), strict=True)]
 
 
+def _max(a: Any, b: Any) -> Any:
+    """Python's ``max(a, b)`` (``a`` unless ``b > a``), elementwise when one is a per-member array."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.where(b > a, b, a)
+    return max(a, b)
+
+
+def _min(a: Any, b: Any) -> Any:
+    """Python's ``min(a, b)`` (``a`` unless ``b < a``), elementwise when one is a per-member array."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.where(b < a, b, a)
+    return min(a, b)
+
+
+def _sqrt(x: Any) -> Any:
+    """``math.sqrt`` of a float, ``np.sqrt`` of per-member values (both the correctly rounded IEEE sqrt)."""
+    return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)
+
+
+class _SkippedMembers:
+    """The members that skip a batched step (docs/optimizers/README.md §6): their slices of the parameters,
+    of Mechanic's per-parameter state and of the base's state, put back after the step.
+
+    A base state tensor created during this step (the base's first) gets zeros in their slices: the fresh
+    state of torch's Adam/AdamW and of SGD's momentum buffer (exact with dampening 0), so the base's
+    first step on such a member, later, starts from what a run alone creates then."""
+
+    def __init__(
+        self, skip: np.ndarray, tensors: list[torch.Tensor], base: torch.optim.Optimizer, params: list
+    ) -> None:
+        self.skip, self.base, self.params = skip, base, params
+        before = self._base_tensors()
+        self.before = {id(t) for t in before}
+        self.snapshot = MemberSnapshot(skip, [*tensors, *before])
+
+    def _base_tensors(self) -> list[torch.Tensor]:
+        states = [self.base.state[p] for p in self.params if p in self.base.state]
+        return member_state_tensors(states, len(self.skip))
+
+    def restore(self) -> None:
+        self.snapshot.restore()
+        after = self._base_tensors()
+        if not self.before <= {id(t) for t in after}:  # the snapshot wrote into tensors no longer used
+            raise RuntimeError("Mechanic(runs=...) needs a base that updates its state tensors in place")
+        index = torch.as_tensor(np.flatnonzero(self.skip))
+        with torch.no_grad():
+            for t in after:
+                if id(t) not in self.before:
+                    t[index.to(t.device)] = 0
+
+
 @register("mechanic")
 class Mechanic(torch.optim.Optimizer):
     """Mechanic around an already built ``base_optimizer`` (see the module docstring for every option).
 
     ``fused=True`` runs Mechanic's own passes as compiled kernels (module docstring, last section).
+    ``runs=R`` steps R independent members (docs/optimizers/mechanic.md §2.4) over a base built with the
+    same ``runs``.
     """
 
     initial_lr_arg = "base.lr"
     lr_schedule_compatible = True
+    batch_keys: tuple[str, ...] = ()  # seeds only; a per-member base lr is the base's (base.lr)
 
     def __init__(
         self,
@@ -184,9 +254,21 @@ class Mechanic(torch.optim.Optimizer):
         keep_negative_r: bool | None = None,
         decay_weights: str | None = None,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
         if not isinstance(base_optimizer, torch.optim.Optimizer):
             raise ValueError(f"base_optimizer must be a torch.optim.Optimizer, got {type(base_optimizer)!r}")
+        if runs is not None:
+            check_runs(runs, (p for g in base_optimizer.param_groups for p in g["params"]))
+            if fused:
+                raise ValueError(
+                    f"fused=True does not combine with runs={runs}: batched runs take the eager rule"
+                )
+            base_runs = getattr(base_optimizer, "runs", None)
+            if base_runs != runs:
+                raise ValueError(
+                    f"runs={runs} needs a base_optimizer built with runs={runs}, got runs={base_runs}"
+                )
         check_nonnegative("s_decay", s_decay)
         check_betas("betas", betas)
         check_positive("s_init", s_init)
@@ -213,22 +295,33 @@ class Mechanic(torch.optim.Optimizer):
         self.clip_h, self.decay_weights = bool(opts["clip_h"]), opts["decay_weights"]
         self.keep_negative_r = bool(opts["keep_negative_r"])
         self.fused = bool(fused)
+        self.runs = runs
         n = len(betas)
+        # a run alone: Python floats; batched: one float64 array of R values for each float
+        fill = (lambda x: x) if runs is None else (lambda x: np.full(runs, x))
         self.state["mechanic"] = {
-            "s": [0.0] * n,
-            "m": [self.m_init] * n,
-            "v": [0.0] * n,
-            "r": [0.0] * n,
-            "step": 0,
-            "skipped_steps": 0.0,
+            "s": [fill(0.0) for _ in range(n)],
+            "m": [fill(self.m_init) for _ in range(n)],
+            "v": [fill(0.0) for _ in range(n)],
+            "r": [fill(0.0) for _ in range(n)],
+            "step": 0 if runs is None else np.zeros(runs, dtype=np.int64),
+            "skipped_steps": fill(0.0),
         }
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, *, steps_per_epoch: int, base: OptimizerConfig, **kwargs: Any
+        cls,
+        model: torch.nn.Module,
+        *,
+        steps_per_epoch: int,
+        base: OptimizerConfig,
+        runs: int | None = None,
+        **kwargs: Any,
     ) -> Mechanic:
-        """Build the base from its config dict (``{"name": "sgd", "lr": 1.0, ...}``), then wrap it."""
-        return cls(build(dict(base), model, steps_per_epoch=steps_per_epoch), **kwargs)
+        """Build the base from its config dict (``{"name": "sgd", "lr": 1.0, ...}``, with the same ``runs``),
+        then wrap it."""
+        base_opt = build(dict(base), model, steps_per_epoch=steps_per_epoch, runs=runs)
+        return cls(base_opt, runs=runs, **kwargs)
 
     # ------------------------------------------------------------------ step
     @torch.no_grad()
@@ -239,7 +332,9 @@ class Mechanic(torch.optim.Optimizer):
         if not params:
             return loss
         fresh = [p for p in params if "x_ref" not in self.state[p]]
-        if fresh and skip_if_nonfinite(grads, tuner):  # check before creating any state
+        # alone, a non-finite first step skips before any state exists; batched, each member is checked
+        # on line 4's sums below (a member that skips keeps its x, so its x_ref is what it takes alone)
+        if fresh and self.runs is None and skip_if_nonfinite(grads, tuner):
             return loss
         for p in fresh:
             self.state[p]["x_ref"] = p.detach().clone()
@@ -255,31 +350,36 @@ class Mechanic(torch.optim.Optimizer):
             deltas = self._scratch("delta", params)
             torch._foreach_copy_(deltas, params)
             torch._foreach_sub_(deltas, x_refs)
-            torch._foreach_div_(deltas, s_sum + self.eps)
-        # line 4's four sums, per tensor, all fetched in one host sync and summed in float64 on the host
-        parts = [torch._foreach_powsum(grads, 2), _dots(deltas, grads)]
+            torch._foreach_div_(deltas, self._scalars(s_sum + self.eps, deltas))
+        # line 4's four sums, all fetched in one host sync and summed in float64 on the host
+        pairs = [(grads, None), (deltas, grads)]
         if self.decay_weights == "pre":
-            parts += [torch._foreach_powsum(params, 2), _dots(deltas, params)]
-        values = _sums(host_floats([q for part in parts for q in part]), len(params))
-        if self._skips(values):
+            pairs += [(params, None), (deltas, params)]
+        values = self._host_sums(pairs)
+        ok = self._steps(values)  # a run alone: bool; batched: per member
+        if not np.any(ok):
             return loss
+        skipped = self._skipped_members(ok, params, deltas if self.store_delta else [])
         x_t = self._scratch("x_t", params)
         torch._foreach_copy_(x_t, params)
 
         self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
-            post = [*torch._foreach_powsum(params, 2), *_dots(deltas, params)]
-            values += _sums(host_floats(post), len(params))  # host sync 2
-        self._tune(self._h(s_sum, *values))
+            values += self._host_sums([(params, None), (deltas, params)])  # host sync 2
+        if self.runs is not None:  # a member that skips may have NaN sums: its tuner result is dropped
+            values = [np.where(ok, v, 0.0) for v in values]
+        self._tune(self._h(s_sum, *values), ok)
         # line 3: Delta_{t+1} = Delta_t + u_t, with u_t = x'_t - x_t (sign flipped twice: exact)
         torch._foreach_sub_(x_t, params)
         torch._foreach_sub_(deltas, x_t)
         # line 6: x_{t+1} = x_ref + S_{t+1} * Delta_{t+1}
-        scale = max(sum(tuner["s"]), 0.0)
+        scale = _max(sum(tuner["s"]), 0.0)
         torch._foreach_copy_(params, deltas)
-        torch._foreach_mul_(params, scale)
+        torch._foreach_mul_(params, self._scalars(scale, params))
         torch._foreach_add_(params, x_refs)
-        tuner["step"] += 1
+        if skipped is not None:
+            skipped.restore()
+        tuner["step"] = tuner["step"] + (1 if self.runs is None else ok)
         return loss
 
     def _fused_step(
@@ -352,6 +452,49 @@ class Mechanic(torch.optim.Optimizer):
             _fused.per_tensor(kernel, [ps, refs, *base_lists], *scalars, denom, scale)
         tuner["step"] += 1
 
+    def _scalars(self, values: Any, tensors: list[torch.Tensor]) -> Any:
+        """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members'
+        values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is)."""
+        if self.runs is None:
+            return values
+        made: dict[tuple, torch.Tensor] = {}  # one host-to-device copy per dtype, device and rank
+        for t in tensors:
+            key = (t.dtype, t.device, t.dim())
+            if key not in made:
+                made[key] = per_member(values, t)
+        return [made[(t.dtype, t.device, t.dim())] for t in tensors]
+
+    def _host_sums(self, pairs: list[tuple[list[torch.Tensor], list[torch.Tensor] | None]]) -> list[Any]:
+        """Per pair ``(a, b)``: ``sum_p <a_p, b_p>`` (``||a||^2`` when b is None), per tensor on the device,
+        then over the tensors in parameter order in float64 on the host; one host sync for all pairs.
+        A float each alone; batched, R values each, every member's sums taken within the member."""
+        n = len(pairs[0][0])
+        if self.runs is None:
+            parts = [torch._foreach_powsum(a, 2) if b is None else _dots(a, b) for a, b in pairs]
+            return _sums(host_floats([q for part in parts for q in part]), n)
+        dots = [member_dots(a, a if b is None else b, self.runs) for a, b in pairs]
+        rows = host_rows(torch.cat(dots))
+        return [sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)]
+
+    def _steps(self, values: list[Any]) -> Any:
+        """Which of the runs step (the non-finite policy on line 4's sums, :meth:`_skips`): a bool alone;
+        batched, a bool per member, and each member that skips counts it."""
+        if self.runs is None:
+            return not self._skips(values)
+        ok = np.isfinite(np.stack(values)).all(0)
+        tuner = self.state["mechanic"]
+        tuner["skipped_steps"] = tuner["skipped_steps"] + ~ok
+        return ok
+
+    def _skipped_members(
+        self, ok: Any, params: list[torch.Tensor], own: list[torch.Tensor]
+    ) -> _SkippedMembers | None:
+        """The members that skip a batched step while the others step, to put back after it; None when
+        every run steps."""
+        if self.runs is None or ok.all():
+            return None
+        return _SkippedMembers(~ok, [*params, *own], self.base, params)
+
     def _skips(self, values: list[float]) -> bool:
         """The non-finite policy on line 4's sums (``||g||^2`` among them: finite only when every gradient
         is): True, counting the skip, when one is NaN or infinite."""
@@ -366,9 +509,10 @@ class Mechanic(torch.optim.Optimizer):
         with finite_grads_checked():
             self.base.step(self._replay(closure, loss))
 
-    def _h(self, s_sum: float, g_sq: float, delta_g: float, y_sq: float, delta_y: float) -> float:
-        """Line 4: ``h = <Delta, g + s_decay * S * ||g|| / (||y|| + eps) * y>`` from the four sums."""
-        return delta_g + self.s_decay * s_sum * math.sqrt(g_sq) / (math.sqrt(y_sq) + self.eps) * delta_y
+    def _h(self, s_sum: Any, g_sq: Any, delta_g: Any, y_sq: Any, delta_y: Any) -> Any:
+        """Line 4: ``h = <Delta, g + s_decay * S * ||g|| / (||y|| + eps) * y>`` from the four sums (floats
+        alone, per-member arrays batched: the same IEEE operations element for element)."""
+        return delta_g + self.s_decay * s_sum * _sqrt(g_sq) / (_sqrt(y_sq) + self.eps) * delta_y
 
     def _scratch(self, name: str, params: list[torch.Tensor]) -> list[torch.Tensor]:
         """Per-parameter work buffers kept between steps (not state: never saved, overwritten each step).
@@ -404,23 +548,26 @@ class Mechanic(torch.optim.Optimizer):
 
         return replay
 
-    def _tune(self, h: float) -> None:
+    def _tune(self, h: Any, ok: Any = True) -> None:
         """Line 5: the n TUNER copies, as lists of Python floats (float64; n is ~6, so host arithmetic,
-        the same IEEE operations as a tensor form without a dozen tiny tensor ops per step)."""
+        the same IEEE operations as a tensor form without a dozen tiny tensor ops per step). Batched, each
+        float is an array of R members' values (numpy's elementwise + - * / sqrt equal Python's), and a
+        member that skips (``ok`` False) keeps its values."""
         t, n = self.state["mechanic"], len(self._betas)
         habs = abs(h) + self.eps if self.eps_in_m else abs(h)
         m, v, r, s = [], [], [], []
         for b, m_prev, v_prev, r_prev, s_prev in zip(
             self._betas, t["m"], t["v"], t["r"], t["s"], strict=True
         ):
-            reward_h = min(max(h, -m_prev), m_prev) if self.clip_h else h
-            m.append(max(b * m_prev, habs))
+            reward_h = _min(_max(h, -m_prev), m_prev) if self.clip_h else h
+            m.append(_max(b * m_prev, habs))
             v.append(b * b * v_prev + h * h)
             r_new = b * r_prev - s_prev * reward_h
-            r_pos = max(r_new, 0.0)
+            r_pos = _max(r_new, 0.0)
             r.append(r_new if self.keep_negative_r else r_pos)
-            s.append((m[-1] * self.s_init / n + r_pos) / (math.sqrt(v[-1]) + self.eps))
-        t["m"], t["v"], t["r"], t["s"] = m, v, r, s
+            s.append((m[-1] * self.s_init / n + r_pos) / (_sqrt(v[-1]) + self.eps))
+        for key, new in (("m", m), ("v", v), ("r", r), ("s", s)):
+            t[key] = new if ok is True else [np.where(ok, a, b) for a, b in zip(new, t[key], strict=True)]
 
     # ------------------------------------------------------------------ state and logging
     def _index(self) -> dict[int, int]:
@@ -430,17 +577,23 @@ class Mechanic(torch.optim.Optimizer):
         """The base optimizer's state dict, the tuner state, and each parameter's x_ref (and Delta)."""
         index = self._index()
         per_param = {index[id(p)]: dict(st) for p, st in self.state.items() if isinstance(p, torch.Tensor)}
-        tuner = {k: copy.copy(v) for k, v in self.state["mechanic"].items()}
+        tuner = self.state["mechanic"]
+        if self.runs is None:
+            tuner = {k: copy.copy(v) for k, v in tuner.items()}
+        else:  # per-member arrays as nested lists of Python floats (ints for step): exact, and plain data
+            tuner = {k: np.asarray(v).tolist() for k, v in tuner.items()}
         return {"base": self.base.state_dict(), "mechanic": tuner, "params": per_param}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
         self.base.load_state_dict(state_dict["base"])
         self.param_groups = self.base.param_groups  # load_state_dict rebuilt the base's list
-        tuner = state_dict["mechanic"]
-        self.state["mechanic"] = {  # tensors (checkpoints written before the tuner moved to lists)
+        tuner = {  # tensors (checkpoints written before the tuner moved to lists)
             k: v.detach().to(torch.float64).tolist() if isinstance(v, torch.Tensor) else copy.copy(v)
-            for k, v in tuner.items()
+            for k, v in state_dict["mechanic"].items()
         }
+        if self.runs is not None:
+            tuner = {k: self._member_arrays(k, v) for k, v in tuner.items()}
+        self.state["mechanic"] = tuner
         params = [p for g in self.param_groups for p in g["params"]]
         for key in [k for k in self.state if isinstance(k, torch.Tensor)]:
             del self.state[key]
@@ -448,9 +601,22 @@ class Mechanic(torch.optim.Optimizer):
             p = params[int(i)]
             self.state[p] = {k: v.detach().clone().to(device=p.device, dtype=p.dtype) for k, v in st.items()}
 
-    def diagnostics(self) -> dict[str, float]:
-        """``s``: the learned scale ``sum_i s_i`` (docs/optimizers/README.md §2), and the skip counter."""
+    def _member_arrays(self, key: str, value: Any) -> Any:
+        """A batched checkpoint's tuner entry as the state keeps it: a list of n arrays of R values for
+        ``s, m, v, r``, one array of R values for ``step`` and ``skipped_steps``."""
+        arr = np.asarray(value, dtype=np.int64 if key == "step" else np.float64)
+        if arr.ndim == 0 or arr.shape[-1] != self.runs:
+            raise ValueError(
+                f"state_dict: mechanic[{key!r}] has shape {arr.shape}, not one value per run of {self.runs}"
+            )
+        return [row.copy() for row in arr] if arr.ndim == 2 else arr.copy()
+
+    def diagnostics(self) -> dict[str, Any]:
+        """``s``: the learned scale ``sum_i s_i`` (docs/optimizers/README.md §2), and the skip counter;
+        batched, R values each."""
         t = self.state["mechanic"]
+        if self.runs is not None:
+            return {"s": sum(t["s"]), "skipped_steps": t["skipped_steps"].copy()}
         return {"s": float(sum(t["s"])), "skipped_steps": float(t["skipped_steps"])}
 
 
