@@ -1,13 +1,16 @@
-"""Table 1 speed: steps/s per optimizer on Letter (the largest embedded problem), and the job's wall time.
+"""Table 1 speed: batched runs against runs alone on Letter, and the job's wall time.
 
-    python benchmarks/table1_walltime.py              # steps/s + ratio to SGD, and the estimated wall time
-    python benchmarks/table1_walltime.py --run        # also time the real `make reproduce-table1`
-    python benchmarks/table1_walltime.py --wandb      # also time one W&B offline init + finish
+    python benchmarks/table1_walltime.py                 # ratios for R = 1, 6, 18, 60
+    python benchmarks/table1_walltime.py --runs 1,18     # other group sizes
+    python benchmarks/table1_walltime.py --run           # also time `make reproduce-table1` (fresh results)
 
-Steps/s are measured in this one process, in interleaved rounds (median of ``--rounds``), with the
-runner's inner loop (``task.loss``, ``zero_grad``, ``backward``, ``step``) on one thread, so the ratios
-to plain SGD are the per-step overhead of each optimizer at this size. The estimate multiplies every
-planned run's step count by its optimizer's measured time per step and divides by ``JOBS``.
+For every optimizer of Table 1 (``configs/table/table1.yaml``, with its protocol overrides) on Letter (the
+largest embedded problem, 15000 x 16, 26 classes, batch 16), in this one process and on one thread:
+steps/s of the runner's inner loop for one run alone (``task.loss``, ``zero_grad``, ``backward``,
+``step``), and of a batched group of R members (``task.member_losses``, the sum's ``backward``, one
+``step`` of the optimizer built with ``runs=R``). ``ratio`` = R x group steps/s / alone steps/s: how many
+runs a batched step buys for the price of one run's step. Rates are medians of interleaved rounds, so a
+change in machine load hits every row alike.
 """
 
 from __future__ import annotations
@@ -19,108 +22,124 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
-from runners.reports.table1 import GRID, OPTIMIZERS  # noqa: E402
-from scripts.reproduce_table1 import EXTRA, GRID_LRS, plan  # noqa: E402
-from tasks._libsvm_data import DATASETS  # noqa: E402
+from runners.loop import seed_everything  # noqa: E402
+from runners.reports.table1 import protocol  # noqa: E402
 from tasks.libsvm_logreg import LibsvmLogReg  # noqa: E402
 
 
-def steps_per_s(task: LibsvmLogReg, cfg: dict, steps: int) -> float:
-    """Optimizer steps per second of the runner's inner loop for ``cfg`` (after 50 warm-up steps)."""
-    torch.manual_seed(0)
+def table_configs() -> dict[str, dict]:
+    """Each Table 1 optimizer's config as the job runs it (its yaml plus the protocol's overrides; a grid
+    baseline at lr 1e-2)."""
+    out = {}
+    for name, spec in protocol()["optimizers"].items():
+        cfg = OmegaConf.load(REPO / "configs" / "optimizer" / f"{name}.yaml")
+        for override in spec.get("overrides", []):
+            key, _, value = override.removeprefix("optimizer.").partition("=")
+            OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
+        if spec.get("grid"):
+            cfg.lr = 1e-2
+        out[name] = OmegaConf.to_container(cfg, resolve=True)
+    return out
+
+
+def _rate(step: Callable[[int], None], steps: int) -> float:
+    for i in range(50):  # warm-up
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps / (time.perf_counter() - t0)
+
+
+def alone_rate(task: LibsvmLogReg, cfg: dict, steps: int) -> float:
+    seed_everything(0)
     model = task.build_model()
     opt = optimizers.build(cfg, model, steps_per_epoch=task.steps_per_epoch)
     batches = list(task.train_batches(0))
-    for i in range(steps + 50):
-        if i == 50:
-            t0 = time.perf_counter()
+
+    def step(i: int) -> None:
         loss = task.loss(model, batches[i % len(batches)])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return steps / (time.perf_counter() - t0)
+
+    return _rate(step, steps)
 
 
-def measure(data: str, names: list[str], steps: int, rounds: int) -> dict[str, float]:
+def batched_rate(task: LibsvmLogReg, cfg: dict, runs: int, steps: int) -> float | None:
+    """Group steps/s of ``runs`` members (None where the optimizer has no run dimension)."""
+    if optimizers.batch_keys(cfg["name"]) is None:
+        return None
+    models = []
+    for seed in range(runs):
+        seed_everything(seed)
+        models.append(task.build_model())
+    model = task.stack_models(models)
+    opt = optimizers.build(cfg, model, steps_per_epoch=task.steps_per_epoch, runs=runs)
+    batches = list(task.member_batches(list(range(runs)), 0))
+
+    def step(i: int) -> None:
+        losses = task.member_losses(model, batches[i % len(batches)])
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        opt.step()
+
+    return _rate(step, steps)
+
+
+def measure(data: str, sizes: list[int], steps: int, rounds: int) -> dict[str, dict]:
     torch.set_num_threads(1)
     task = LibsvmLogReg(seed=0, dataset="letter", root=data)
-    cfgs = {"sgd (plain)": {"name": "sgd", "lr": 0.1, "momentum": 0.0, "weight_decay": 0.0}}
-    for n in names:
-        f = REPO / "configs" / "optimizer" / f"{n}.yaml"
-        if f.is_file():  # the config as the job runs it: with the job's protocol overrides
-            extra = [o.removeprefix("optimizer.") for o in EXTRA.get(n, [])]
-            merged = OmegaConf.merge(OmegaConf.load(f), OmegaConf.from_dotlist(extra))
-            cfgs[n] = OmegaConf.to_container(merged)
-    rates: dict[str, list[float]] = {k: [] for k in cfgs}
+    cfgs = table_configs()
+    rates: dict[str, dict] = {name: {"alone": [], **{r: [] for r in sizes}} for name in cfgs}
     for _ in range(rounds):
-        for k, cfg in cfgs.items():
-            rates[k].append(steps_per_s(task, cfg, steps))
-    return {k: statistics.median(v) for k, v in rates.items()}
-
-
-def estimate(rates: dict[str, float], data: str, seeds: int, jobs: int) -> tuple[float, int, int]:
-    """(seconds, runs, steps) of the planned job, training time only, at the measured rates."""
-    run_ds, _, opts = plan(Path(data), list(DATASETS), list(OPTIMIZERS))
-    total_s, runs, steps = 0.0, 0, 0
-    for d in run_ds:
-        n_steps = 100 * -(-DATASETS[d].rows // 16)
-        for o in opts:
-            n = seeds * (len(GRID_LRS[o].split(",")) if o in GRID else 1)
-            rate = rates.get(o, rates["sgd (plain)"])
-            total_s += n * n_steps / rate
-            runs, steps = runs + n, steps + n * n_steps
-    return total_s / jobs, runs, steps
-
-
-def time_wandb() -> float:
-    import wandb
-
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        run = wandb.init(mode="offline", dir=tmp, project="lrbench-bench", config={"x": 1})
-        run.log({"a": 1.0})
-        run.finish()
-        return time.perf_counter() - t0
+        for name, cfg in cfgs.items():
+            rates[name]["alone"].append(alone_rate(task, cfg, steps))
+            for r in sizes:
+                rates[name][r].append(batched_rate(task, cfg, r, steps))
+    return {
+        name: {k: None if None in v else statistics.median(v) for k, v in per.items()}
+        for name, per in rates.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=os.environ.get("LRBENCH_DATA", "data"))
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--runs", default="1,6,18,60", help="group sizes R (comma list)")
+    ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 3)))
-    ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", os.cpu_count() or 1)))
     ap.add_argument("--run", action="store_true", help="time `make reproduce-table1` in a fresh results dir")
-    ap.add_argument("--wandb", action="store_true", help="time one W&B offline init + log + finish")
     args = ap.parse_args(argv)
+    sizes = [int(r) for r in args.runs.split(",")]
 
-    rates = measure(args.data, list(OPTIMIZERS), args.steps, args.rounds)
-    base = rates["sgd (plain)"]
-    print(
-        f"Letter (15000 x 16, 26 classes), batch 16, 1 thread, median of {args.rounds} x {args.steps} steps"
-    )
-    print(f"{'optimizer':16s} {'steps/s':>9s} {'vs SGD':>7s}")
-    for k, r in rates.items():
-        print(f"{k:16s} {r:9.0f} {r / base:7.2f}")
-    est, runs, steps = estimate(rates, args.data, args.seeds, args.jobs)
-    print(f"planned job: {runs} runs, {steps / 1e6:.2f} M steps, {args.seeds} seeds, JOBS={args.jobs}")
-    print(f"estimated training wall time: {est / 60:.1f} min (excludes process start-up and evaluation)")
-    floor, _, _ = estimate(dict.fromkeys(rates, base), args.data, args.seeds, args.jobs)
-    print(f"the same job with every run at plain SGD's rate: {floor / 60:.1f} min (fwd+bwd bound)")
-    if args.wandb:
-        print(f"one W&B offline init + log + finish: {time_wandb():.1f} s")
+    print(f"load average before: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores)")
+    rates = measure(args.data, sizes, args.steps, args.rounds)
+    print(f"Letter, batch 16, 1 thread, median of {args.rounds} x {args.steps} steps")
+    head = f"{'optimizer':14s} {'alone/s':>8s}" + "".join(f" {f'R={r} /s':>9s} {'ratio':>6s}" for r in sizes)
+    print(head)
+    for name, per in rates.items():
+        line = f"{name:14s} {per['alone']:8.0f}"
+        for r in sizes:
+            g = per[r]
+            line += f" {'n/a':>9s} {'n/a':>6s}" if g is None else f" {g:9.0f} {r * g / per['alone']:6.1f}"
+        print(line)
+    print("ratio = R x group steps/s / alone steps/s; n/a: the optimizer has no run dimension")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.run:
         with tempfile.TemporaryDirectory() as tmp:
-            env = {**os.environ, "LRBENCH_RESULTS": tmp, "SEEDS": str(args.seeds), "JOBS": str(args.jobs)}
+            env = {**os.environ, "LRBENCH_RESULTS": tmp}
             t0 = time.perf_counter()
             rc = subprocess.run(["make", "reproduce-table1"], cwd=REPO, env=env).returncode
             minutes = (time.perf_counter() - t0) / 60

@@ -185,12 +185,26 @@ class _AdamRule(_Batched):
         torch._foreach_lerp_(ms, gs, 1 - beta1)
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, gs, gs, 1 - beta2)
-        for p, m, v, step in zip(ps, ms, vs, steps, strict=True):
-            t = np.asarray(step.tolist(), dtype=np.float64)  # torch reads each count as a Python float
-            step_size = (lr / host_map(lambda k: 1 - beta1**k, t)) * -1
-            denom = v.sqrt().div_(per_member(host_map(lambda k: (1 - beta2**k) ** 0.5, t), v)).add_(eps)
-            # torch's addcdiv computes self + (value * m) / denom, in that order
-            p.add_((m * per_member(step_size, m)).div_(denom))
+        # each member's bias corrections from its step count, as torch forms them from a Python float
+        counts = torch.stack(steps).tolist()
+        scalars: dict[tuple[float, ...], tuple[torch.Tensor | float, torch.Tensor | float]] = {}
+        step_sizes, bc2_sqrts = [], []
+        for p, t in zip(ps, counts, strict=True):
+            key = tuple(t)
+            if key not in scalars:  # the parameters of a group almost always share their counts
+                k = np.asarray(t, dtype=np.float64)
+                size = (lr / host_map(lambda n: 1 - beta1**n, k)) * -1
+                scalars[key] = (size, host_map(lambda n: (1 - beta2**n) ** 0.5, k))
+            size, bc2 = scalars[key]
+            step_sizes.append(per_member(size, p))
+            bc2_sqrts.append(per_member(bc2, p))
+        denoms = torch._foreach_sqrt(vs)
+        torch._foreach_div_(denoms, bc2_sqrts)
+        torch._foreach_add_(denoms, eps)
+        # torch's addcdiv computes self + (value * m) / denom, in that order
+        moves = torch._foreach_mul(ms, step_sizes)
+        torch._foreach_div_(moves, denoms)
+        torch._foreach_add_(ps, moves)
 
 
 @register("adam", sharded=True)
