@@ -365,7 +365,11 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
             except Exception as err:  # a helper's module that does not build yet: report, keep going
                 problems.append(f"{label}: {type(err).__name__}: {err}")
                 continue
-            ours = type(built).__module__.startswith("optimizers.")
+            # optimizers.baselines is torch's own rule (a run dimension added), timed as torch's
+            ours = (
+                type(built).__module__.startswith("optimizers.")
+                and type(built).__module__ != "optimizers.baselines"
+            )
             floor = FLOORS[name](cfg) if name in FLOORS else None
             ref_label, ref_factory = ref if ref is not None else (None, None)
             rows.append(Row(label, cfg, ours, floor, ref_label, ref_factory))

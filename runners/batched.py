@@ -88,6 +88,21 @@ def pack(
     return out, notes
 
 
+def unpack(job: Sequence[str]) -> list[list[str]]:
+    """The plain override list of each run of a job :func:`pack` wrote (a job that is not a group: itself).
+
+    Reads back the values as :func:`pack` wrote them (numbers: seeds and batch-key values)."""
+    packed = [o for o in job if o.startswith("members=")]
+    if not packed:
+        return [list(job)]
+    rest = [o for o in job if not o.startswith("members=")]
+    body = packed[0][len("members={keys:[") : -len("]]}")]
+    keys_part, _, values_part = body.partition("],values:[[")
+    keys = [k.strip("'") for k in keys_part.split(",")]
+    members = [m.split(",") for m in values_part.split("],[")]
+    return [[*rest, *(f"{k}={v}" for k, v in zip(keys, m, strict=True))] for m in members]
+
+
 def _why_not(cfg: DictConfig, members: list[dict[str, str]], swept: list[str]) -> str | None:
     """None where these runs can be one batched program, else why not (one line)."""
     if cfg.get("launcher") is not None and OmegaConf.select(cfg, "launcher.nproc_per_node") is not None:

@@ -304,6 +304,12 @@ def _optimizer_schema(name: str) -> tuple[type, dict[str, Any]]:
     if more:
         init, more = _fields(cls, cls.__init__, {_first_argument(cls), "runs"})
         fields = {**init, **fields}
+    # a config holds one value per run; only the runner hands a batch key one value per member
+    batch_keys = set(getattr(cls, "batch_keys", ()))
+    fields = {
+        arg: (_one_per_run(hint) if arg in batch_keys else hint, default)
+        for arg, (hint, default) in fields.items()
+    }
     ranged = {
         arg: (Annotated[hint, AfterValidator(SHARED_RANGES[arg])] if arg in SHARED_RANGES else hint, default)
         for arg, (hint, default) in fields.items()
@@ -320,6 +326,15 @@ SIMPLE = {
     type(None): "null",
 }
 PLURAL = {int: "ints", float: "floats", bool: "bools", str: "strings"}
+
+
+def _one_per_run(hint: Any) -> Any:
+    """``hint`` less the sequence alternatives a batch key takes for a batched group (``float |
+    Sequence[float]`` -> ``float``)."""
+    if get_origin(hint) not in (Union, types.UnionType):
+        return hint
+    kept = [h for h in get_args(hint) if get_origin(h) not in (list, tuple, Sequence)]
+    return Union[tuple(kept)] if kept else hint  # noqa: UP007 (built from a tuple of types)
 
 
 def _from_yaml(hint: Any) -> bool:

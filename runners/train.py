@@ -232,10 +232,21 @@ def _run_group(cfg: DictConfig, multirun: bool) -> int:
         return 0
     containers, run_dirs = [containers[i] for i in todo], [run_dirs[i] for i in todo]
     identities = [_identity(cfg, c, d) for c, d in zip(containers, run_dirs, strict=True)]
+    valid = []
+    for i, c in enumerate(containers):  # a member with a bad value fails alone, as it would alone
+        try:
+            schema.validate(c)
+            valid.append(i)
+        except ConfigError as exc:
+            print(f"error: {exc.key}: {exc.message}", file=sys.stderr)
+            if not multirun:
+                return EXIT_BAD_INPUT
+            _fail(run_dirs[i], identities[i], c, f"{exc.key}: {exc.message}", traceback.format_exc())
+    if not valid:
+        return 0
+    containers, run_dirs, identities = ([x[i] for i in valid] for x in (containers, run_dirs, identities))
     trainer: batched.BatchedTrainer | None = None
     try:
-        for c in containers:
-            schema.validate(c)
         if _is_launcher_process(cfg) or int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError("members", "a batched group runs on one process (set batch_runs=false)")
         opt_cfg = batched.group_optimizer(containers)

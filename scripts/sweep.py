@@ -36,6 +36,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa:
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
 from runners import store  # noqa: E402
+from runners.batched import unpack  # noqa: E402
 from runners.train import CONFIG_DIR, FINISHED, run_dir_for  # noqa: E402
 from scripts import reproduce_table1  # noqa: E402
 
@@ -164,13 +165,14 @@ def _canonical(overrides: list[str]) -> str:
 
 
 def _record(sweep_dir: Path, run_dir_of: dict[str, Path]) -> None:
-    """``runs.json`` beside the launcher's ``slurm_jobs.json``: each job id with its run dir."""
+    """``runs.json`` beside the launcher's ``slurm_jobs.json``: each job id with its run dirs."""
     jobs = json.loads((sweep_dir / "slurm_jobs.json").read_text())
     runs = {}
     for job in jobs:
-        # the launcher lists each run's overrides, the block's swept values resolved to one each
-        key = _canonical([o for o in job["overrides"] if not o.startswith("hydra.")])
-        runs[job["job_id"]] = str(run_dir_of[key])
+        # the launcher lists each job's overrides, the block's swept values resolved to one each; a
+        # batched group's job holds several runs (runners/batched.py)
+        overrides = [o for o in job["overrides"] if not o.startswith("hydra.")]
+        runs[job["job_id"]] = [str(run_dir_of[_canonical(run)]) for run in unpack(overrides)]
     store.atomic_write_json(sweep_dir / "runs.json", runs)
 
 
@@ -186,9 +188,9 @@ def status(experiment: str, table_args: list[str]) -> int:
     queued = queued_jobs()
     live: dict[str, str] = {}  # run dir -> SLURM state, for runs with a job in the queue
     for record in sorted((results / "sweeps" / experiment).glob("*/runs.json")):
-        for job_id, run_dir in json.loads(record.read_text()).items():
+        for job_id, dirs_of_job in json.loads(record.read_text()).items():
             if queued is not None and job_id in queued:
-                live[run_dir] = queued[job_id]
+                live.update(dict.fromkeys(dirs_of_job, queued[job_id]))
     counts: Counter[str] = Counter()
     failed = []
     for d in dirs:

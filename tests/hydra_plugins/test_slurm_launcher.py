@@ -49,6 +49,7 @@ def test_lr_sweep_is_one_job_array_whose_runs_complete(tmp_path):
         "task.epochs=2",
         "optimizer=sgd",
         "optimizer.lr=0.01,0.1,1",
+        "batch_runs=false",  # one array task per run (batched, the three would be one task)
         "logger=none",
         "launcher=submitit_slurm",
         f"hydra.sweep.dir={sweep}",

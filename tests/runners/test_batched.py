@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from runners.batched import pack
+from runners.batched import pack, unpack
 from tests.runners.helpers import cli, cli_run, resume_args
 
 
@@ -111,6 +111,13 @@ def test_pack_groups_only_runs_that_differ_in_batchable_values():
     ]
     packed, notes = pack(jobs, compose)
     assert notes == []
+    assert [run for job in packed for run in unpack(job)] == [
+        ["task=toy", "optimizer=sgd", "seed=0", "optimizer.lr=0.1"],
+        ["task=toy", "optimizer=sgd", "seed=0", "optimizer.lr=0.2"],
+        jobs[2],
+        ["task=libsvm_logreg", "optimizer=sgd", "optimizer.lr=0.1", "seed=0"],
+        ["task=libsvm_logreg", "optimizer=sgd", "optimizer.lr=0.1", "seed=1"],
+    ]
     assert packed == [
         ["task=toy", "optimizer=sgd", "seed=0", "members={keys:['optimizer.lr'],values:[[0.1],[0.2]]}"],
         ["task=toy", "optimizer=adam", "optimizer.lr=0.1", "seed=0"],

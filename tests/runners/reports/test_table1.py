@@ -51,9 +51,8 @@ def test_table_from_synthetic_runs(tmp_path: Path) -> None:
     assert t.loc["Iris", "verdict"] == "reproduced" and t.loc["Wine", "verdict"] == "differs"
     assert t.loc["Wine", "Adam (grid)"] == "not run"
     assert t.loc["Wine", "SGD (grid)"] == "95.0 ± 0.00 (lr 1e-01, grid edge)"  # one point brackets nothing
-    assert (
-        set(t["verdict"].str.split(" (", regex=False).str[0]) <= set(table1.VERDICTS) and (t.drop(["Iris", "Wine"])["verdict"] == "not run").all()
-    )
+    verdicts = set(t["verdict"].str.split(" (", regex=False).str[0])
+    assert verdicts <= set(table1.VERDICTS) and (t.drop(["Iris", "Wine"])["verdict"] == "not run").all()
     assert t.loc["USPS", "note"] == f"fetch: {table1.FETCH_LIBSVM}"
     assert (
         t.loc["Iris", "paper D-Adapt Adam"] == "98.6 ± 0.00"
