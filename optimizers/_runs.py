@@ -198,8 +198,13 @@ def add_scaled_(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: f
     (``per_member``) for R values (another rounding than ``alpha=``'s fused multiply-add: a tolerance)."""
     if isinstance(alpha, int | float):
         torch._foreach_add_(list(ys), list(xs), alpha=alpha)
-    else:
-        torch._foreach_add_(list(ys), [x * per_member(alpha, x) for x in xs])
+        return
+    scales: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # one host-to-device copy each
+    for x in xs:
+        if (x.dtype, x.device) not in scales:
+            scales[x.dtype, x.device] = per_member(alpha, x).reshape(-1)
+    shaped = [scales[x.dtype, x.device].reshape((-1,) + (1,) * (x.dim() - 1)) for x in xs]
+    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), shaped))
 
 
 def select(cond: bool | np.ndarray, a: Any, b: Any) -> Any:

@@ -119,11 +119,11 @@ class DAdaptSGD(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1.0,
+        lr: float | Sequence[float] = 1.0,
         momentum: float = 0.0,
         weight_decay: float = 0,
         log_every: int = 0,
-        d0: float = 1e-6,
+        d0: float | Sequence[float] = 1e-6,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
         fused: bool = False,
