@@ -26,15 +26,33 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
-from optimizers._common import closure_loss, foreach_dot, grads_with_params, host_floats, skip_if_nonfinite
+from optimizers._common import (
+    check_positive,
+    closure_loss,
+    foreach_dot,
+    grads_with_params,
+    host_floats,
+    skip_if_nonfinite,
+)
+from optimizers._runs import (
+    add_scaled_,
+    host_map,
+    host_values,
+    member_values,
+    members_step,
+    only_members,
+    total,
+)
 
 __all__ = [
     "AdamForm",
     "add_coupled_decay",
     "all_reduce_sum",
+    "batched_lr",
     "bias_correction",
     "can_fuse_check",
     "check_growth_rate",
@@ -93,28 +111,60 @@ def bias_correction(group: dict[str, Any]) -> float:
     if not group["use_bias_correction"]:
         return 1
     beta1, beta2 = group["betas"]
-    return ((1 - beta2 ** (group["k"] + 1)) ** 0.5) / (1 - beta1 ** (group["k"] + 1))
+
+    def bc(k: float) -> float:
+        return ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
+
+    k = group["k"]
+    # per member (batched runs) through a run alone's Python float powers (numpy's may differ by an ulp)
+    return bc(k) if isinstance(k, int) else host_map(bc, k)
 
 
-def d_diagnostics(group: dict[str, Any], d_lr: float, **extra: float) -> dict[str, float]:
+def _scalar(value: Any) -> float | np.ndarray:
+    """A float, or a batched run's R values as float64 (docs/optimizers/README.md §6)."""
+    return value.astype(np.float64) if isinstance(value, np.ndarray) else float(value)
+
+
+def d_diagnostics(group: dict[str, Any], d_lr: Any, **extra: Any) -> dict[str, Any]:
     """docs/optimizers/README.md §2: ``d``, ``d_lr``, any extra scalars, then ``skipped_steps``, from the
-    scalars of ``group``."""
+    scalars of ``group`` (each R values in a batched run, README §6)."""
     return {
-        "d": float(group["d"]),
-        "d_lr": float(d_lr),
-        **{name: float(v) for name, v in extra.items()},
-        "skipped_steps": float(group.get("skipped_steps", 0)),
+        "d": _scalar(group["d"]),
+        "d_lr": _scalar(d_lr),
+        **{name: _scalar(v) for name, v in extra.items()},
+        "skipped_steps": _scalar(group.get("skipped_steps", 0)),
     }
 
 
-def finish_step(opt: torch.optim.Optimizer, pgs: GroupGrads, k: int, scalars: dict[str, float]) -> None:
+def finish_step(
+    opt: torch.optim.Optimizer, pgs: GroupGrads, k: Any, scalars: dict[str, Any], moved: Any = True
+) -> None:
     """The bookkeeping of a step that moved: ``scalars`` (the new d and its sums) into every group, each
-    parameter's ``step`` and every group's ``k`` (from group 0's ``k`` at the start) + 1."""
+    parameter's ``step`` and every group's ``k`` (from group 0's ``k`` at the start) + 1; in a batched
+    run only for the members in the mask ``moved`` (the others took the early return)."""
+    inc = 1 if moved is True else torch.as_tensor(moved)
     for group, (ps, _) in zip(opt.param_groups, pgs, strict=True):
         group.update(scalars)
         for p in ps:
-            opt.state[p]["step"] += 1
-        group["k"] = k + 1
+            opt.state[p]["step"] += inc
+        group["k"] = k + (1 if moved is True else moved)
+
+
+def batched_lr(lr: Any, d0: Any, runs: int | None, fused: bool, fsdp: bool) -> tuple[float, Any, Any]:
+    """Check ``lr`` and ``d0`` (each a number > 0, or R of them for a batched run, docs/optimizers/README.md
+    §6) and the options a batched run refuses; the group's lr (R values: the multiplier 1.0), the members'
+    lrs (None when shared) and d0 (a float, or R floats). D-Adapt SGD and Adam."""
+    lr, d0 = member_values("lr", lr, runs), member_values("d0", d0, runs)
+    for name, values in (("lr", lr), ("d0", d0)):
+        for v in np.atleast_1d(values).tolist():
+            check_positive(name, v)
+    if runs is not None and fused:
+        raise ValueError(
+            "fused=True and runs: batched runs take the eager rule (docs/optimizers/README.md §6)"
+        )
+    if runs is not None and fsdp:
+        raise ValueError("fsdp_in_use=True and runs: a batched group of runs is not sharded")
+    return (lr, None, d0) if isinstance(lr, float) else (1.0, lr, d0)
 
 
 def add_coupled_decay(
@@ -196,10 +246,13 @@ def grads_or_skip(
     """The start of a step under the non-finite policy: the gradients per group (``group_grads``), all of
     them, and whether the check is left to the step's reductions (``can_fuse_check`` with ``key`` and
     ``covers``; the step then calls ``skip_if_reduction_nonfinite``); otherwise the exact check runs here,
-    and None means the step is skipped (counted in every group)."""
+    and None means the step is skipped (counted in every group). A batched run (``opt.runs``) leaves the
+    check to ``members_step``."""
     groups = opt.param_groups
     pgs = group_grads(groups)
     grads = [g for _, gs in pgs for g in gs]
+    if getattr(opt, "runs", None) is not None:
+        return pgs, grads, False  # the policy applies per member, in ``members_step``
     check_later = can_fuse_check(pgs, groups, opt.state, key, covers)
     if not check_later and skip_if_nonfinite(grads, *groups):
         return None
@@ -229,8 +282,9 @@ def moment_updates(
     ss: Sequence[torch.Tensor],
     gs: Sequence[torch.Tensor],
     gss: Sequence[torch.Tensor],
-    coefs: tuple[tuple[float, float], tuple[float, float], tuple[float, float]],
+    coefs: tuple[tuple[Any, Any], tuple[Any, Any], tuple[Any, Any]],
     scratch: Sequence[torch.Tensor],
+    runs: int | None = None,
 ) -> list[torch.Tensor]:
     """In place, with ``coefs = ((b1, a1), (b2, a2), (b3, a3))``: ``m <- m b1 + a1 g`` (skipped when
     ``ms`` is None), ``v <- v b2 + a2 g g`` (``addcmul_``), ``s <- s b3 + a3 gs``, as the packages'
@@ -241,23 +295,27 @@ def moment_updates(
     arrays the same size) chunk by chunk, all six ops on one chunk while it is in cache, which saves
     memory traffic. Elementwise ops give the same bits in any order; each sum is still one
     ``.sum()`` over the whole tensor.
+
+    Batched runs (``runs``, docs/optimizers/README.md §6): ``a1`` and ``a3`` may be R values
+    (``add_scaled_``), the sums are per member, and no tensor is chunked (a chunk would cut members).
     """
     (b1, a1), (b2, a2), (b3, a3) = coefs
 
     def update(m: list[torch.Tensor], v: list[torch.Tensor], s: list[torch.Tensor], g, gsl) -> None:
         if ms is not None:
             torch._foreach_mul_(m, b1)
-            torch._foreach_add_(m, g, alpha=a1)
+            add_scaled_(m, g, a1)
         torch._foreach_mul_(v, b2)
         torch._foreach_addcmul_(v, g, g, value=a2)
         torch._foreach_mul_(s, b3)
-        torch._foreach_add_(s, gsl, alpha=a3)
+        add_scaled_(s, gsl, a3)
 
     lists = [vs, ss, gs, gss, scratch] + ([ms] if ms is not None else [])
     big = [
         i
         for i in range(len(vs))
-        if vs[i].numel() >= 2 * CHUNK
+        if runs is None
+        and vs[i].numel() >= 2 * CHUNK
         and all(t[i].is_contiguous() and t[i].numel() == vs[i].numel() for t in lists)
     ]
     small = [i for i in range(len(vs)) if i not in set(big)]
@@ -266,7 +324,7 @@ def moment_updates(
         pick = [[t[i] for i in small] for t in lists]
         update(pick[5] if ms is not None else [], *pick[:4])
         for i, s, t in zip(small, pick[1], pick[4], strict=True):
-            out[i] = torch.abs(s, out=t).sum()
+            out[i] = total(torch.abs(s, out=t), runs)
     for i in big:
         flats = [t[i].view(-1) for t in lists]
         for a in range(0, flats[0].numel(), CHUNK):
@@ -295,16 +353,23 @@ class AdamForm(torch.optim.Optimizer):
     When ``_use_fused()`` (default: the ``fused`` flag) ``_fused_step(pgs, grads, check_later, sc)`` runs
     instead of 2-5: its pass 1 returns each tensor's dot and new ``||s||_1`` without writing, and
     ``_fused_update`` does steps 2-4 on the host from them.
+
+    Batched runs (``runs``, docs/optimizers/README.md §6) take these same eager steps: host values are
+    ``[T, R]`` rows and the scalars R values (``optimizers._runs``), ``members_step`` applies the
+    non-finite policy per member, and ``_host_update`` may add ``"moved"``, the mask of the members that
+    move (the others took the package's early return: their parameters are put back).
     """
 
     fused: bool
+    runs: int | None = None  # a batched group's R (docs/optimizers/README.md §6); None: a run alone
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         start = self._begin()
         if start is not None:
-            (self._fused_step if self._use_fused() else self._eager_step)(*start)
+            with members_step(self, start[1]):
+                (self._fused_step if self._use_fused() else self._eager_step)(*start)
         return loss
 
     def _use_fused(self) -> bool:
@@ -318,7 +383,7 @@ class AdamForm(torch.optim.Optimizer):
             add_coupled_decay(group, ps, gs, sc.decouple)
             if group["lr"] > 0.0 and ps:
                 dots += self._dots(group, ps, gs)
-        dot_values = host_floats(dots)
+        dot_values = host_values(dots, self.runs)
         if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
             return
 
@@ -328,15 +393,17 @@ class AdamForm(torch.optim.Optimizer):
             if group["lr"] > 0.0 and ps:
                 l1s += self._moments(group, ps, gs, sc)
                 weights += [self._weight(group, sc)] * len(ps)
-        update = self._host_update(sc, pgs, weights, dot_values, host_floats(l1s))
+        update = self._host_update(sc, pgs, weights, dot_values, host_values(l1s, self.runs))
         if update is None:
             return
+        moved = update.pop("moved", True)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if ps:
-                if group["weight_decay"] != 0 and sc.decouple:
-                    torch._foreach_add_(ps, ps, alpha=-group["weight_decay"] * sc.dlr)
-                self._move(group, ps, gs, sc, update)
-        finish_step(self, pgs, sc.k, update)
+                with only_members(moved, ps):
+                    if group["weight_decay"] != 0 and sc.decouple:
+                        add_scaled_(ps, ps, -group["weight_decay"] * sc.dlr)
+                    self._move(group, ps, gs, sc, update)
+        finish_step(self, pgs, sc.k, update, moved)
 
     def _fused_update(
         self,

@@ -10,11 +10,14 @@ parameters have no run dimension. These helpers are the only place the layout is
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+
+from optimizers._common import host_floats
 
 Floats = float | Sequence[float] | np.ndarray | torch.Tensor
 
@@ -159,3 +162,139 @@ def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, fl
             for r in range(runs):
                 out[r][key] = float(value)
     return out
+
+
+# One rule for a run alone and a batched group (docs/optimizers/README.md §6): the helpers below take
+# ``runs`` (None alone) and return what a single run computes (0-dim tensors, Python floats, bools) or
+# its per-member form (length-R tensors, float64 arrays, bool masks), so an optimizer writes its update
+# once. Alone they run the very operations a single run always ran (``torch.dot``, ``alpha=``), so its
+# bits do not change.
+
+
+def dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], runs: int | None) -> list[torch.Tensor]:
+    """Per pair ``<a_i, b_i>``: alone a 0-dim ``torch.dot``, batched the R per-member products (no sync)."""
+    if runs is None:
+        return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+    return [torch.linalg.vecdot(x.reshape(runs, -1), y.reshape(runs, -1)) for x, y in zip(a, b, strict=True)]
+
+
+def total(t: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """``t.sum()`` alone, each member's sum (length R) batched (no sync)."""
+    return t.sum() if runs is None else t.reshape(runs, -1).sum(1)
+
+
+def host_values(values: Sequence[torch.Tensor], runs: int | None) -> list[float] | np.ndarray:
+    """One host sync: alone the 0-dim tensors as Python floats; batched the length-R tensors as ``[T, R]``
+    float64 rows (iterating them in tensor order is a single run's ``for v in values``)."""
+    if runs is None:
+        return host_floats(values)
+    if not values:
+        return np.zeros((0, runs))
+    return host_rows(torch.stack(list(values)))
+
+
+def add_scaled_(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: float | np.ndarray) -> None:
+    """In place ``y <- y + alpha x``: torch's ``alpha=`` for a shared float, ``x * alpha_r`` per member
+    (``per_member``) for R values (another rounding than ``alpha=``'s fused multiply-add: a tolerance)."""
+    if isinstance(alpha, int | float):
+        torch._foreach_add_(list(ys), list(xs), alpha=alpha)
+        return
+    scales: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # one host-to-device copy each
+    for x in xs:
+        if (x.dtype, x.device) not in scales:
+            scales[x.dtype, x.device] = per_member(alpha, x).reshape(-1)
+    shaped = [scales[x.dtype, x.device].reshape((-1,) + (1,) * (x.dim() - 1)) for x in xs]
+    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), shaped))
+
+
+def select(cond: bool | np.ndarray, a: Any, b: Any) -> Any:
+    """``a if cond else b``, member by member for a mask (``np.where``)."""
+    if isinstance(cond, bool | np.bool_):
+        return a if cond else b
+    return np.where(cond, a, b)
+
+
+def larger(a: Any, b: Any) -> Any:
+    """Python's ``max(a, b)`` (``a`` unless ``b > a``), member by member for arrays."""
+    return select(b > a, b, a)
+
+
+def smaller(a: Any, b: Any) -> Any:
+    """Python's ``min(a, b)`` (``a`` unless ``b < a``), member by member for arrays."""
+    return select(b < a, b, a)
+
+
+class only_members:  # noqa: N801 (used as a context manager, like torch.no_grad)
+    """A block after which only the members in ``moving`` have changed ``tensors``: the others' slices
+    are put back on exit (``MemberSnapshot``). ``moving`` True (a run alone, or every member) costs
+    nothing."""
+
+    def __init__(self, moving: bool | np.ndarray, tensors: Iterable[torch.Tensor]) -> None:
+        held = None if isinstance(moving, bool | np.bool_) else ~np.asarray(moving, dtype=bool)
+        self.snapshot = MemberSnapshot(held, tensors) if held is not None and held.any() else None
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.snapshot is not None:
+            self.snapshot.restore()
+
+
+def member_scalars(runs: int | None, **values: Any) -> dict[str, Any]:
+    """Initial group scalars: alone as given; batched R values each (R given values kept, a number
+    repeated; ints stay ints), so that a member starts from the numbers of its run alone."""
+    if runs is None:
+        return values
+    out = {}
+    for name, value in values.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[name] = np.full(runs, value, dtype=np.int64)
+        else:
+            out[name] = np.zeros(runs) + member_values(name, value, runs)
+    return out
+
+
+def scalar_text(value: Any, spec: str = "") -> str:
+    """``format(value, spec)`` for a log line; a batched run's R values as a bracketed list."""
+    if isinstance(value, np.ndarray):
+        return "[" + ", ".join(format(float(v), spec) for v in value) + "]"
+    return format(value, spec)
+
+
+@contextlib.contextmanager
+def members_step(
+    opt: torch.optim.Optimizer, grads: Sequence[torch.Tensor], moving: Any = True
+) -> Iterator[None]:
+    """A batched step under the per-member non-finite policy (docs/optimizers/README.md §6): the members
+    whose gradients are not all finite count a skipped step (in every group, as a run alone does); they
+    and the members not in the mask ``moving`` (a run alone's early return before any state exists) end
+    the block as they began it: their slices of every parameter, gradient and state tensor and their
+    entries of every per-member group scalar (``member_scalars``) are put back. The block steps every
+    member (NaN and inf included, numpy's warnings about them silenced), so it stays one program. A run
+    alone (``opt.runs`` None) applied the policy before: nothing happens here."""
+    runs = getattr(opt, "runs", None)
+    if runs is None:
+        yield
+        return
+    finite = finite_members(grads, runs)
+    groups = opt.param_groups
+    for group in groups:
+        group["skipped_steps"] = group["skipped_steps"] + ~finite
+    moving = finite & np.asarray(moving, dtype=bool)
+    params = [p for group in groups for p in group["params"]]
+    states = [opt.state[p] for p in params if p in opt.state]
+    saved = [
+        (group, key, value)
+        for group in groups
+        for key, value in group.items()
+        if isinstance(value, np.ndarray) and key != "skipped_steps"
+    ]
+    with (
+        only_members(moving, [*params, *grads, *member_state_tensors(states, runs)]),
+        np.errstate(all="ignore"),
+    ):
+        yield
+    if not moving.all():
+        for group, key, value in saved:  # group scalars are replaced, never changed in place
+            group[key] = np.where(moving, group[key], value)

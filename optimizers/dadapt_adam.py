@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from optimizers import _fused
@@ -20,6 +21,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    batched_lr,
     bias_correction,
     check_growth_rate,
     d_diagnostics,
@@ -33,6 +35,8 @@ from optimizers._dadapt_common import (
     uses_fsdp,
     workspace,
 )
+from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
+from optimizers._runs import dots as _dots
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -71,6 +75,11 @@ class DAdaptAdam(AdamForm):
     groups at ``lr = 0`` move in a move-only kernel; the ``sum r ||s||_1 = 0`` early return updates the
     moments with the eager ops. Same state layout as the eager path (checkpoints interchange).
 
+    Batched runs (``runs=R``, docs/optimizers/README.md §6 and docs/optimizers/dadaptation.md §6): the
+    eager rule of ``AdamForm`` member-wise; ``d``, ``k``, ``numerator_weighted`` and ``skipped_steps`` are R
+    values in every group, each parameter's ``step`` a length-R tensor. ``lr`` and ``d0`` may be R values:
+    the group's ``lr`` is then the schedule's multiplier (1.0) and member r steps with ``multiplier lr_r``.
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -78,53 +87,63 @@ class DAdaptAdam(AdamForm):
 
     initial_lr_arg = "d0"
     lr_schedule_compatible = True
+    batch_keys = ("lr", "d0")
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1.0,
+        lr: float | Sequence[float] = 1.0,
         betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0,
         log_every: int = 0,
         decouple: bool = False,
         use_bias_correction: bool = False,
-        d0: float = 1e-6,
+        d0: float | Sequence[float] = 1e-6,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
-        check_positive("lr", lr)
+        lr, self.member_lr, d0 = batched_lr(lr, d0, runs, fused, fsdp_in_use)
         check_betas("betas", betas, length=2)
         check_positive("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
         check_nonnegative("log_every", log_every)
-        check_positive("d0", d0)
         check_growth_rate(growth_rate)
         defaults = dict(
             lr=lr,
             betas=tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
-            d=d0,
-            k=0,
             layer_scale=1.0,
-            numerator_weighted=0.0,
             log_every=log_every,
             growth_rate=growth_rate,
             use_bias_correction=use_bias_correction,
             decouple=decouple,
             fsdp_in_use=fsdp_in_use,
-            skipped_steps=0,
+            **member_scalars(runs, d=d0, k=0, numerator_weighted=0.0, skipped_steps=0),
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
+        self.runs = runs
+        check_runs(runs, [p for group in self.param_groups for p in group["params"]])
+
+    def _lr(self) -> float | np.ndarray:
+        """The shared lr of the packages (``shared_lr``), times each member's lr in a batched run whose
+        ``lr`` differs per member (docs/optimizers/README.md §6)."""
+        lr = shared_lr(
+            self.param_groups,
+            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
+        )
+        return lr if self.member_lr is None else lr * self.member_lr
 
     def diagnostics(self) -> dict[str, float]:
         """docs/optimizers/README.md §2: ``d`` and ``d_lr = d * lr * bc`` (bc of the next step; 1 without
         bias correction)."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
+        lr = lr if self.member_lr is None else lr * self.member_lr
         return d_diagnostics(g, g["d"] * lr * bias_correction(g))
 
     def _begin(self) -> tuple[GroupGrads, list[torch.Tensor], bool, _Scalars] | None:
@@ -142,10 +161,7 @@ class DAdaptAdam(AdamForm):
         if start is None:
             return None
         pgs, grads, check_later = start
-        lr = shared_lr(
-            groups,
-            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
-        )
+        lr = self._lr()
         beta1, beta2 = g0["betas"]
         d = g0["d"]
         sc = _Scalars(
@@ -164,7 +180,7 @@ class DAdaptAdam(AdamForm):
             for p in ps:
                 state = self.state[p]
                 if "step" not in state:
-                    state["step"] = 0
+                    state["step"] = 0 if self.runs is None else torch.zeros(self.runs, dtype=torch.int64)
                     state["s"] = torch.zeros_like(p).detach()
                     state["exp_avg"] = torch.zeros_like(p).detach()
                     state["exp_avg_sq"] = torch.zeros_like(p).detach()
@@ -179,7 +195,7 @@ class DAdaptAdam(AdamForm):
             torch.sqrt(v, out=t)
             t.add_(eps)
             torch.div(s_, t, out=t)
-            dots.append(torch.dot(g.reshape(-1), t.reshape(-1)))
+            dots += _dots([g], [t], self.runs)
         return dots
 
     @staticmethod
@@ -194,7 +210,7 @@ class DAdaptAdam(AdamForm):
         states = [self.state[p] for p in ps]
         ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
         coefs = self._coefs(sc, group["layer_scale"])
-        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)))
+        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot and l1 terms: its ``layer_scale`` r
@@ -213,7 +229,8 @@ class DAdaptAdam(AdamForm):
         (``scales``: its layer_scale r): ``numerator <- sb numerator + (1 - sb) sum r dlr dot``,
         ``sk_l1 = sum r ||s||_1`` (both all-reduced when sharded, docs/optimizers/README.md §4), ``d_hat``
         and the new ``d``, the log line; the group scalars to write, or None for the package's early
-        return when ``sk_l1 = 0``."""
+        return when ``sk_l1 = 0``. Batched (R values each), that return is per member: ``"moved"`` masks
+        the members that move, and the others keep their scalars."""
         g0 = self.param_groups[0]
         growth_rate, log_every = g0["growth_rate"], g0["log_every"]
         dlr, sqrt_beta2, d = sc.dlr, sc.sqrt_beta2, sc.d
@@ -228,19 +245,21 @@ class DAdaptAdam(AdamForm):
             global_numerator, sk_l1 = all_reduce_sum([numerator, sk_l1], first_device(pgs))
         else:
             global_numerator = numerator
-        if sk_l1 == 0:
+        moved = sk_l1 != 0
+        if not np.any(moved):
             return None
         d_hat = d
-        if sc.lr > 0.0:
-            d_hat = global_numerator / ((1 - sqrt_beta2) * sk_l1)
-            d = max(d, min(d_hat, d * growth_rate))
+        if np.any(sc.lr > 0.0):
+            d_hat = select(sc.lr > 0.0, global_numerator / ((1 - sqrt_beta2) * sk_l1), d)
+            d = larger(d, smaller(d_hat, d * growth_rate))
 
-        if log_every > 0 and sc.k % log_every == 0:
+        if log_every > 0 and np.any(sc.k % log_every == 0):
             log.info(
-                f"lr: {sc.lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={sk_l1:1.1e} "
-                f"numerator_weighted={global_numerator:1.1e}"
+                f"lr: {sc.lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={scalar_text(sk_l1, '1.1e')} "
+                f"numerator_weighted={scalar_text(global_numerator, '1.1e')}"
             )
-        return {"numerator_weighted": numerator, "d": d}
+        update = {"numerator_weighted": select(moved, numerator, sc.numerator), "d": select(moved, d, sc.d)}
+        return update if self.runs is None else {**update, "moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
         """After the decoupled decay (``AdamForm``): ``x <- x - m / (sqrt(v) + eps)``
@@ -297,16 +316,16 @@ class DAdaptAdam(AdamForm):
 class _Scalars(NamedTuple):
     """Group 0's scalars at the start of a step (docs/optimizers/dadaptation.md §2.2): the shared lr, the
     betas, ``sqrt(beta2)``, ``k``, the old ``d``, ``dlr = d lr bc``, ``numerator_weighted``, ``decouple``
-    and whether to all-reduce."""
+    and whether to all-reduce. In a batched run lr, k, d, dlr and numerator are R values each."""
 
-    lr: float
+    lr: Any
     beta1: float
     beta2: float
     sqrt_beta2: float
-    k: int
-    d: float
-    dlr: float
-    numerator: float
+    k: Any
+    d: Any
+    dlr: Any
+    numerator: Any
     decouple: bool
     fsdp: bool
 

@@ -12,30 +12,44 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from optimizers import _fused
 from optimizers._common import (
     check_nonnegative,
-    check_positive,
     check_unit_interval,
     closure_loss,
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
+    batched_lr,
     can_fuse_check,
     check_growth_rate,
     coupled_decay,
     d_diagnostics,
     first_device,
-    foreach_dot,
     group_grads,
     host_floats,
     max_lr,
     shared_lr,
     skip_if_reduction_nonfinite,
     uses_fsdp,
+)
+from optimizers._runs import (
+    add_scaled_,
+    check_runs,
+    dots,
+    host_values,
+    larger,
+    member_scalars,
+    members_step,
+    only_members,
+    scalar_text,
+    select,
+    sequential_sum,
+    smaller,
 )
 from optimizers.registry import register
 
@@ -46,13 +60,15 @@ log = logging.getLogger(__name__)
 class _Host:
     """One step's host scalars shared by the eager and fused paths
     (docs/optimizers/dadaptation.md §2.1): the shared ``lr``, ``dlr = lambda_k = d_k lr / ||g_0||``,
-    ``||g_0||``, and where the all-reduce of docs/optimizers/README.md §4 runs."""
+    ``||g_0||``, and where the all-reduce of docs/optimizers/README.md §4 runs. In a batched run lr, dlr
+    and g0_norm are R values, and ``started`` masks the members with ``||g_0|| != 0`` (True alone)."""
 
-    lr: float
-    dlr: float
-    g0_norm: float
+    lr: Any
+    dlr: Any
+    g0_norm: Any
     fsdp: bool
     device: torch.device
+    started: Any = True
 
 
 @register("dadapt_sgd")
@@ -86,6 +102,11 @@ class DAdaptSGD(torch.optim.Optimizer):
     non-finite check as eager. The fused path does not write the decayed gradient into ``p.grad``, and
     ``z`` is stale between steps: ``state_dict()`` first refreshes ``z = x0 - s``.
 
+    Batched runs (``runs=R``, docs/optimizers/README.md §6 and docs/optimizers/dadaptation.md §6): the
+    eager step member-wise (``optimizers._runs``); ``d``, ``k``, ``numerator_weighted``, ``g0_norm`` and
+    ``skipped_steps`` are R values in every group. ``lr`` and ``d0`` may be R values: the group's ``lr`` is
+    then the schedule's multiplier (1.0) and member r steps with ``multiplier lr_r``.
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial distance estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -93,46 +114,53 @@ class DAdaptSGD(torch.optim.Optimizer):
 
     initial_lr_arg = "d0"
     lr_schedule_compatible = True
+    batch_keys = ("lr", "d0")
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1.0,
+        lr: float | Sequence[float] = 1.0,
         momentum: float = 0.0,
         weight_decay: float = 0,
         log_every: int = 0,
-        d0: float = 1e-6,
+        d0: float | Sequence[float] = 1e-6,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
-        check_positive("lr", lr)
+        lr, self.member_lr, d0 = batched_lr(lr, d0, runs, fused, fsdp_in_use)
         check_unit_interval("momentum", momentum)
         check_nonnegative("weight_decay", weight_decay)
         check_nonnegative("log_every", log_every)
-        check_positive("d0", d0)
         check_growth_rate(growth_rate)
+        batched = {} if runs is None else {"g0_norm": 0.0}  # alone set at k = 0, as the package
         defaults = dict(
             lr=lr,
             momentum=momentum,
             weight_decay=weight_decay,
-            k=0,
             log_every=log_every,
-            numerator_weighted=0.0,
-            d=d0,
             growth_rate=growth_rate,
             fsdp_in_use=fsdp_in_use,
-            skipped_steps=0,
+            **member_scalars(runs, k=0, numerator_weighted=0.0, d=d0, skipped_steps=0, **batched),
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
+        self.runs = runs
+        check_runs(runs, [p for group in self.param_groups for p in group["params"]])
+
+    def _lr(self) -> Any:
+        """The packages' shared lr (``shared_lr``), times each member's lr in a batched run whose ``lr``
+        differs per member (docs/optimizers/README.md §6)."""
+        lr = shared_lr(self.param_groups)
+        return lr if self.member_lr is None else lr * self.member_lr
 
     def diagnostics(self) -> dict[str, float]:
         """docs/optimizers/README.md §2: ``d`` and ``d_lr = d * lr`` (the per-step multiplier of g is
         ``d_lr / g0_norm``)."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
-        return d_diagnostics(g, g["d"] * lr)
+        return d_diagnostics(g, g["d"] * (lr if self.member_lr is None else lr * self.member_lr))
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -143,56 +171,67 @@ class DAdaptSGD(torch.optim.Optimizer):
         pgs = group_grads(groups)
         grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
-        # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper).
-        no_decay = g0["weight_decay"] == 0
-        fused = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
-        if not fused and skip_if_nonfinite(grads, *groups):
+        # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper); a
+        # batched run applies it per member (``members_step``).
+        no_decay, alone = g0["weight_decay"] == 0, self.runs is None
+        fused = alone and can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
+        if alone and not fused and skip_if_nonfinite(grads, *groups):
             return loss
         host = self._begin(pgs)
-        if host is None:
-            return loss
-        decay, ck = g0["weight_decay"], 1 - g0["momentum"]
+        if host is not None:
+            with members_step(self, grads, host.started):
+                self._eager_step(pgs, grads, host, fused)
+        return loss
 
-        dots: list[torch.Tensor] = []
+    def _eager_step(self, pgs: list, grads: list[torch.Tensor], host: _Host, check_later: bool) -> None:
+        """docs/optimizers/dadaptation.md §2.1 steps 2-7, a run alone or every member of a batched one."""
+        groups, runs = self.param_groups, self.runs
+        decay, ck = groups[0]["weight_decay"], 1 - groups[0]["momentum"]
+        sums: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
-                dots += foreach_dot(gs, [self.state[p]["s"] for p in ps])  # <g_k, s_k>, s before the update
-        dot_values = host_floats(dots)
-        if fused and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return loss
+                sums += dots(gs, [self.state[p]["s"] for p in ps], runs)  # <g_k, s_k>, s before the update
+        dot_values = host_values(sums, runs)
+        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+            return
 
         sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
-                torch._foreach_add_(ss, gs, alpha=host.dlr)
-                sqs += foreach_dot(ss, ss)
-        if not self._update_d(host, dot_values, sum(host_floats(sqs))):
-            return loss
+                add_scaled_(ss, gs, host.dlr)
+                sqs += dots(ss, ss, runs)
+        moved = self._update_d(host, dot_values, _sum(host_values(sqs, runs)))
+        if not np.any(moved):
+            return
 
         for ps, _ in pgs:
             if ps:
                 states = [self.state[p] for p in ps]
                 zs = [st["z"] for st in states]
-                torch._foreach_copy_(zs, [st["x0"] for st in states])
-                torch._foreach_sub_(zs, [st["s"] for st in states])  # z = x0 - s
-                torch._foreach_mul_(ps, 1 - ck)
-                torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z
-        return loss
+                with only_members(moved, ps + zs):  # a member's ||s|| = 0 return (moved: R values)
+                    torch._foreach_copy_(zs, [st["x0"] for st in states])
+                    torch._foreach_sub_(zs, [st["s"] for st in states])  # z = x0 - s
+                    torch._foreach_mul_(ps, 1 - ck)
+                    torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z
 
     def _begin(self, pgs: list) -> _Host | None:
         """Both paths' start, after the non-finite check: the shared lr, ``||g_0||`` (first step),
         ``dlr = d_k lr / ||g_0||`` (lambda_k of docs/optimizers/dadaptation.md §2.1) and the lazy state
-        ``z = x0 = x``, ``s = 0``; None on the ``||g_0|| = 0`` early return (no state created)."""
+        ``z = x0 = x``, ``s = 0``; None on the ``||g_0|| = 0`` early return (no state created). Batched,
+        per member: ``started`` masks the members past that return (the others stay as they were,
+        ``members_step``), None when there is none."""
         groups = self.param_groups
-        lr = shared_lr(groups)
+        lr = self._lr()
         g0 = groups[0]
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         device = first_device(pgs)
-        g0_norm = self._g0_norm(pgs, fsdp, device) if g0["k"] == 0 else g0["g0_norm"]
-        if g0_norm == 0:
+        first = g0["k"] == 0
+        g0_norm = select(first, self._g0_norm(pgs, fsdp, device) if np.any(first) else 0.0, g0.get("g0_norm"))
+        started = g0_norm != 0
+        if not np.any(started):
             return None
         for ps, _ in pgs:
             for p in ps:
@@ -201,58 +240,57 @@ class DAdaptSGD(torch.optim.Optimizer):
                     state["z"] = p.detach().clone()
                     state["s"] = torch.zeros_like(p).detach()
                     state["x0"] = p.detach().clone()
-        return _Host(lr=lr, dlr=g0["d"] * lr / g0_norm, g0_norm=g0_norm, fsdp=fsdp, device=device)
+        with np.errstate(divide="ignore"):  # a batched member's ||g_0|| = 0: it does not step
+            dlr = g0["d"] * lr / g0_norm
+        return _Host(lr=lr, dlr=dlr, g0_norm=g0_norm, fsdp=fsdp, device=device, started=started)
 
-    def _update_d(self, host: _Host, dots: Sequence[float], sk_sq: float) -> bool:
+    def _update_d(self, host: _Host, dots: Sequence[Any], sk_sq: Any) -> Any:
         """Both paths' host half of docs/optimizers/dadaptation.md §2.1 from the step's reductions
         (``dots`` = <g_k, s_k> per tensor, ``sk_sq`` = ||s_{k+1}||^2): ``numerator += lambda_k <g_k, s_k>``,
         the all-reduce of docs/optimizers/README.md §4, the ``||s|| = 0`` early return (False: nothing
         written), ``d_hat = 2 numerator / ||s||``, ``d <- max(d, min(d_hat, d growth_rate))`` (when
         lr > 0), the log line, and the new scalars (``numerator_weighted``, ``d``, ``g0_norm``, ``k + 1``)
-        written into every group."""
+        written into every group. Returns whether it moved: batched, the mask of the members that did
+        (the others took the return and keep their scalars)."""
         g0 = self.param_groups[0]
         k, d, numerator = g0["k"], g0["d"], g0["numerator_weighted"]
+        old = numerator, d, g0.get("g0_norm")
         for v in dots:
-            numerator += host.dlr * v
+            numerator = numerator + host.dlr * v  # a new array: the group's is never changed in place
         d_hat = d
         if host.fsdp:
             sk_sq, global_numerator = all_reduce_sum([sk_sq, numerator], host.device)
         else:
             global_numerator = numerator
-        if sk_sq == 0:
+        moved = sk_sq != 0
+        if not np.any(moved):
             return False
-        if host.lr > 0.0:
-            d_hat = 2 * global_numerator / math.sqrt(sk_sq)
-            d = max(d, min(d_hat, d * g0["growth_rate"]))
+        if np.any(host.lr > 0.0):
+            d_hat = select(host.lr > 0.0, 2 * global_numerator / _sqrt(sk_sq), d)
+            d = larger(d, smaller(d_hat, d * g0["growth_rate"]))
 
         log_every = g0["log_every"]
-        if log_every > 0 and k % log_every == 0:
+        if log_every > 0 and np.any(k % log_every == 0):
             log.info(
-                f"(k={k}) dlr: {host.dlr} d_hat: {d_hat}, d: {d}. sk_norm={math.sqrt(sk_sq)} "
+                f"(k={k}) dlr: {host.dlr} d_hat: {d_hat}, d: {d}. sk_norm={scalar_text(_sqrt(sk_sq))} "
                 f"numerator_weighted={global_numerator} g0_norm={host.g0_norm}"
             )
+        new = [
+            select(moved, value, was) for value, was in zip((numerator, d, host.g0_norm), old, strict=True)
+        ]
         for group in self.param_groups:
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            group["g0_norm"] = host.g0_norm
-            group["k"] = k + 1
-        return True
+            group["numerator_weighted"], group["d"], group["g0_norm"] = new
+            group["k"] = k + moved
+        return moved
 
     def _g0_norm(self, pgs: list, fsdp: bool, device: torch.device) -> float:
         """``||g_0||`` over groups with lr > 0, before weight decay (the package's add is not in place)."""
-        g_sq = sum(
-            host_floats(
-                [
-                    t
-                    for (_, gs), grp in zip(pgs, self.param_groups, strict=True)
-                    if grp["lr"] > 0
-                    for t in foreach_dot(gs, gs)
-                ]
-            )
-        )
+        runs = self.runs
+        gs = [g for (_, gs), grp in zip(pgs, self.param_groups, strict=True) if grp["lr"] > 0 for g in gs]
+        g_sq = _sum(host_values(dots(gs, gs, runs), runs))
         if fsdp:
             (g_sq,) = all_reduce_sum([g_sq], device)
-        return math.sqrt(g_sq)
+        return _sqrt(g_sq)
 
     def _fused_step(self, loss: float | None) -> float | None:
         """The step above in two compiled passes per parameter (host logic shared: :meth:`_begin`,
@@ -299,6 +337,16 @@ class DAdaptSGD(torch.optim.Optimizer):
                 if "z" in state:
                     torch.sub(state["x0"], state["s"], out=state["z"])
         return super().state_dict()
+
+
+def _sum(values: list[float] | np.ndarray) -> Any:
+    """A run alone's ``sum(values)``; batched each member's sum in the same (tensor) order."""
+    return sum(values) if isinstance(values, list) else sequential_sum(values)
+
+
+def _sqrt(value: Any) -> Any:
+    """``math.sqrt``, member by member for R values (both correctly rounded: the same bits)."""
+    return np.sqrt(value) if isinstance(value, np.ndarray) else math.sqrt(value)
 
 
 @_fused.kernel(one_loop=True)

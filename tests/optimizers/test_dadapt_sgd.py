@@ -9,17 +9,26 @@ import dadaptation
 import pytest
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, registry
 from optimizers.dadapt_sgd import DAdaptSGD
 from tests.optimizers._dadapt_cases import (
+    D0S,
+    LRS,
+    MULTISTEP,
+    assert_batched_resume_is_bitwise,
     assert_fused_skips_non_finite,
+    assert_special_members_match_alone,
+    batched_maker,
+    config_kwargs,
     fused_maker,
+    members,
     ours_scalars,
     package_pair,
     run_steps,
     sharded_and_plain,
     two_groups,
 )
+from tests.optimizers.batched import assert_batched_matches_alone, member_params
 from tests.optimizers.equivalence import (
     assert_close_to_rounding,
     assert_fused_matches_eager,
@@ -208,3 +217,87 @@ def test_fused_s_cancelling_to_zero_returns_without_moving_like_eager():
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)), fused
         assert opt.param_groups[0]["k"] == 1
         assert all(torch.equal(opt.state[p]["s"], torch.zeros_like(p)) for p in model.parameters())
+
+
+# Batched runs (docs/optimizers/README.md §6): every member of a group follows its run alone
+
+# name: (constructor kwargs, second-group overrides or None, per-member hyper-parameters, schedule)
+BATCHED_CASES = {
+    # Table 1: the config's defaults under the multistep schedule, members differing in seed only
+    "config_multistep": (config_kwargs("dadapt_sgd"), None, {}, MULTISTEP),
+    "config_lr_d0": (config_kwargs("dadapt_sgd"), None, {"lr": LRS, "d0": D0S}, None),
+    "config_lr_multistep": (config_kwargs("dadapt_sgd"), None, {"lr": LRS}, MULTISTEP),
+    "momentum": ({"momentum": 0.9}, None, {"lr": LRS}, MULTISTEP),  # the paper's experiments
+    "weight_decay_growth_rate": (
+        {"momentum": 0.9, "weight_decay": 1e-3, "growth_rate": 1.05},
+        None,
+        {"lr": LRS},
+        None,
+    ),
+    "two_groups_one_at_lr_0": ({"momentum": 0.9}, {"lr": 0.0}, {"d0": D0S}, None),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BATCHED_CASES))
+def test_batched_members_follow_their_runs_alone(case):
+    """200 float64 steps, parameters and diagnostics to 1e-10 (measured: about 1e-14; the per-member
+    reductions and ``x * alpha_r`` round unlike ``torch.dot`` and ``alpha=``)."""
+    kwargs, second, per_member, schedule = BATCHED_CASES[case]
+    make = batched_maker(DAdaptSGD, kwargs, second, schedule)
+    assert_batched_matches_alone(make, members(**per_member), rtol=1e-10)
+
+
+def test_batched_non_finite_member_skips_alone():
+    """Member 1's gradient holds a NaN at step 50: it skips that step alone (skipped_steps 1, everything
+    else as its run alone, which skips too); the others step as usual."""
+    make = batched_maker(DAdaptSGD, config_kwargs("dadapt_sgd"))
+    assert_batched_matches_alone(make, members(lr=LRS), nonfinite=(1, 50))
+
+
+def test_batched_early_returns_stay_in_their_member():
+    """Member 1's first gradient is zero (``||g_0|| = 0``: no state, k stays 0, g_0 is the next one);
+    member 2's gradients are e then -e (one entry 1, d0 a power of two: ``lambda e`` exact), so its ``s``
+    cancels to 0 (the ``||s|| = 0`` return: s updated, no move, k stays 1); the others move; all go on as
+    their runs alone."""
+
+    def grads(r, step, params):
+        gen = torch.Generator().manual_seed(100 * r + step)
+        gs = [torch.randn(p.shape, generator=gen, dtype=p.dtype) for p in params]
+        if r in (1, 2) and step < 2:
+            gs = [g * 0 for g in gs]
+            if r == 2:
+                gs[0].view(-1)[0] = 1.0 - 2 * step
+        return gs
+
+    make = batched_maker(DAdaptSGD, {"momentum": 0.9, "d0": 2.0**-20})
+    history, opt = assert_special_members_match_alone(make, grads)
+    assert opt.param_groups[0]["k"].tolist() == [12, 10, 11, 12]
+    starts = [torch.cat([p.reshape(-1) for p in member_params(r)]) for r in range(3)]
+    assert torch.equal(history[1][0], starts[1]) and torch.equal(history[1][1], starts[1])  # ||g_0|| = 0
+    assert torch.equal(history[2][1], history[2][0])  # ||s|| = 0
+    assert not torch.equal(history[0][0], starts[0])
+
+
+def test_batched_state_dict_resumes_bitwise():
+    make = batched_maker(DAdaptSGD, {"momentum": 0.9})
+    assert_batched_resume_is_bitwise(make, members(lr=LRS, d0=D0S))
+
+
+def test_batched_registry_and_refusals():
+    assert registry.batch_keys("dadapt_sgd") == ("lr", "d0")
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = registry.build(
+        {"name": "dadapt_sgd", **config_kwargs("dadapt_sgd"), "d0": list(D0S)}, model, runs=4
+    )
+    assert opt.runs == 4 and opt.param_groups[0]["d"].tolist() == list(D0S)
+    with pytest.raises(ValueError, match="leading run dimension of 3"):
+        DAdaptSGD([model.w], runs=3)
+    with pytest.raises(ValueError, match="fused=True and runs"):
+        DAdaptSGD([model.w], runs=4, fused=True)
+    with pytest.raises(ValueError, match="fsdp_in_use=True and runs"):
+        DAdaptSGD([model.w], runs=4, fsdp_in_use=True)
+    with pytest.raises(ValueError, match="lr must be a number or 4 numbers"):
+        DAdaptSGD([model.w], lr=[1.0, 2.0], runs=4)
+    with pytest.raises(ValueError, match="d0 must be a finite number > 0"):
+        DAdaptSGD([model.w], d0=[1e-6, 0.0, 1e-6, 1e-6], runs=4)

@@ -1,0 +1,114 @@
+"""optimizers/_runs.py: the one-rule helpers (a run alone's values, or R per-member ones)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from optimizers._runs import (
+    add_scaled_,
+    dots,
+    host_values,
+    larger,
+    member_scalars,
+    members_step,
+    only_members,
+    scalar_text,
+    select,
+    smaller,
+    total,
+)
+
+NAN = math.nan
+
+
+@pytest.mark.parametrize(
+    ("a", "b"), [(1.0, 2.0), (2.0, 1.0), (1.0, NAN), (NAN, 1.0), (0.0, -0.0), (-0.0, 0.0)]
+)
+def test_larger_and_smaller_are_pythons_max_and_min_member_by_member(a, b):
+    """Python's ``max(a, b)`` keeps a unless b > a (NaN and signed zeros included): so do the arrays."""
+    for fn, py in ((larger, max), (smaller, min)):
+        assert str(fn(a, b)) == str(py(a, b))
+        got = fn(np.array([a, b]), np.array([b, a]))
+        assert [str(float(v)) for v in got] == [str(py(a, b)), str(py(b, a))]
+    assert select(True, "a", "b") == "a" and select(np.array([True, False]), 1.0, 2.0).tolist() == [1.0, 2.0]
+
+
+def test_alone_helpers_are_the_single_runs_operations():
+    """Alone: ``torch.dot``, ``sum()``, Python floats and ``alpha=``, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(5, 7, generator=gen, dtype=torch.float64) for _ in range(2))
+    assert torch.equal(dots([a], [b], None)[0], torch.dot(a.reshape(-1), b.reshape(-1)))
+    assert torch.equal(total(a, None), a.sum())
+    assert host_values([a.sum(), b.sum()], None) == [a.sum().item(), b.sum().item()]
+    y = a.clone()
+    add_scaled_([y], [b], 0.3)
+    assert torch.equal(y, a.add(b, alpha=0.3))
+
+
+def test_batched_helpers_reduce_and_scale_within_each_member():
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(3, 4, 2, generator=gen, dtype=torch.float64) for _ in range(2))
+    want = [torch.dot(a[r].reshape(-1), b[r].reshape(-1)).item() for r in range(3)]
+    np.testing.assert_allclose(host_values(dots([a], [b], 3), 3)[0], want, rtol=1e-15)
+    np.testing.assert_allclose(
+        host_values([total(a, 3)], 3)[0], [a[r].sum().item() for r in range(3)], rtol=1e-15
+    )
+    assert host_values([], 3).shape == (0, 3)
+    y = a.clone()
+    add_scaled_([y], [b], np.array([1.0, 0.0, -2.0]))
+    assert torch.equal(y[1], a[1]) and torch.equal(y[2], a[2] + b[2] * -2.0)
+
+
+def test_only_members_puts_the_others_back():
+    x = torch.zeros(3, 2)
+    with only_members(np.array([True, False, True]), [x]):
+        x.add_(1.0)
+    assert x.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
+    with only_members(True, [x]):  # a run alone, or every member: nothing to put back
+        x.add_(1.0)
+    assert x[1].tolist() == [1.0, 1.0]
+
+
+def test_member_scalars_and_text():
+    assert member_scalars(None, d=1e-6, k=0) == {"d": 1e-6, "k": 0}
+    out = member_scalars(2, d=[1e-6, 1e-5], k=0)
+    assert out["d"].tolist() == [1e-6, 1e-5] and out["k"].dtype == np.int64 and out["k"].tolist() == [0, 0]
+    assert (
+        scalar_text(0.5, "1.1e") == "5.0e-01"
+        and scalar_text(np.array([0.5, 2.0]), "1.1e") == "[5.0e-01, 2.0e+00]"
+    )
+
+
+class _Opt:
+    """What ``members_step`` reads of an optimizer: ``runs``, ``param_groups`` and ``state``."""
+
+    def __init__(self, runs: int | None) -> None:
+        self.runs = runs
+        self.p = torch.zeros(3, 2)
+        self.p.grad = torch.ones(3, 2)
+        self.param_groups = [{"params": [self.p], **member_scalars(runs, d=1.0, skipped_steps=0)}]
+        self.state = {self.p: {"s": torch.zeros(3, 2)}}
+
+
+def test_members_step_holds_non_finite_and_not_moving_members():
+    """Member 1 is not finite (skipped, counted), member 2 not moving (no count): both end the block as
+    they began, tensors and group scalars; member 0 keeps its step."""
+    opt = _Opt(3)
+    opt.p.grad[1, 0] = math.inf
+    with members_step(opt, [opt.p.grad], moving=np.array([True, True, False])):
+        opt.p.add_(opt.p.grad)
+        opt.state[opt.p]["s"].add_(opt.p.grad)
+        opt.param_groups[0]["d"] = opt.param_groups[0]["d"] * 2.0
+    group = opt.param_groups[0]
+    assert opt.p.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert opt.state[opt.p]["s"].tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+    assert opt.p.grad[1, 0].item() == math.inf  # the gradients are put back too
+    assert group["d"].tolist() == [2.0, 1.0, 1.0] and group["skipped_steps"].tolist() == [0, 1, 0]
+    alone = _Opt(None)
+    with members_step(alone, [alone.p.grad]):  # alone: the caller applied the policy
+        alone.p.add_(1.0)
+    assert alone.p.eq(1.0).all()
