@@ -10,7 +10,7 @@ parameters have no run dimension. These helpers are the only place the layout is
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -146,3 +146,74 @@ def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, fl
                 out[r][key] = float(value)
     return out
 
+
+
+class MemberRestore:
+    """A :class:`MemberSnapshot` of ``tensors`` plus the same members' entries of every per-member host
+    value held in ``dicts`` (a ``[R]`` numpy array, or a list of them, e.g. param groups' learned rates):
+    ``restore()`` puts both back after a step those members must not take.
+
+    Host values are replaced, never written in place (an array may be shared, e.g. with a
+    ``state_dict()`` taken earlier)."""
+
+    def __init__(
+        self, members: np.ndarray, tensors: Iterable[torch.Tensor], dicts: Iterable[dict[str, Any]], runs: int
+    ) -> None:
+        self.members = members
+        self.tensors = MemberSnapshot(members, tensors)
+
+        def is_row(v: Any) -> bool:
+            return isinstance(v, np.ndarray) and v.shape == (runs,)
+
+        self.host = [
+            (d, k, v.copy() if is_row(v) else [x.copy() for x in v])
+            for d in dicts
+            for k, v in d.items()
+            if is_row(v) or (isinstance(v, list) and v and all(is_row(x) for x in v))
+        ]
+
+    def restore(self) -> None:
+        self.tensors.restore()
+        for d, k, old in self.host:
+            if isinstance(old, list):
+                d[k] = [np.where(self.members, o, n) for o, n in zip(old, d[k], strict=True)]
+            else:
+                d[k] = np.where(self.members, old, d[k])
+
+
+def step_finite_members(
+    grads: Sequence[torch.Tensor],
+    runs: int,
+    counter: dict[str, Any],
+    prepare: Callable[[], tuple[list[torch.Tensor], list[dict[str, Any]]]],
+    step: Callable[[], None],
+) -> None:
+    """The per-member non-finite policy of docs/optimizers/README.md §6 around one batched step.
+
+    ``counter["skipped_steps"]`` (an ``[R]`` int array) grows for the members whose gradients are not
+    finite; if any member is finite, ``prepare()`` creates every piece of state the step will write
+    (missing state as its neutral value, so a skipped member keeps it) and returns the per-member
+    tensors and the dicts of host values, ``step()`` steps every member, and the skipped members' slices
+    are then put back bit for bit (:class:`MemberRestore`). The rule itself is written once: a member's
+    NaN only ever reaches its own slices and entries."""
+    ok = finite_members(grads, runs)
+    counter["skipped_steps"] = counter["skipped_steps"] + ~ok
+    if not ok.any():
+        return
+    tensors, dicts = prepare()
+    undo = None if ok.all() else MemberRestore(~ok, tensors, dicts, runs)
+    step()
+    if undo is not None:
+        undo.restore()
+
+
+def foreach_addcdiv_(
+    xs: Sequence[torch.Tensor], a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scales: Sequence[Any]
+) -> None:
+    """``x <- x + s a / b`` per tensor: ``torch._foreach_addcdiv_`` with Python floats; with per-member
+    scales (:func:`per_member` tensors) the same arithmetic, ``x + (s a) / b``, as that kernel's."""
+    if all(isinstance(s, float) for s in scales):
+        torch._foreach_addcdiv_(list(xs), list(a), list(b), list(scales))
+        return
+    for x, u, w, s in zip(xs, a, b, scales, strict=True):
+        x.add_(s * u / w)
