@@ -147,13 +147,13 @@ def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, fl
     return out
 
 
-
 class MemberRestore:
-    """A :class:`MemberSnapshot` of ``tensors`` plus the same members' entries of every per-member host
-    value held in ``dicts`` (a ``[R]`` numpy array, or a list of them, e.g. param groups' learned rates):
+    """A :class:`MemberSnapshot` of ``tensors`` plus the same members' entries of every per-member value
+    held in ``dicts`` (a ``[R]`` numpy array or a list of them, e.g. param groups' learned rates; a tensor
+    whose dim 0 is the run dimension, e.g. scalars the rule replaces rather than writes in place):
     ``restore()`` puts both back after a step those members must not take.
 
-    Host values are replaced, never written in place (an array may be shared, e.g. with a
+    Values in ``dicts`` are replaced, never written in place (an array may be shared, e.g. with a
     ``state_dict()`` taken earlier)."""
 
     def __init__(
@@ -165,17 +165,24 @@ class MemberRestore:
         def is_row(v: Any) -> bool:
             return isinstance(v, np.ndarray) and v.shape == (runs,)
 
+        def is_member_tensor(v: Any) -> bool:
+            return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == runs
+
         self.host = [
-            (d, k, v.copy() if is_row(v) else [x.copy() for x in v])
+            (d, k, v.copy() if is_row(v) else v.clone() if is_member_tensor(v) else [x.copy() for x in v])
             for d in dicts
             for k, v in d.items()
-            if is_row(v) or (isinstance(v, list) and v and all(is_row(x) for x in v))
+            if is_row(v) or is_member_tensor(v) or (isinstance(v, list) and v and all(is_row(x) for x in v))
         ]
 
     def restore(self) -> None:
         self.tensors.restore()
         for d, k, old in self.host:
-            if isinstance(old, list):
+            if isinstance(old, torch.Tensor):
+                mask = torch.as_tensor(self.members, device=old.device)
+                mask = mask.reshape((-1,) + (1,) * (old.dim() - 1))
+                d[k] = torch.where(mask, old, d[k])
+            elif isinstance(old, list):
                 d[k] = [np.where(self.members, o, n) for o, n in zip(old, d[k], strict=True)]
             else:
                 d[k] = np.where(self.members, old, d[k])
@@ -217,3 +224,23 @@ def foreach_addcdiv_(
         return
     for x, u, w, s in zip(xs, a, b, scales, strict=True):
         x.add_(s * u / w)
+
+
+def foreach_scaled(
+    op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: Any, key: str = ""
+) -> Any:
+    """``op(*lists, scalar)`` (or ``op(*lists, key=scalar)``): a ``torch._foreach_*`` call with one scalar
+    for every tensor. Per-member values (an ``[R]`` array, batched runs) make it the same call once per
+    member on the members' slices ``t[r]``, so each member computes bit for bit what its run alone does (a
+    single call with a per-member tensor would round differently where the kernel fuses a multiply-add);
+    an out-of-place op's results are stacked back into one tensor per input."""
+
+    def call(ls: Sequence[list[torch.Tensor]], s: Any) -> Any:
+        return op(*ls, **{key: s}) if key else op(*ls, s)
+
+    if not isinstance(scalar, np.ndarray):
+        return call(lists, scalar)
+    outs = [call([[t[r] for t in ts] for ts in lists], float(s)) for r, s in enumerate(scalar)]
+    if outs[0] is None:
+        return None
+    return [torch.stack([o[i] for o in outs]) for i in range(len(outs[0]))]
