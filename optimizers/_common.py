@@ -132,10 +132,16 @@ def skip_if_nonfinite(grads: Sequence[torch.Tensor], *counters: dict[str, Any]) 
     return True
 
 
-def learned_lr_diagnostics(groups: Sequence[dict[str, Any]], skipped_steps: float) -> dict[str, float]:
+def learned_lr_diagnostics(groups: Sequence[dict[str, Any]], skipped_steps: Any) -> dict[str, Any]:
     """docs/optimizers/README.md §2 for a learned per-group ``lr``: ``lr`` (``lr@<group index>`` with
-    several groups) and ``skipped_steps``."""
+    several groups) and ``skipped_steps``; R values each for batched runs."""
     multi = len(groups) > 1
-    out = {("lr" + (f"@{i}" if multi else "")): float(g["lr"]) for i, g in enumerate(groups)}
-    out["skipped_steps"] = float(skipped_steps)
+    out = {("lr" + (f"@{i}" if multi else "")): diagnostic_value(g["lr"]) for i, g in enumerate(groups)}
+    out["skipped_steps"] = diagnostic_value(skipped_steps)
     return out
+
+
+def diagnostic_value(v: Any) -> Any:
+    """A diagnostic: a float, or for batched runs (docs/optimizers/README.md §6) a copy of the ``[R]``
+    per-member values."""
+    return v.tolist() if getattr(v, "ndim", 0) else float(v)

@@ -298,3 +298,102 @@ def members_step(
     if not moving.all():
         for group, key, value in saved:  # group scalars are replaced, never changed in place
             group[key] = np.where(moving, group[key], value)
+
+
+class MemberRestore:
+    """A :class:`MemberSnapshot` of ``tensors`` plus the same members' entries of every per-member value
+    held in ``dicts`` (a ``[R]`` numpy array or a list of them, e.g. param groups' learned rates; a tensor
+    whose dim 0 is the run dimension, e.g. scalars the rule replaces rather than writes in place):
+    ``restore()`` puts both back after a step those members must not take.
+
+    Values in ``dicts`` are replaced, never written in place (an array may be shared, e.g. with a
+    ``state_dict()`` taken earlier)."""
+
+    def __init__(
+        self, members: np.ndarray, tensors: Iterable[torch.Tensor], dicts: Iterable[dict[str, Any]], runs: int
+    ) -> None:
+        self.members = members
+        self.tensors = MemberSnapshot(members, tensors)
+
+        def is_row(v: Any) -> bool:
+            return isinstance(v, np.ndarray) and v.shape == (runs,)
+
+        def is_member_tensor(v: Any) -> bool:
+            return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == runs
+
+        self.host = [
+            (d, k, v.copy() if is_row(v) else v.clone() if is_member_tensor(v) else [x.copy() for x in v])
+            for d in dicts
+            for k, v in d.items()
+            if is_row(v) or is_member_tensor(v) or (isinstance(v, list) and v and all(is_row(x) for x in v))
+        ]
+
+    def restore(self) -> None:
+        self.tensors.restore()
+        for d, k, old in self.host:
+            if isinstance(old, torch.Tensor):
+                mask = torch.as_tensor(self.members, device=old.device)
+                mask = mask.reshape((-1,) + (1,) * (old.dim() - 1))
+                d[k] = torch.where(mask, old, d[k])
+            elif isinstance(old, list):
+                d[k] = [np.where(self.members, o, n) for o, n in zip(old, d[k], strict=True)]
+            else:
+                d[k] = np.where(self.members, old, d[k])
+
+
+def step_finite_members(
+    grads: Sequence[torch.Tensor],
+    runs: int,
+    counter: dict[str, Any],
+    prepare: Callable[[], tuple[list[torch.Tensor], list[dict[str, Any]]]],
+    step: Callable[[], None],
+) -> None:
+    """The per-member non-finite policy of docs/optimizers/README.md §6 around one batched step.
+
+    ``counter["skipped_steps"]`` (an ``[R]`` int array) grows for the members whose gradients are not
+    finite; if any member is finite, ``prepare()`` creates every piece of state the step will write
+    (missing state as its neutral value, so a skipped member keeps it) and returns the per-member
+    tensors and the dicts of host values, ``step()`` steps every member, and the skipped members' slices
+    are then put back bit for bit (:class:`MemberRestore`). The rule itself is written once: a member's
+    NaN only ever reaches its own slices and entries."""
+    ok = finite_members(grads, runs)
+    counter["skipped_steps"] = counter["skipped_steps"] + ~ok
+    if not ok.any():
+        return
+    tensors, dicts = prepare()
+    undo = None if ok.all() else MemberRestore(~ok, tensors, dicts, runs)
+    step()
+    if undo is not None:
+        undo.restore()
+
+
+def foreach_addcdiv_(
+    xs: Sequence[torch.Tensor], a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scales: Sequence[Any]
+) -> None:
+    """``x <- x + s a / b`` per tensor: ``torch._foreach_addcdiv_`` with Python floats; with per-member
+    scales (:func:`per_member` tensors) the same arithmetic, ``x + (s a) / b``, as that kernel's."""
+    if all(isinstance(s, float) for s in scales):
+        torch._foreach_addcdiv_(list(xs), list(a), list(b), list(scales))
+        return
+    for x, u, w, s in zip(xs, a, b, scales, strict=True):
+        x.add_(s * u / w)
+
+
+def foreach_scaled(
+    op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: Any, key: str = ""
+) -> Any:
+    """``op(*lists, scalar)`` (or ``op(*lists, key=scalar)``): a ``torch._foreach_*`` call with one scalar
+    for every tensor. Per-member values (an ``[R]`` array, batched runs) make it the same call once per
+    member on the members' slices ``t[r]``, so each member computes bit for bit what its run alone does (a
+    single call with a per-member tensor would round differently where the kernel fuses a multiply-add);
+    an out-of-place op's results are stacked back into one tensor per input."""
+
+    def call(ls: Sequence[list[torch.Tensor]], s: Any) -> Any:
+        return op(*ls, **{key: s}) if key else op(*ls, s)
+
+    if not isinstance(scalar, np.ndarray):
+        return call(lists, scalar)
+    outs = [call([[t[r] for t in ts] for ts in lists], float(s)) for r, s in enumerate(scalar)]
+    if outs[0] is None:
+        return None
+    return [torch.stack([o[i] for o in outs]) for i in range(len(outs[0]))]

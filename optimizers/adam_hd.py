@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, _runs
 from optimizers._common import (
     check_betas,
     check_nonnegative,
@@ -60,6 +61,10 @@ class AdamHD(torch.optim.Optimizer):
 
     An LR schedule must not scale ``group["lr"]``, the learned rate (``lr_schedule_compatible = False``).
 
+    ``runs=R`` (docs/optimizers/README.md §6, docs/optimizers/hypergradient.md §7): every parameter's dim 0
+    indexes R independent runs; ``group["lr"]`` is then a float64 ``[R]`` array (one learned rate per run),
+    ``state[p]["step"]`` an int64 ``[R]`` tensor, and ``lr``/``hypergrad_lr`` may be R values.
+
     Non-finite policy: a step whose gradients hold a NaN or inf is skipped whole (no parameter or state
     change); ``state["skipped_steps"]`` counts them. Diagnostics: ``lr`` per group (suffix ``@<group index>``
     with several groups) and ``skipped_steps``.
@@ -67,6 +72,9 @@ class AdamHD(torch.optim.Optimizer):
 
     initial_lr_arg = "lr"
     lr_schedule_compatible = False
+    # host-only scalars: per member they cost nothing and stay exact (the rate is the learned state itself,
+    # so a member's lr is its initial rate, not a schedule multiplier)
+    batch_keys = ("lr", "hypergrad_lr")
 
     def __init__(
         self,
@@ -78,14 +86,23 @@ class AdamHD(torch.optim.Optimizer):
         hypergrad_lr: float = 1e-8,
         sequential_lr: bool = False,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
-        check_nonnegative("lr", lr)
+        if fused and runs is not None:
+            raise ValueError("fused=True and runs: batched runs use the eager rule")
+        lr, hypergrad_lr = (
+            _runs.member_values("lr", lr, runs),
+            _runs.member_values("hypergrad_lr", hypergrad_lr, runs),
+        )
+        for v in np.atleast_1d(lr):
+            check_nonnegative("lr", float(v))
         check_betas("betas", betas, length=2)
         check_nonnegative("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
-        check_nonnegative("hypergrad_lr", hypergrad_lr)
+        for v in np.atleast_1d(hypergrad_lr):
+            check_nonnegative("hypergrad_lr", float(v))
         defaults = dict(
-            lr=float(lr),
+            lr=lr,
             betas=tuple(betas),
             eps=eps,
             weight_decay=weight_decay,
@@ -94,59 +111,91 @@ class AdamHD(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
-        self.state["skipped_steps"] = 0
+        self.runs = runs
+        _runs.check_runs(runs, [p for g in self.param_groups for p in g["params"]])
+        if runs is not None:  # every member's own host scalars: [R] arrays, one per group
+            for group in self.param_groups:
+                for key in ("lr", "hypergrad_lr"):
+                    group[key] = np.zeros(runs) + _runs.member_values(key, group[key], runs)
+        self.state["skipped_steps"] = 0 if runs is None else np.zeros(runs, dtype=np.int64)
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
-        """One Adam-HD step for every param group (skipped whole on a non-finite gradient)."""
+        """One Adam-HD step for every param group (skipped whole on a non-finite gradient; batched, by
+        the members whose gradients are not finite)."""
         loss = closure_loss(closure)
         work = []
         for group in self.param_groups:
             ps = [p for p in group["params"] if p.grad is not None]
             work.append((group, ps, [p.grad for p in ps]))
+        grads = [g for _, _, gs in work for g in gs]
         if self.fused:
             self._fused_step(work)
-            return loss
-        if skip_if_nonfinite([g for _, _, gs in work for g in gs], self.state):
-            return loss
+        elif self.runs is None:
+            if not skip_if_nonfinite(grads, self.state):
+                self._eager_step(work)
+        else:
+            _runs.step_finite_members(
+                grads, self.runs, self.state, lambda: self._prepare(work), lambda: self._eager_step(work)
+            )
+        return loss
 
-        # docs/optimizers/hypergradient.md §2.2 steps 1-2: g = grad + wd x; per-tensor hypergradients from the
-        # previous moments
-        h_terms, where = [], []  # where: (work index, tensor index, bias-correction factor)
+    def _init_state(self, ps: list[torch.Tensor]) -> None:
+        """A tensor's state at its first step: no step taken yet (per member when batched), zero moments."""
+        for p in ps:
+            st = self.state[p]
+            if "step" not in st:
+                st["step"] = 0 if self.runs is None else torch.zeros(self.runs, dtype=torch.int64)
+                st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def _prepare(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]) -> tuple:
+        """Batched: the state the step writes, created before a member's skip is recorded (its zero state
+        is what its run alone creates later), as :func:`_runs.step_finite_members` wants it."""
+        ps = [p for _, group_ps, _ in work for p in group_ps]
+        self._init_state(ps)
+        states = [self.state[p] for p in ps]
+        return ps + _runs.member_state_tensors(states, self.runs), list(self.param_groups)
+
+    def _eager_step(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]) -> None:
+        """docs/optimizers/hypergradient.md §2.2, for a run alone and, member-wise, for R runs."""
+        # steps 1-2: g = grad + wd x; per-tensor hypergradients from the previous moments
+        h_terms, where = [], []  # where: (work index, tensor index, step count before this step)
         for wi, (group, ps, grads) in enumerate(work):
             if not ps:
                 continue
             if group["weight_decay"] != 0:
                 grads = torch._foreach_add(grads, ps, alpha=group["weight_decay"])
                 work[wi] = (group, ps, grads)
-            for p in ps:
-                if "step" not in self.state[p]:
-                    st = self.state[p]
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            beta1, beta2 = group["betas"]
-            prev = [j for j, p in enumerate(ps) if self.state[p]["step"] >= 1]
+            self._init_state(ps)
+            prev = [j for j, p in enumerate(ps) if np.any(_counts(self.state[p]["step"]) >= 1)]
             if not prev:
                 continue
             m = [self.state[ps[j]]["exp_avg"] for j in prev]
             denom = torch._foreach_sqrt([self.state[ps[j]]["exp_avg_sq"] for j in prev])
             torch._foreach_add_(denom, group["eps"])
-            h_terms += foreach_dot([grads[j] for j in prev], torch._foreach_div(m, denom))
-            for j in prev:
-                t = self.state[ps[j]]["step"]  # = (this step) - 1
-                where.append((wi, j, math.sqrt(1 - beta2**t), 1 - beta1**t))
-        h_per_tensor: list[dict[int, float]] = [{} for _ in work]
-        for (wi, j, sq_bc2, bc1), d in zip(where, host_floats(h_terms), strict=True):
-            h_per_tensor[wi][j] = d * sq_bc2 / bc1
+            u_prev = torch._foreach_div(m, denom)
+            g_prev = [grads[j] for j in prev]
+            if self.runs is None:
+                h_terms += foreach_dot(g_prev, u_prev)
+            else:
+                h_terms.append(_runs.member_dots(g_prev, u_prev, self.runs))
+            where += [(wi, j, _counts(self.state[ps[j]]["step"])) for j in prev]
+        if self.runs is None:
+            dots = host_floats(h_terms)
+        else:
+            dots = list(_runs.host_rows(torch.cat(h_terms))) if h_terms else []
+        h_per_tensor: list[dict[int, Any]] = [{} for _ in work]
+        for (wi, j, t), d in zip(where, dots, strict=True):
+            beta1, beta2 = work[wi][0]["betas"]
+            h_per_tensor[wi][j] = _hypergradient(d, t, beta1, beta2)
 
         for wi, (group, ps, grads) in enumerate(work):
             if ps:
                 self._apply(group, ps, grads, h_per_tensor[wi])
-        return loss
 
     def _apply(
-        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], h: dict[int, float]
+        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], h: dict
     ) -> None:
         """docs/optimizers/hypergradient.md §2.2 steps 3-4: the rate update, the Adam moments and the
         step."""
@@ -154,7 +203,7 @@ class AdamHD(torch.optim.Optimizer):
         rates = self._rates(group, len(ps), h)
         states = [self.state[p] for p in ps]
         for st in states:
-            st["step"] += 1
+            st["step"] += 1  # batched: in place, so a skipped member's count can be put back
         m = [st["exp_avg"] for st in states]
         v = [st["exp_avg_sq"] for st in states]
         torch._foreach_mul_(m, beta1)
@@ -163,16 +212,16 @@ class AdamHD(torch.optim.Optimizer):
         torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])
-        steps = [
-            -rate * math.sqrt(1 - beta2 ** st["step"]) / (1 - beta1 ** st["step"])
-            for rate, st in zip(rates, states, strict=True)
-        ]
-        torch._foreach_addcdiv_(ps, m, denom, steps)
+        steps = []
+        for p, rate, st in zip(ps, rates, states, strict=True):
+            sq_bc2, bc1 = _bias_corrections(_counts(st["step"]), beta1, beta2)
+            steps.append(_runs.per_member(-rate * sq_bc2 / bc1, p))
+        _runs.foreach_addcdiv_(ps, m, denom, steps)
 
     @staticmethod
-    def _rates(group: dict[str, Any], n: int, h: dict[int, float]) -> list[float]:
+    def _rates(group: dict[str, Any], n: int, h: dict[int, Any]) -> list[Any]:
         """docs/optimizers/hypergradient.md §2.2 step 3: the rate each of the ``n`` tensors steps with;
-        sets the group's new rate."""
+        sets the group's new rate. Python floats alone, ``[R]`` arrays batched (the same operations)."""
         lr, beta = group["lr"], group["hypergrad_lr"]
         if group["sequential_lr"]:  # the authors' in-loop update: tensor j uses lr + beta (h_1 + ... + h_j)
             rates = []
@@ -275,3 +324,29 @@ def _adam_step(
     m.mul_(beta1).add_(g * (1 - beta1))
     v.mul_(beta2).add_(g * g * (1 - beta2))
     x.add_(m / (v.sqrt() + eps) * step_size)
+
+
+def _counts(t: int | torch.Tensor) -> int | np.ndarray:
+    """A tensor's step count: an int alone; batched, the members' counts as int64 from its ``[R]`` tensor."""
+    return t if isinstance(t, int) else np.asarray(t.tolist(), dtype=np.int64)
+
+
+def _bias_corrections(t: int | np.ndarray, beta1: float, beta2: float) -> tuple[Any, Any]:
+    """``sqrt(1 - beta2^t)`` and ``1 - beta1^t``: floats for a count, arrays for the members' counts, each
+    entry with Python's float power, the number its run alone computes (numpy's vectorised power need
+    not round the same way)."""
+    if isinstance(t, np.ndarray):
+        pairs = [_bias_corrections(int(k), beta1, beta2) for k in t]
+        return np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    return math.sqrt(1 - beta2**t), 1 - beta1**t
+
+
+def _hypergradient(d: Any, t: int | np.ndarray, beta1: float, beta2: float) -> Any:
+    """docs/optimizers/hypergradient.md §2.2 step 2: ``h = d sqrt(1 - beta2^t) / (1 - beta1^t)``, ``t`` the
+    tensor's count before this step. Batched, 0 for a member with ``t = 0`` (one that skipped its first
+    steps): its run alone has no ``h`` for the tensor, and a 0 added to the rate changes nothing."""
+    sq_bc2, bc1 = _bias_corrections(t, beta1, beta2)
+    if not isinstance(t, np.ndarray):
+        return d * sq_bc2 / bc1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(t >= 1, d * sq_bc2 / bc1, 0.0)

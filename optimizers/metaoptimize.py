@@ -68,15 +68,17 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, _runs
 from optimizers._common import (
     check_choice,
     check_nonnegative,
     check_positive,
     check_unit_interval,
     closure_loss,
+    diagnostic_value,
     skip_if_nonfinite,
 )
 from optimizers._metaoptimize_blocks import BlockSpec, param_groups
@@ -101,6 +103,8 @@ class MetaOptimize(torch.optim.Optimizer):
 
     initial_lr_arg = "alpha0"
     lr_schedule_compatible = False
+    # beta_0 = log alpha0 per member: host arithmetic only, exact (docs/optimizers/metaoptimize.md §11)
+    batch_keys = ("alpha0",)
 
     def __init__(
         self,
@@ -122,7 +126,12 @@ class MetaOptimize(torch.optim.Optimizer):
         normalization: str = "code",
         eps: float | None = None,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
+        if fused and runs is not None:
+            raise ValueError("fused=True and runs: batched runs use the eager rule")
+        _runs.check_runs(runs, ())  # the value itself; the parameters' run dimension once they are grouped
+        self.runs = runs  # before the groups are added: add_param_group reads it
         base, meta, normalization = _lower(base), _lower(meta), _lower(normalization)
         check_choice("base", base, BASES)
         check_choice("meta", meta, METAS)
@@ -134,7 +143,11 @@ class MetaOptimize(torch.optim.Optimizer):
         momentum = DEFAULT_MOMENTUM[base] if momentum is None else momentum
         meta_momentum = DEFAULT_MOMENTUM[meta] if meta_momentum is None else meta_momentum
         eps = DEFAULT_EPS[normalization] if eps is None else eps
-        check_positive("alpha0", alpha0)
+        alpha0 = _runs.member_values("alpha0", alpha0, runs)
+        for value in np.atleast_1d(alpha0):
+            check_positive("alpha0", float(value))
+        # a tuple per member: defaults are compared with a group's values in add_param_group
+        alpha0 = float(alpha0) if runs is None else tuple(float(x) for x in np.zeros(runs) + alpha0)
         check_positive("meta_lr", meta_lr)
         check_nonnegative("gamma", gamma)
         if gamma > 1:
@@ -154,7 +167,7 @@ class MetaOptimize(torch.optim.Optimizer):
         defaults = dict(
             base=base,
             meta=meta,
-            alpha0=float(alpha0),
+            alpha0=alpha0,
             meta_lr=meta_lr,
             gamma=gamma,
             momentum=momentum,
@@ -170,14 +183,21 @@ class MetaOptimize(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
+        _runs.check_runs(runs, [p for g in self.param_groups for p in g["params"]])
 
     @classmethod
     def from_model(
-        cls, model: torch.nn.Module, *, steps_per_epoch: int = 1, blocks: BlockSpec = "scalar", **kwargs: Any
+        cls,
+        model: torch.nn.Module,
+        *,
+        steps_per_epoch: int = 1,
+        blocks: BlockSpec = "scalar",
+        runs: int | None = None,
+        **kwargs: Any,
     ) -> MetaOptimize:
         """One param group per block of ``blocks`` (docs/optimizers/metaoptimize.md §6); ``steps_per_epoch``
         is unused."""
-        return cls(param_groups(model, blocks), **kwargs)
+        return cls(param_groups(model, blocks), runs=runs, **kwargs)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, i.e. a new block with its own β = log alpha0 (hyper-parameters are shared)."""
@@ -191,24 +211,29 @@ class MetaOptimize(torch.optim.Optimizer):
         group = self.param_groups[-1]
         group.setdefault("name", str(len(self.param_groups) - 1))
         meta = self.state.get(META_KEY)
-        if meta is None:
+        runs = self.runs
+        if meta is None:  # the K block scalars; batched (§11), [R, K] and the counters [R]
             device = group["params"][0].device if group["params"] else torch.device("cpu")
-            zeros = torch.zeros(0, dtype=torch.float64, device=device)
+            zeros = torch.zeros((0,) if runs is None else (runs, 0), dtype=torch.float64, device=device)
+            count, one = (0, 1.0) if runs is None else (np.zeros(runs, dtype=np.int64), np.ones(runs))
             meta = self.state[META_KEY] = {
                 "beta": zeros.clone(),
                 "mbar": zeros.clone(),
                 "vbar": zeros.clone(),
                 "z": zeros.clone(),
-                "step": 0,
-                "skipped_steps": 0,
-                "lam_acc": 1.0,
-                "rho_acc": 1.0,
-                "lam_bar_acc": 1.0,
-                "rho_bar_acc": 1.0,
+                "step": count,
+                "skipped_steps": count,
+                "lam_acc": one,
+                "rho_acc": one,
+                "lam_bar_acc": one,
+                "rho_bar_acc": one,
             }
-        initial = {"beta": math.log(self.defaults["alpha0"]), "mbar": 0.0, "vbar": 0.0, "z": 0.0}
+        alpha0 = self.defaults["alpha0"]
+        beta0 = math.log(alpha0) if runs is None else [[math.log(a)] for a in alpha0]
+        initial = {"beta": beta0, "mbar": 0.0, "vbar": 0.0, "z": 0.0}
         for key, value in initial.items():  # float64 beta_0 (docs/optimizers/metaoptimize.md §10)
-            meta[key] = torch.cat([meta[key], meta[key].new_full((1,), value)])
+            column = meta[key].new_tensor(value).expand(meta[key].shape[:-1] + (1,))
+            meta[key] = torch.cat([meta[key], column], dim=-1)
 
     # ------------------------------------------------------------------ step
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -228,15 +253,16 @@ class MetaOptimize(torch.optim.Optimizer):
         """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (the scalars of
         :meth:`_base_scalars`; docs/optimizers/metaoptimize.md §3.1, §4.2, §10); a neutral scalar (0 added,
         division by 1) is an exact skip."""
-        if s_in:  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
-            s = torch._foreach_add(v, s_in)
+        scaled = _runs.foreach_scaled  # per-member scalars (batched, §11) member by member
+        if np.any(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+            s = scaled(torch._foreach_add, [v], s_in)
             torch._foreach_sqrt_(s)
         else:  # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
             s = torch._foreach_sqrt(v)
-        if s_div != 1.0:
-            torch._foreach_div_(s, s_div)
-        if s_out:
-            torch._foreach_add_(s, s_out)
+        if np.any(s_div != 1.0):
+            scaled(torch._foreach_div_, [s], s_div)
+        if np.any(s_out):
+            scaled(torch._foreach_add_, [s], s_out)
         return s
 
     def _displacement(
@@ -252,17 +278,18 @@ class MetaOptimize(torch.optim.Optimizer):
         scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
         base = self.defaults["base"]
         scalars = self._base_scalars(a)
-        delta = torch._foreach_mul(params, a * kappa)
+        scaled = _runs.foreach_scaled  # a scalar per member (batched, §11): the same call member by member
+        delta = scaled(torch._foreach_mul, [params], a * kappa)
         if base in ("sgdm", "lion"):
             m, rho = [s["m"] for s in states], scalars[-1]
             if base == "sgdm":  # u = m BEFORE this step's gradient, then m <- rho m + (1 - rho) g
-                torch._foreach_add_(delta, m, alpha=a)
+                scaled(torch._foreach_add_, [delta, m], a, "alpha")
             else:  # u = sign(c m + (1 - c) g) with the old m, then m <- rho m + (1 - rho) g
                 c = scalars[1]
                 u = torch._foreach_mul(m, c)
                 torch._foreach_add_(u, grads, alpha=1.0 - c)
                 torch._foreach_sign_(u)
-                torch._foreach_add_(delta, u, alpha=a)
+                scaled(torch._foreach_add_, [delta, u], a, "alpha")
             torch._foreach_mul_(m, rho)
             torch._foreach_add_(m, grads, alpha=1.0 - rho)
             return delta, None
@@ -271,19 +298,20 @@ class MetaOptimize(torch.optim.Optimizer):
         else:
             _, value, m_a, m_b, v_a, v_b, *norm = scalars
         v = [s["v"] for s in states]
-        torch._foreach_mul_(v, v_a)  # package: v_hat <- (1 - b2) v_hat + b2 g^2, b2 = (1 - lam)/(1 - lam^t)
-        torch._foreach_addcmul_(v, grads, grads, value=v_b)
+        # package: v_hat <- (1 - b2) v_hat + b2 g^2, b2 = (1 - lam)/(1 - lam^t)
+        scaled(torch._foreach_mul_, [v], v_a)
+        scaled(torch._foreach_addcmul_, [v, grads, grads], v_b, "value")
         s = self._normalizer(v, *norm)
         if base == "rmsprop":
-            torch._foreach_addcdiv_(delta, grads, s, value=value)
+            scaled(torch._foreach_addcdiv_, [delta, grads, s], value, "value")
             return delta, None
         m = [st["m"] for st in states]
-        torch._foreach_mul_(m, m_a)  # package: m_hat <- (1 - b1) m_hat + b1 g
-        torch._foreach_add_(m, grads, alpha=m_b)
-        torch._foreach_addcdiv_(delta, m, s, value=value)
+        scaled(torch._foreach_mul_, [m], m_a)  # package: m_hat <- (1 - b1) m_hat + b1 g
+        scaled(torch._foreach_add_, [m, grads], m_b, "alpha")
+        scaled(torch._foreach_addcdiv_, [delta, m, s], value, "value")
         if self.defaults["normalization"] == "package":  # trace term: the normalised current gradient
             trace = torch._foreach_div(grads, s)
-            torch._foreach_mul_(trace, a)
+            scaled(torch._foreach_mul_, [trace], a)
             return delta, trace
         return delta, None
 
@@ -302,15 +330,15 @@ class MetaOptimize(torch.optim.Optimizer):
         # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out
         # (docs/optimizers/metaoptimize.md §4.2)
         if norm == "package":  # m_hat, v_hat EMAs with bias-corrected weights
-            b1, b2 = (1.0 - rho) / (1.0 - rho**t), (1.0 - lam) / (1.0 - lam**t)
+            b1, b2 = (1.0 - rho) / (1.0 - _power(rho, t)), (1.0 - lam) / (1.0 - _power(lam, t))
             m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
         elif norm == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             mu = (1.0 - lam) / (1.0 - meta["lam_acc"])
             m_ab, v_ab, s_in_div_out = [rho, 1.0], [lam, 1.0], [eps / mu, 1.0, 0.0]
-            scale = 1.0 / math.sqrt(mu)
+            scale = 1.0 / _sqrt(mu)
         else:  # paper
             m_ab, v_ab = [rho, 1.0 - rho], [lam, 1.0 - lam]
-            s_in_div_out, scale = [0.0, math.sqrt(1.0 - meta["lam_acc"]), eps], 1.0
+            s_in_div_out, scale = [0.0, _sqrt(1.0 - meta["lam_acc"]), eps], 1.0
         if base == "rmsprop":
             return [a * scale, *v_ab, *s_in_div_out]
         m_scale = scale / (1.0 - meta["rho_acc"]) if norm == "paper" else scale
@@ -354,6 +382,7 @@ class MetaOptimize(torch.optim.Optimizer):
             d["eps"],
         )
         beta = (1.0 - eta * d["meta_weight_decay"]) * meta["beta"]
+        column = self._column
         if kind == "lion":
             if norm == "package":  # momentum updated first, then used inside the sign
                 meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
@@ -362,20 +391,38 @@ class MetaOptimize(torch.optim.Optimizer):
                 meta["beta"] = beta - eta * torch.sign(c * meta["mbar"] + (1.0 - c) * z)
                 meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
             return
-        meta["lam_bar_acc"] *= lam
-        meta["rho_bar_acc"] *= rho
+        meta["lam_bar_acc"] = meta["lam_bar_acc"] * lam  # replaced, not in place: per member when batched
+        meta["rho_bar_acc"] = meta["rho_bar_acc"] * rho
         code = norm == "code"
         meta["vbar"] = lam * meta["vbar"] + (1.0 if code else 1.0 - lam) * z * z
         if kind == "adam":
             meta["mbar"] = rho * meta["mbar"] + (1.0 if code else 1.0 - rho) * z
-            num = meta["mbar"] if code else meta["mbar"] / (1.0 - meta["rho_bar_acc"])
+            num = meta["mbar"] if code else meta["mbar"] / column(1.0 - meta["rho_bar_acc"])
         else:
             num = z
         if code:
-            mu = (1.0 - lam) / (1.0 - meta["lam_bar_acc"])
+            mu = column((1.0 - lam) / (1.0 - meta["lam_bar_acc"]))
             meta["beta"] = beta - eta * num / torch.sqrt(mu * meta["vbar"] + eps)
         else:
-            meta["beta"] = beta - eta * num / (torch.sqrt(meta["vbar"] / (1.0 - meta["lam_bar_acc"])) + eps)
+            bc = column(1.0 - meta["lam_bar_acc"])
+            meta["beta"] = beta - eta * num / (torch.sqrt(meta["vbar"] / bc) + eps)
+
+    def _column(self, values: Any) -> Any:
+        """A per-step host scalar for the ``[K]`` (alone) or ``[R, K]`` (batched) meta tensors: a float, or
+        the members' values as an ``[R, 1]`` float64 column (the same IEEE operations element by element)."""
+        if not isinstance(values, np.ndarray):
+            return values
+        meta = self.state[META_KEY]
+        return torch.as_tensor(values, dtype=torch.float64, device=meta["beta"].device).reshape(-1, 1)
+
+    def _alphas(self) -> list[Any]:
+        """α_k = exp(β_k) per block, read to the host: floats, or per member ``[R]`` arrays (each member's
+        row exponentiated alone, as its run alone's ``[K]`` tensor is: a vectorised and a scalar exp need
+        not round alike)."""
+        beta = self.state[META_KEY]["beta"]
+        if self.runs is None:
+            return beta.exp().tolist()
+        return list(np.array([row.exp().tolist() for row in beta]).T)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -388,18 +435,35 @@ class MetaOptimize(torch.optim.Optimizer):
             params = group["params"]
             grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
             blocks.append((group, params, grads))
-        if skip_if_nonfinite([g for _, _, grads in blocks for g in grads], meta):
-            return loss
+        grads = [g for _, _, gs in blocks for g in gs]
+        if self.runs is None:
+            if not skip_if_nonfinite(grads, meta):
+                self._step(blocks)
+        else:
+            _runs.step_finite_members(grads, self.runs, meta, self._prepare, lambda: self._step(blocks))
+        return loss
+
+    def _prepare(self) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Batched (:func:`_runs.step_finite_members`): every per-tensor state created before a member's
+        skip is recorded (zeros, what its run alone creates later); the meta scalars are replaced by the
+        step, so they are restored as dict entries."""
+        params = [p for g in self.param_groups for p in g["params"]]
+        states = [self._init_state(p) for p in params]
+        return params + _runs.member_state_tensors(states, self.runs), [self.state[META_KEY]]
+
+    def _step(self, blocks: list) -> None:
+        """The rule (module docstring), for a run alone and, member-wise, for R runs (§11)."""
+        meta = self.state[META_KEY]
         d = self.defaults
-        meta["step"] += 1
-        meta["lam_acc"] *= d["normalizer"]
-        meta["rho_acc"] *= d["momentum"]
-        alphas = meta["beta"].exp().tolist()
+        meta["step"] = meta["step"] + 1
+        meta["lam_acc"] = meta["lam_acc"] * d["normalizer"]
+        meta["rho_acc"] = meta["rho_acc"] * d["momentum"]
+        alphas = self._alphas()
         track = d["meta"] != "fixed"
         zs = []
         for (group, params, grads), a in zip(blocks, alphas, strict=True):
             if not params:
-                zs.append(torch.zeros((), dtype=torch.float64, device=meta["beta"].device))
+                zs.append(meta["beta"].new_zeros(() if self.runs is None else (self.runs,)))
                 continue
             states = [self._init_state(p) for p in params]
             kappa = group["weight_decay"]
@@ -410,35 +474,53 @@ class MetaOptimize(torch.optim.Optimizer):
                 continue
             if track:
                 h = [s["h"] for s in states]
-                dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, grads, strict=True)]
-                zs.append(torch.stack(dots).sum().to(torch.float64))
+                zs.append(_block_z(h, grads, self.runs))
             delta, trace = self._displacement(params, grads, states, a, kappa)
             if track:
                 decay = d["gamma"] * (1.0 - kappa * a)
-                if decay != 1.0:  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
-                    torch._foreach_mul_(h, decay)
+                if np.any(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
+                    _runs.foreach_scaled(torch._foreach_mul_, [h], decay)
                 torch._foreach_sub_(h, delta if trace is None else trace)
             torch._foreach_sub_(params, delta)
         if track:
-            z = torch.stack([x.to(meta["beta"].device) for x in zs])
+            z = torch.stack([x.to(meta["beta"].device) for x in zs], dim=-1)  # [K], batched [R, K]
             meta["z"] = z
             self._meta_update(z)
-        return loss
 
     # ------------------------------------------------------------ logging
     def diagnostics(self) -> dict[str, float]:
         """α per block (``alpha`` for one block, else ``alpha/<group name>``), z likewise, skipped steps."""
         meta = self.state[META_KEY]
-        alpha, z = meta["beta"].exp().tolist(), meta["z"].tolist()
+        z = meta["z"].tolist() if self.runs is None else list(meta["z"].T.cpu().numpy())
         names = [str(g["name"]) for g in self.param_groups]
-        out: dict[str, float] = {}
-        for key, values in (("alpha", alpha), ("z", z)):
+        out: dict[str, Any] = {}
+        for key, values in (("alpha", self._alphas()), ("z", z)):
             if len(names) == 1:
-                out[key] = float(values[0])
+                out[key] = diagnostic_value(values[0])
             else:
-                out.update({f"{key}/{n}": float(x) for n, x in zip(names, values, strict=True)})
-        out["skipped_steps"] = float(meta["skipped_steps"])
+                out.update({f"{key}/{n}": diagnostic_value(x) for n, x in zip(names, values, strict=True)})
+        out["skipped_steps"] = diagnostic_value(meta["skipped_steps"])
         return out
+
+
+def _power(x: float, t: Any) -> Any:
+    """``x ** t`` for the step count ``t``: a float, or per member (batched, §11) an array whose entries are
+    Python's float power, the number each run alone computes."""
+    return np.array([x ** int(k) for k in t]) if isinstance(t, np.ndarray) else x**t
+
+
+def _sqrt(x: Any) -> Any:
+    """The correctly rounded square root of a float or of per-member values."""
+    return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)
+
+
+def _block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
+    """z_k = Σ_i <h_i, g_i> (float64; step 2): per tensor ``torch.dot``, summed over the block; batched,
+    ``[R]``, each member by the same calls on its slices, so that it equals its run alone's bit for bit."""
+    if runs is not None:
+        return torch.stack([_block_z([x[r] for x in h], [y[r] for y in g], None) for r in range(runs)])
+    dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, g, strict=True)]
+    return torch.stack(dots).sum().to(torch.float64)
 
 
 # ------------------------------------------------------------------ fused kernels (fused=True)

@@ -6,15 +6,17 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, _runs
 from optimizers._common import (
     check_choice,
     check_nonnegative,
     check_positive,
     check_unit_interval,
     closure_loss,
+    diagnostic_value,
     host_floats,
     skip_if_nonfinite,
 )
@@ -24,13 +26,17 @@ from optimizers.registry import register
 MODES = ("sgd", "gd")
 
 
-def _dots(a: list[torch.Tensor], b: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Per-tensor inner products <a_i, b_i> in one foreach call (row vector @ column vector)."""
+def _dots(a: list[torch.Tensor], b: list[torch.Tensor], runs: int | None = None) -> list[torch.Tensor]:
+    """Per-tensor inner products <a_i, b_i> in one foreach call (row vector @ column vector); batched, each
+    an ``[R]`` tensor of the members' inner products (docs/optimizers/README.md §6), by the same call on
+    every member's slices, so that a member's value is its run alone's bit for bit."""
     if not a:
         return []
-    low = (torch.float16, torch.bfloat16)  # accumulate 16-bit tensors in float32
-    rows = [x.reshape(1, -1).float() if x.dtype in low else x.reshape(1, -1) for x in a]
-    cols = [y.reshape(-1, 1).float() if y.dtype in low else y.reshape(-1, 1) for y in b]
+    if runs is not None:
+        dots = _dots([x[r] for x in a for r in range(runs)], [y[r] for y in b for r in range(runs)])
+        return [torch.stack(dots[i : i + runs]) for i in range(0, len(dots), runs)]
+    rows = [_acc(x).reshape(1, -1) for x in a]  # 16-bit tensors accumulate in float32
+    cols = [_acc(y).reshape(-1, 1) for y in b]
     return [m.reshape(()) for m in torch._foreach_mm(rows, cols)]
 
 
@@ -44,6 +50,27 @@ def _ratio(rho: torch.Tensor, sq: torch.Tensor, c: float) -> torch.Tensor:
     safe = torch.where(a > 0, a, torch.ones_like(a))
     newton = torch.clamp(rho / safe, max=c)
     return torch.where(a > 0, newton, torch.where(rho > 0, torch.full_like(rho, c), torch.zeros_like(rho)))
+
+
+def _total(rows: torch.Tensor) -> torch.Tensor:
+    """The sum over tensors of ``[T]`` per-tensor values (a run alone) or per member of ``[T, R]`` values,
+    each member's row summed by the same contiguous reduction as the run alone's."""
+    return rows.sum() if rows.dim() == 1 else rows.T.contiguous().sum(-1)
+
+
+def _host(values: torch.Tensor) -> Any:
+    """A float (0-dim, a run alone) or a float64 array (per member, batched), exactly."""
+    return values.item() if values.dim() == 0 else values.detach().to(torch.float64).cpu().numpy()
+
+
+def _scale_(op: Callable[..., Any], xs: list[torch.Tensor], scales: list[Any]) -> None:
+    """``x <- op(x, s)`` per tensor (``op`` ``torch.Tensor.div_``, ...): one foreach call with Python floats
+    (a run alone), or per tensor with :func:`_runs.per_member` scales (batched)."""
+    if all(isinstance(v, float) for v in scales):
+        getattr(torch, f"_foreach_{op.__name__}")(xs, scales)
+        return
+    for x, v in zip(xs, scales, strict=True):
+        op(x, _runs.per_member(v, x))
 
 
 @register("tlr")
@@ -115,6 +142,9 @@ class TLR(torch.optim.Optimizer):
 
     initial_lr_arg = "lr"
     lr_schedule_compatible = False
+    # alpha_0 enters only the host arithmetic: per member it is exact (and not a schedule multiplier: alpha
+    # is the learned state itself)
+    batch_keys = ("lr",)
 
     def __init__(
         self,
@@ -128,7 +158,12 @@ class TLR(torch.optim.Optimizer):
         per_tensor: bool = False,
         mode: str = "sgd",
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
+        if fused and runs is not None:
+            raise ValueError("fused=True and runs: batched runs use the eager rule")
+        _runs.check_runs(runs, ())  # the value itself; the parameters' run dimension once they are grouped
+        self.runs = runs  # before the groups are added: add_param_group reads it
         check_choice("mode", mode, MODES)
         check_positive("c", c)
         if update_every is None:
@@ -152,8 +187,10 @@ class TLR(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
-        self.param_groups[0].setdefault("step", 0)
-        self.param_groups[0].setdefault("skipped_steps", 0)
+        _runs.check_runs(runs, [p for g in self.param_groups for p in g["params"]])
+        zero = 0 if runs is None else np.zeros(runs, dtype=np.int64)  # counters per member when batched
+        self.param_groups[0].setdefault("step", zero)
+        self.param_groups[0].setdefault("skipped_steps", zero)
 
     @classmethod
     def from_model(
@@ -162,6 +199,7 @@ class TLR(torch.optim.Optimizer):
         *,
         steps_per_epoch: int,
         update_every_epochs: float = 0.33,
+        runs: int | None = None,
         **kw: Any,
     ) -> TLR:
         """Build for ``model``; ``update_every = max(1, floor(p N))`` (Section 4) unless given."""
@@ -169,13 +207,16 @@ class TLR(torch.optim.Optimizer):
         check_positive("steps_per_epoch", steps_per_epoch)
         if kw.get("mode", "sgd") == "sgd" and kw.get("update_every") is None:
             kw["update_every"] = max(1, math.floor(update_every_epochs * steps_per_epoch))
-        return cls(model.parameters(), **kw)
+        return cls(model.parameters(), runs=runs, **kw)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Validate the group's hyper-parameters (ValueError naming the argument), then add it."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        check_positive("lr", group["lr"])
+        lr = _runs.member_values("lr", group["lr"], self.runs)
+        for v in np.atleast_1d(lr):
+            check_positive("lr", float(v))
+        group["lr"] = lr if self.runs is None else np.zeros(self.runs) + lr
         check_unit_interval("momentum", group["momentum"])
         check_nonnegative("weight_decay", group["weight_decay"])
         head = self.param_groups[0]
@@ -185,24 +226,25 @@ class TLR(torch.optim.Optimizer):
                     f"{key} must be the same in every param group ({head[key]!r} != {group[key]!r})"
                 )
         if head["per_tensor"]:
-            group.setdefault("tensor_lrs", [float(group["lr"])] * len(group["params"]))
-        elif group["lr"] != head["lr"]:
+            group.setdefault("tensor_lrs", [group["lr"]] * len(group["params"]))
+        elif np.any(group["lr"] != head["lr"]):
             raise ValueError(
                 f"lr: global TLR keeps one learning rate, param groups must share it "
                 f"({head['lr']!r} != {group['lr']!r}); use per_tensor=True for several"
             )
 
     # ----------------------------------------------------------------------------------- alpha
-    def _alphas(self) -> list[float]:
-        """Current rate of every parameter tensor, in parameter order across groups."""
+    def _alphas(self) -> list[Any]:
+        """Current rate of every parameter tensor, in parameter order across groups (floats; batched,
+        ``[R]`` arrays)."""
         if self.param_groups[0]["per_tensor"]:
             return [a for g in self.param_groups for a in g["tensor_lrs"]]
-        return [float(self.param_groups[0]["lr"])] * sum(len(g["params"]) for g in self.param_groups)
+        return [self.param_groups[0]["lr"]] * sum(len(g["params"]) for g in self.param_groups)
 
-    def _group_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[float]:
+    def _group_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[Any]:
         """The current rate of each of ``ps`` (tensors of ``group``)."""
         if not self.param_groups[0]["per_tensor"]:
-            return [float(group["lr"])] * len(ps)
+            return [group["lr"]] * len(ps)
         pos = {id(p): j for j, p in enumerate(group["params"])}
         return [group["tensor_lrs"][pos[id(p)]] for p in ps]
 
@@ -216,13 +258,14 @@ class TLR(torch.optim.Optimizer):
         rho_t = torch.stack([r.to(dev, torch.float64) for r in rho])
         sq_t = torch.stack([s.to(dev, torch.float64) for s in sq])
         if head["per_tensor"]:
-            ratios = _ratio(rho_t, sq_t, head["c"]).tolist()
+            ratios = _ratio(rho_t, sq_t, head["c"])
             flat = [(g, i) for g in self.param_groups for i in range(len(g["params"]))]
             for k, r in zip(index, ratios, strict=True):
                 g, i = flat[k]
-                g["tensor_lrs"][i] = g["tensor_lrs"][i] * (1.0 + r)
+                g["tensor_lrs"] = list(g["tensor_lrs"])  # replaced, not written in place (state_dict copies)
+                g["tensor_lrs"][i] = g["tensor_lrs"][i] * (1.0 + _host(r))
         else:
-            r = _ratio(rho_t.sum(), sq_t.sum(), head["c"]).item()
+            r = _host(_ratio(_total(rho_t), _total(sq_t), head["c"]))
             alpha = head["lr"] * (1.0 + r)
             for g in self.param_groups:
                 g["lr"] = alpha
@@ -247,11 +290,39 @@ class TLR(torch.optim.Optimizer):
                     gs.append(p.grad)
                 k += 1
             todo.append((group, idx, ps, gs))
+        grads = [g for *_, gs in todo for g in gs]
         if self.fused:
             self._fused_step(todo)
-            return loss
-        if skip_if_nonfinite([g for *_, gs in todo for g in gs], head):
-            return loss
+        elif self.runs is None:
+            if not skip_if_nonfinite(grads, head):
+                self._eager_step(todo)
+        else:
+            _runs.step_finite_members(
+                grads, self.runs, head, lambda: self._prepare(todo), lambda: self._eager_step(todo)
+            )
+        return loss
+
+    def _prepare(self, todo: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Batched (:func:`_runs.step_finite_members`): every buffer the step may write, created before a
+        member's skip is recorded, a missing one as the value the rule reads for it (a momentum buffer
+        or ``g_{t-1}``/``G_{j-1}`` of zeros: ``mu 0 + d = d``, ``<g, 0> = 0``; a window opened at ``x``)."""
+        gd = self.param_groups[0]["mode"] == "gd"
+        for group, _, ps, _ in todo:
+            for p in ps:
+                st = self.state[p]
+                if group["momentum"] != 0:
+                    st.setdefault("momentum_buffer", torch.zeros_like(p))
+                for key in ("prev_grad",) if gd else ("prev_window",):
+                    st.setdefault(key, torch.zeros_like(p))
+            if not gd:
+                self._open_windows(ps)
+        params = [p for g in self.param_groups for p in g["params"]]
+        states = [self.state[p] for p in params]
+        return params + _runs.member_state_tensors(states, self.runs), list(self.param_groups)
+
+    def _eager_step(self, todo: list) -> None:
+        """One step of the rule (class docstring), for a run alone or, member-wise, for R runs."""
+        head = self.param_groups[0]
         gd = head["mode"] == "gd"
         # d = grad + wd * x (coupled L2); a fresh tensor in gd mode, where it is stored as g_{t-1}
         ds = []
@@ -269,19 +340,27 @@ class TLR(torch.optim.Optimizer):
         for (group, _, ps, _), d in zip(todo, ds, strict=True):
             if ps:
                 self._sgd_step(group, ps, d)
-        head["step"] += 1
-        if not gd and head["step"] % head["update_every"] == 0:
+        head["step"] = head["step"] + 1
+        if gd:
+            return
+        ending = head["step"] % head["update_every"] == 0  # batched: per member (skips shift its windows)
+        if np.all(ending):
             self._window_end()
-        return loss
+        elif np.any(ending):  # the others' window state and alpha are put back
+            params = [p for g in self.param_groups for p in g["params"]]
+            tensors = _runs.member_state_tensors([self.state[p] for p in params], self.runs)
+            undo = _runs.MemberRestore(~ending, tensors, self.param_groups, self.runs)
+            self._window_end()
+            undo.restore()
 
     def _gd_alpha(self, idx: list[int], ps: list[torch.Tensor], ds: list[list[torch.Tensor]]) -> None:
         """Algorithm 2 lines 5 and 7: alpha from ``(g_t, g_{t-1})`` with ``g_t = d``; store ``g_t``."""
         d = [t for group_d in ds for t in group_d]
         has_prev = [i for i, p in enumerate(ps) if "prev_grad" in self.state[p]]
         prevs = [self.state[ps[i]]["prev_grad"] for i in has_prev]
-        sq = _dots(d, d)
+        sq = _dots(d, d, self.runs)
         rho = [torch.zeros_like(s) for s in sq]
-        for i, r in zip(has_prev, _dots([d[i] for i in has_prev], prevs), strict=True):
+        for i, r in zip(has_prev, _dots([d[i] for i in has_prev], prevs, self.runs), strict=True):
             rho[i] = r
         self._update_alphas(idx, rho, sq)
         if prevs:
@@ -310,10 +389,15 @@ class TLR(torch.optim.Optimizer):
                 if "momentum_buffer" not in self.state[p]:
                     self.state[p]["momentum_buffer"] = torch.clone(di).detach()
             d = [self.state[p]["momentum_buffer"] for p in ps]
-        if self.param_groups[0]["per_tensor"]:
-            torch._foreach_sub_(ps, torch._foreach_mul(d, self._group_lrs(group, ps)))
-        else:
+        if self.param_groups[0]["per_tensor"]:  # batched: per-member alphas broadcast over the slices
+            lrs = self._group_lrs(group, ps)
+            torch._foreach_sub_(ps, [di * _runs.per_member(a, di) for di, a in zip(d, lrs, strict=True)])
+        elif self.runs is None:
             torch._foreach_add_(ps, d, alpha=-group["lr"])
+        else:  # the same call on each member's slices: alpha= rounds once (a fused multiply-add on CPU and
+            # GPU), which x - (b alpha) with a per-member tensor would not, and the runs alone must match
+            for r in range(self.runs):
+                torch._foreach_add_([p[r] for p in ps], [di[r] for di in d], alpha=-float(group["lr"][r]))
 
     def _open_windows(self, ps: list[torch.Tensor]) -> None:
         """A tensor's window starts at its first step with a gradient: ``x_start <- x`` (eq. 10)."""
@@ -339,27 +423,23 @@ class TLR(torch.optim.Optimizer):
         idx, ps = self._windowed()
         if not ps:
             return
-        g_now = [self.state[p]["window_start"] for p in ps]
-        torch._foreach_sub_(g_now, ps)
-        torch._foreach_div_(g_now, [alphas[k] for k in idx])
+        starts = [self.state[p]["window_start"] for p in ps]
+        g_now = torch._foreach_sub(starts, ps)
+        _scale_(torch.Tensor.div_, g_now, [alphas[k] for k in idx])
         has_prev = [i for i, p in enumerate(ps) if "prev_window" in self.state[p]]
-        sq = _dots(g_now, g_now)
+        sq = _dots(g_now, g_now, self.runs)
         rho = [torch.zeros_like(s) for s in sq]
         prevs = [self.state[ps[i]]["prev_window"] for i in has_prev]
-        for i, r in zip(has_prev, _dots([g_now[i] for i in has_prev], prevs), strict=True):
+        for i, r in zip(has_prev, _dots([g_now[i] for i in has_prev], prevs, self.runs), strict=True):
             rho[i] = r
         self._update_alphas(idx, rho, sq)
+        # written in place, buffers never swapped: a batched member whose window goes on gets its slices
+        # back (MemberRestore keeps the tensors, not the dict entries)
+        if prevs:
+            torch._foreach_copy_(prevs, [g_now[i] for i in has_prev])
         for p, g in zip(ps, g_now, strict=True):
-            st = self.state[p]
-            start = st.pop("prev_window", None)
-            st["prev_window"] = g
-            if start is None:
-                st["window_start"] = p.detach().clone()
-            else:
-                st["window_start"] = start
-        reuse = [self.state[ps[i]]["window_start"] for i in has_prev]
-        if reuse:
-            torch._foreach_copy_(reuse, [ps[i] for i in has_prev])
+            self.state[p].setdefault("prev_window", g)
+        torch._foreach_copy_(starts, ps)
 
     # ----------------------------------------------------------------------------------- fused
     def _buffers(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor] | None:
@@ -459,13 +539,15 @@ class TLR(torch.optim.Optimizer):
         out: dict[str, float] = {}
         if head["per_tensor"]:
             alphas = self._alphas()
-            sizes = [p.numel() for g in self.param_groups for p in g["params"]]
-            out.update({f"alpha/{i}": float(a) for i, a in enumerate(alphas)})
+            # a member's share of each tensor (batched: dim 0 is the run dimension)
+            sizes = [p[0].numel() if self.runs else p.numel() for g in self.param_groups for p in g["params"]]
+            out.update({f"alpha/{i}": diagnostic_value(a) for i, a in enumerate(alphas)})
             total = sum(sizes)
-            out["alpha"] = float(sum(a * n for a, n in zip(alphas, sizes, strict=True)) / max(total, 1))
+            mean = sum(a * n for a, n in zip(alphas, sizes, strict=True)) / max(total, 1)
+            out["alpha"] = diagnostic_value(mean)
         else:
-            out["alpha"] = float(head["lr"])
-        out["skipped_steps"] = float(head["skipped_steps"])
+            out["alpha"] = diagnostic_value(head["lr"])
+        out["skipped_steps"] = diagnostic_value(head["skipped_steps"])
         return out
 
 

@@ -11,11 +11,15 @@ is the authors' code.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from optimizers.adam_hd import AdamHD
+from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
+from tests.optimizers.batched import Member, assert_batched_matches_alone
 from tests.optimizers.equivalence import (
     assert_fused_matches_eager,
     assert_same_trajectory,
@@ -236,3 +240,82 @@ def test_fused_skips_a_non_finite_step(wd, with_state, snapshot):
         opt.step()
     assert snapshot(model, opt) == before
     assert opt.diagnostics() == {"lr": before.lrs[0], "skipped_steps": 3.0}
+
+
+# Batched runs (docs/optimizers/README.md §6, docs/optimizers/hypergradient.md §7): R members stepped as one
+# optimizer against each member alone.
+
+
+def _config(name: str) -> dict:
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "optimizer" / f"{name}.yaml").read_text())
+    return {k: v for k, v in cfg.items() if k not in ("name", "fused")}
+
+
+BATCHED_CASES = {
+    "config": _config("adam_hd"),  # Table 1's adam_hd.yaml (hypergrad_lr 1e-7)
+    "learning": dict(lr=1e-3, hypergrad_lr=1e-4, weight_decay=1e-2, betas=(0.8, 0.99)),
+    "sequential": dict(lr=1e-3, hypergrad_lr=1e-4, sequential_lr=True),
+}
+
+
+def _make(params, runs, hp):
+    return AdamHD(params, runs=runs, **hp)
+
+
+def _members(hp: dict, vary: bool = True) -> list[Member]:
+    """Four seeds; with ``vary`` the batch keys differ per member too."""
+    out = []
+    for r in range(4):
+        kw = dict(hp)
+        if vary:
+            kw["lr"] = hp["lr"] * (1 + 0.5 * r)
+            kw["hypergrad_lr"] = hp["hypergrad_lr"] * (1 + r)
+        out.append(Member(seed=r, hp=kw))
+    return out
+
+
+@pytest.mark.parametrize("vary", [False, True], ids=["seeds", "seeds_and_rates"])
+@pytest.mark.parametrize("case", list(BATCHED_CASES))
+def test_batched_matches_alone(case, vary):
+    """Each member of a batched group follows its run alone to 1e-10 (parameters and diagnostics), 200
+    steps; the per-member dots sum in another order than ``torch.dot``, hence not bitwise."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case], vary), rtol=1e-10)
+
+
+@pytest.mark.parametrize("at", [0, 50], ids=["first_step", "mid_run"])
+@pytest.mark.parametrize("case", ["learning", "sequential"])
+def test_batched_non_finite_member_skips_alone(case, at):
+    """A member whose gradient holds a NaN skips that step alone (its step count included, so its bias
+    corrections lag the others'); the others go on as alone."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case]), rtol=1e-10, nonfinite=(1, at))
+
+
+def test_batched_resume_is_bitwise():
+    assert_batched_resume_bitwise(_make, _members(BATCHED_CASES["learning"]), nonfinite=(2, 30))
+
+
+def test_batched_rate_is_per_member():
+    members = _members(BATCHED_CASES["learning"])
+    gap = worst_gap(_make, members)
+    print(f"adam_hd: worst relative gap batched vs alone over 200 steps: {gap:.2e}")
+    assert gap <= 1e-10
+    params = [torch.zeros(4, 3, requires_grad=True)]
+    opt = AdamHD(params, lr=[1e-3, 2e-3, 3e-3, 4e-3], runs=4)
+    assert opt.diagnostics()["lr"] == [1e-3, 2e-3, 3e-3, 4e-3]
+    assert opt.diagnostics()["skipped_steps"] == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(runs=3), "leading run dimension of 3"),
+        (dict(runs=0), "runs must be"),
+        (dict(runs=4, lr=[1e-3, 2e-3]), "lr must be a number or 4 numbers"),
+        (dict(runs=4, lr=[1e-3, 1e-3, -1e-3, 1e-3]), "lr"),
+        (dict(runs=None, hypergrad_lr=[1e-3] * 4), "hypergrad_lr must be a number"),
+        (dict(runs=4, fused=True), "fused=True and runs"),
+    ],
+)
+def test_batched_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        AdamHD([torch.zeros(4, 2, requires_grad=True)], **kw)

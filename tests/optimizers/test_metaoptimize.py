@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 import optimizers
 from optimizers import _fused
 from optimizers._metaoptimize_blocks import partition
 from optimizers.metaoptimize import MetaOptimize
+from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
+from tests.optimizers.batched import Member, assert_batched_matches_alone
 from tests.optimizers.equivalence import assert_fused_matches_eager
 
 REF = Path(__file__).resolve().parents[2] / "reference" / "metaoptimize"
@@ -567,3 +570,107 @@ def test_fused_does_not_recompile_when_alpha_and_bias_corrections_change(base):
     train(model, opt, batches[2:12])
     assert opt.diagnostics()["alpha"] != alpha
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+# ----------------------------------------------------------------- batched runs
+# docs/optimizers/README.md §6, docs/optimizers/metaoptimize.md §11: R members stepped as one optimizer
+# against each member alone, on the harness's MLP (tests/optimizers/batched.py).
+
+
+def _config(name: str) -> dict:
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "optimizer" / f"{name}.yaml").read_text())
+    return {k: v for k, v in cfg.items() if k not in ("name", "fused", "blocks")}
+
+
+# alpha0 1e-6 barely moves the weights in 200 steps; the larger ones make every rule's trajectory count
+BATCHED_CASES = {
+    "config": _config("metaoptimize"),  # Table 1's metaoptimize.yaml at its defaults
+    "config_lion": _config("metaoptimize_lion"),
+    "adamw_adam": _config("metaoptimize") | {"alpha0": 1e-2, "meta_lr": 1e-2, "weight_decay": 0.1},
+    "sgdm_rmsprop_paper": dict(base="sgdm", meta="rmsprop", alpha0=0.05, meta_lr=1e-2, normalization="paper"),
+    "rmsprop_adam_paper": dict(base="rmsprop", meta="adam", alpha0=1e-2, meta_lr=1e-2, normalization="paper"),
+    "lion_lion": _config("metaoptimize_lion") | {"alpha0": 1e-3, "meta_lr": 1e-2, "gamma": 0.99},
+    "package": dict(base="adamw", meta="lion", alpha0=1e-2, meta_lr=1e-2, normalization="package"),
+    "fixed": dict(base="adamw", meta="fixed", alpha0=1e-2),
+}
+
+
+def _make(params, runs, hp):
+    return MetaOptimize(params, runs=runs, **hp)
+
+
+def _make_blocks(params, runs, hp):
+    """Two blocks (weights, biases), the second with its own weight decay."""
+    return MetaOptimize(
+        [{"params": params[0::2]}, {"params": params[1::2], "weight_decay": 0.0}], runs=runs, **hp
+    )
+
+
+def _members(hp: dict, vary: bool = True) -> list[Member]:
+    return [Member(seed=r, hp=hp | ({"alpha0": hp["alpha0"] * (1 + r)} if vary else {})) for r in range(4)]
+
+
+@pytest.mark.parametrize("vary", [False, True], ids=["seeds", "seeds_and_alpha0"])
+@pytest.mark.parametrize("case", list(BATCHED_CASES))
+def test_batched_matches_alone(case, vary):
+    """Every member of a batched group follows its run alone bit for bit over 200 steps: its per-member
+    scalars enter the run alone's calls on its slices (``_runs.foreach_scaled``)."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case], vary), bitwise=True)
+
+
+@pytest.mark.parametrize("case", ["adamw_adam", "lion_lion"])
+def test_batched_blocks_match_alone(case):
+    assert_batched_matches_alone(_make_blocks, _members(BATCHED_CASES[case]), bitwise=True)
+
+
+@pytest.mark.parametrize("at", [0, 50], ids=["first_step", "mid_run"])
+@pytest.mark.parametrize("case", ["config", "adamw_adam", "package", "sgdm_rmsprop_paper"])
+def test_batched_non_finite_member_skips_alone(case, at):
+    """A member whose gradient holds a NaN skips that step alone: its step count and bias-correction
+    products lag the others'."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case]), bitwise=True, nonfinite=(1, at))
+
+
+@pytest.mark.parametrize("case", ["config", "package"])
+def test_batched_resume_is_bitwise(case):
+    assert_batched_resume_bitwise(_make, _members(BATCHED_CASES[case]), nonfinite=(2, 30))
+
+
+def test_batched_worst_gap_and_per_member_values():
+    gap = max(worst_gap(_make, _members(BATCHED_CASES[c])) for c in ("config", "adamw_adam", "package"))
+    print(f"metaoptimize: worst relative gap batched vs alone over 200 steps: {gap:.2e}")
+    assert gap == 0.0
+    params = [torch.zeros(4, 3, requires_grad=True), torch.zeros(4, requires_grad=True)]
+    d = MetaOptimize(params, base="adamw", meta="adam", alpha0=[1.0, 2.0, 3.0, 4.0], runs=4).diagnostics()
+    assert d["alpha"] == pytest.approx([1.0, 2.0, 3.0, 4.0], rel=1e-15)
+    assert d["z"] == [0.0] * 4 and d["skipped_steps"] == [0] * 4
+    assert optimizers.registry.batch_keys("metaoptimize") == ("alpha0",)
+
+
+def test_batched_registry_build():
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.set_(torch.stack([p.detach().clone()] * 4))
+    cfg = {"name": "metaoptimize", **_config("metaoptimize"), "blocks": "scalar", "alpha0": [1e-6, 1e-5] * 2}
+    opt = optimizers.registry.build(cfg, model, runs=4)
+    assert opt.runs == 4 and opt.state["metaoptimize"]["beta"].shape == (4, 1)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(runs=3), "leading run dimension of 3"),
+        (dict(runs=0), "runs must be"),
+        (dict(runs=4, alpha0=[1e-3, 1e-3]), "alpha0 must be a number or 4 numbers"),
+        (dict(runs=4, alpha0=[1e-3, 0.0, 1e-3, 1e-3]), "alpha0"),
+        (dict(alpha0=[1e-3] * 4), "alpha0 must be a number"),
+        (dict(runs=4, fused=True), "fused=True and runs"),
+    ],
+)
+def test_batched_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        MetaOptimize(
+            [torch.zeros(4, 2, requires_grad=True)],
+            **({"base": "adamw", "meta": "adam", "alpha0": 1e-3} | kw),
+        )

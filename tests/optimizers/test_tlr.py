@@ -11,13 +11,17 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import optimizers
 from optimizers import _fused
 from optimizers.tlr import TLR
+from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
+from tests.optimizers.batched import Member, assert_batched_matches_alone
 from tests.optimizers.equivalence import assert_close_to_rounding, assert_fused_matches_eager
 
 SHAPES = [(2, 3), (3,), (1,)]  # a "weight", a "bias", a scalar
@@ -457,3 +461,96 @@ def test_fused_kernel_calls_per_chunk_not_per_tensor(mode, kw):
     alphas = fused.diagnostics()
     assert alphas == pytest.approx(eager.diagnostics(), rel=1e-12)
     assert len({alphas[f"alpha/{i}"] for i in range(n)}) > 1  # the rates really differ per tensor
+
+
+# Batched runs (docs/optimizers/README.md §6, docs/optimizers/tlr.md §7): R members stepped as one optimizer
+# against each member alone, on the harness's MLP (tests/optimizers/batched.py).
+
+
+def _config(name: str, steps_per_epoch: int = 20) -> dict:
+    """A shipped config as constructor arguments; the window as ``from_model`` sets it."""
+    cfg = yaml.safe_load((Path(__file__).parents[2] / "configs" / "optimizer" / f"{name}.yaml").read_text())
+    cfg = {k: v for k, v in cfg.items() if k not in ("name", "fused")}
+    cfg["update_every"] = max(1, math.floor(cfg.pop("update_every_epochs") * steps_per_epoch))  # K = 6
+    return cfg
+
+
+BATCHED_CASES = {
+    "config": _config("tlr"),
+    "config_table1": _config("tlr") | {"weight_decay": 0.0},  # Table 1 runs tlr.yaml without weight decay
+    "per_tensor": _config("tlr_per_tensor"),
+    "per_tensor_table1": _config("tlr_per_tensor") | {"weight_decay": 0.0},
+    "gd": dict(lr=0.1, momentum=0.5, weight_decay=1e-3, mode="gd"),
+    "gd_per_tensor": dict(lr=0.1, momentum=0.0, weight_decay=0.0, mode="gd", per_tensor=True),
+}
+
+
+def _make(params, runs, hp):
+    return TLR(params, runs=runs, **hp)
+
+
+def _members(hp: dict, vary: bool = True) -> list[Member]:
+    return [Member(seed=r, hp=hp | ({"lr": hp["lr"] * (1 + 0.5 * r)} if vary else {})) for r in range(4)]
+
+
+@pytest.mark.parametrize("vary", [False, True], ids=["seeds", "seeds_and_lrs"])
+@pytest.mark.parametrize("case", list(BATCHED_CASES))
+def test_batched_matches_alone(case, vary):
+    """Every member of a batched group follows its run alone bit for bit over 200 steps (33 windows in sgd
+    mode): a member's inner products and steps are the run alone's calls on its slices."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case], vary), bitwise=True)
+
+
+@pytest.mark.parametrize("at", [0, 50], ids=["first_step", "mid_run"])
+@pytest.mark.parametrize("case", ["config", "per_tensor", "gd"])
+def test_batched_non_finite_member_skips_alone(case, at):
+    """A member whose gradient holds a NaN skips that step alone: its step count lags, so its windows end
+    one step after the others' (a window end that only some members reach), and it opens its first
+    window / stores its first ``g`` a step late when the NaN comes first."""
+    assert_batched_matches_alone(_make, _members(BATCHED_CASES[case]), bitwise=True, nonfinite=(1, at))
+
+
+@pytest.mark.parametrize("case", ["config", "per_tensor", "gd"])
+def test_batched_resume_is_bitwise(case):
+    assert_batched_resume_bitwise(_make, _members(BATCHED_CASES[case]), resume_at=99, nonfinite=(2, 40))
+
+
+def test_batched_worst_gap_and_per_member_values():
+    gap = max(worst_gap(_make, _members(BATCHED_CASES[c])) for c in ("config", "per_tensor", "gd"))
+    print(f"tlr: worst relative gap batched vs alone over 200 steps: {gap:.2e}")
+    assert gap == 0.0
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        params = [torch.nn.Parameter(torch.stack([p] * 4)) for p in model.parameters()]
+    opt = TLR(params, lr=[0.1, 0.2, 0.3, 0.4], update_every=2, per_tensor=True, runs=4)
+    d = opt.diagnostics()
+    assert d["alpha/0"] == d["alpha"] == [0.1, 0.2, 0.3, 0.4] and d["skipped_steps"] == [0] * 4
+    assert optimizers.registry.batch_keys("tlr") == ("lr",)
+
+
+def test_batched_from_model_and_registry_build():
+    model = torch.nn.Linear(3, 2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.set_(torch.stack([p.detach().clone()] * 4))
+    opt = optimizers.registry.build(
+        {"name": "tlr", "lr": [0.1, 0.2, 0.1, 0.2]}, model, steps_per_epoch=30, runs=4
+    )
+    assert opt.runs == 4 and opt.param_groups[0]["update_every"] == 9
+    assert opt.diagnostics()["alpha"] == [0.1, 0.2, 0.1, 0.2]
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(runs=3), "leading run dimension of 3"),
+        (dict(runs=-1), "runs must be"),
+        (dict(runs=4, lr=[0.1, 0.2]), "lr must be a number or 4 numbers"),
+        (dict(runs=4, lr=[0.1, 0.0, 0.1, 0.1]), "lr"),
+        (dict(lr=[0.1] * 4), "lr must be a number"),
+        (dict(runs=4, fused=True), "fused=True and runs"),
+    ],
+)
+def test_batched_bad_input(kw, match):
+    with pytest.raises(ValueError, match=match):
+        TLR([torch.nn.Parameter(torch.zeros(4, 2))], **({"lr": 0.1, "update_every": 3} | kw))
