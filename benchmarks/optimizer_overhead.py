@@ -36,6 +36,7 @@ import yaml
 
 import optimizers
 from benchmarks._timing import CopyProbe, medians, round_robin
+from optimizers.registry import torch_rule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
 SIZES = (1024, 2048, 2048, 1024, 1024)
@@ -365,11 +366,7 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
             except Exception as err:  # a helper's module that does not build yet: report, keep going
                 problems.append(f"{label}: {type(err).__name__}: {err}")
                 continue
-            # optimizers.baselines is torch's own rule (a run dimension added), timed as torch's
-            ours = (
-                type(built).__module__.startswith("optimizers.")
-                and type(built).__module__ != "optimizers.baselines"
-            )
+            ours = not torch_rule(type(built))
             floor = FLOORS[name](cfg) if name in FLOORS else None
             ref_label, ref_factory = ref if ref is not None else (None, None)
             rows.append(Row(label, cfg, ours, floor, ref_label, ref_factory))

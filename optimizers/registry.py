@@ -32,6 +32,12 @@ class NotShardableError(ValueError):
     """The optimizer cannot run on sharded (FSDP) parameters."""
 
 
+def torch_rule(cls: type) -> bool:
+    """Whether ``cls`` runs one of torch's own rules (torch's class, or a subclass of it such as
+    ``optimizers.baselines``), a baseline outside this library's conventions (diagnostics, skipping)."""
+    return any(c.__module__.startswith("torch.optim.") for c in cls.__mro__ if c is not torch.optim.Optimizer)
+
+
 def batch_keys(name: str) -> tuple[str, ...] | None:
     """The hyper-parameters that may differ between the members of a batched group of ``name``, or None
     when the class has no run dimension (its runs go one per process)."""

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import optimizers
+from optimizers.registry import torch_rule
 from tests.optimizers.battery_problem import CONFIG_DIR, build, full_loss, load_config, run_steps
 
 CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -26,7 +27,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def is_ours(opt: torch.optim.Optimizer) -> bool:
-    return type(opt).__module__.startswith("optimizers.")
+    return not torch_rule(type(opt))
 
 
 def ours_only(path: Path) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
