@@ -17,7 +17,9 @@ run alone; ``runs=R`` and, for a key whose value differs between members, a list
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import io
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,32 +107,66 @@ def run_alone(make_opt: MakeOpt, member: Member, steps: int, nonfinite_at: int |
     return out
 
 
+def stacked_params(members: Sequence[Member]) -> list[torch.Tensor]:
+    """The members' initial parameters stacked along a leading run dimension."""
+    alone = [member_params(m.seed) for m in members]
+    return [torch.stack([ps[i] for ps in alone]).requires_grad_(True) for i in range(len(alone[0]))]
+
+
+def step_members(
+    opt: torch.optim.Optimizer,
+    params: list[torch.Tensor],
+    data: Sequence[list[tuple[torch.Tensor, torch.Tensor]]],
+    step: int,
+    nonfinite: tuple[int, int] | None = None,
+) -> list[dict[str, float]]:
+    """One step of the group: each member's gradient by the code its run alone uses, stacked; each
+    member's diagnostics after it."""
+    runs = len(data)
+    per_member = []
+    for r in range(runs):
+        grads = member_grads([p[r] for p in params], data[r][step])
+        if nonfinite == (r, step):
+            _poison(grads)
+        per_member.append(grads)
+    for i, p in enumerate(params):
+        p.grad = torch.stack([grads[i] for grads in per_member])
+    opt.step()
+    return split_diagnostics(getattr(opt, "diagnostics", dict)(), runs)
+
+
 def run_batched(
     make_opt: MakeOpt, members: Sequence[Member], steps: int, nonfinite: tuple[int, int] | None = None
 ) -> list[Run]:
     """Every member of ``members`` in one optimizer; ``nonfinite=(member, step)`` poisons that member's
     gradient at that step."""
-    runs = len(members)
-    alone = [member_params(m.seed) for m in members]
-    params = [torch.stack([ps[i] for ps in alone]).requires_grad_(True) for i in range(len(alone[0]))]
-    opt = make_opt(params, runs, batched_hp(members))
+    params = stacked_params(members)
+    opt = make_opt(params, len(members), batched_hp(members))
     data = [member_batches(m.seed, steps) for m in members]
     out = [Run([], []) for _ in members]
     for step in range(steps):
-        per_member = []
-        for r in range(runs):
-            grads = member_grads([p[r] for p in params], data[r][step])
-            if nonfinite == (r, step):
-                _poison(grads)
-            per_member.append(grads)
-        for i, p in enumerate(params):
-            p.grad = torch.stack([grads[i] for grads in per_member])
-        opt.step()
-        diags = split_diagnostics(getattr(opt, "diagnostics", dict)(), runs)
-        for r in range(runs):
-            out[r].params.append([p.detach()[r].clone() for p in params])
-            out[r].diagnostics.append(diags[r])
+        diags = step_members(opt, params, data, step, nonfinite)
+        for r, run in enumerate(out):
+            run.params.append([p.detach()[r].clone() for p in params])
+            run.diagnostics.append(diags[r])
     return out
+
+
+@contextlib.contextmanager
+def float64_one_thread() -> Iterator[None]:
+    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+
+
+def gap(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b| / max |b|`` (the harness's measure for parameters)."""
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
 
 
 def assert_batched_matches_alone(
@@ -145,10 +181,7 @@ def assert_batched_matches_alone(
     """Each member of the batched group follows its run alone, parameters and every diagnostic, at every
     step: to ``rtol`` relative to the largest parameter (or scalar), or bit for bit with ``bitwise``.
     ``nonfinite=(member, step)``: that member's gradient holds a NaN at that step, batched and alone."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    try:
+    with float64_one_thread():
         batched = run_batched(make_opt, members, steps, nonfinite)
         for r, member in enumerate(members):
             at = nonfinite[1] if nonfinite is not None and nonfinite[0] == r else None
@@ -162,8 +195,8 @@ def assert_batched_matches_alone(
                     if bitwise:
                         assert torch.equal(a, b), f"member {r} step {step}: parameters differ"
                     elif b.numel():
-                        gap = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
-                        assert gap <= rtol, f"member {r} step {step}: parameter gap {gap:.3e} > {rtol:.1e}"
+                        g = gap(a, b)
+                        assert g <= rtol, f"member {r} step {step}: parameter gap {g:.3e} > {rtol:.1e}"
                 assert set(got.diagnostics[step]) == set(want.diagnostics[step]), (
                     sorted(got.diagnostics[step]),
                     sorted(want.diagnostics[step]),
@@ -173,6 +206,57 @@ def assert_batched_matches_alone(
                     same = a == b or (a != a and b != b)
                     close = same or (not bitwise and abs(a - b) <= rtol * abs(b))
                     assert close, f"member {r} step {step}: {key} {a!r} vs {b!r}"
-    finally:
-        torch.set_default_dtype(dtype)
-        torch.set_num_threads(threads)
+
+
+def assert_batched_resume_bitwise(
+    make_opt: MakeOpt,
+    members: Sequence[Member],
+    *,
+    steps: int = 200,
+    resume_at: int = 100,
+    nonfinite: tuple[int, int] | None = None,
+) -> None:
+    """A batched group saved at ``resume_at`` (through ``torch.save``, as the runner's checkpoints), loaded
+    into a fresh optimizer over fresh parameter tensors and continued, equals the uninterrupted group bit
+    for bit: parameters and diagnostics after every step."""
+    with float64_one_thread():
+        runs, hp = len(members), batched_hp(members)
+        data = [member_batches(m.seed, steps) for m in members]
+        ref_params = stacked_params(members)
+        ref = make_opt(ref_params, runs, hp)
+        ref_diags = [step_members(ref, ref_params, data, k, nonfinite) for k in range(steps)]
+
+        params = stacked_params(members)
+        opt = make_opt(params, runs, hp)
+        for k in range(resume_at):
+            step_members(opt, params, data, k, nonfinite)
+        buf = io.BytesIO()
+        torch.save({"params": [p.detach() for p in params], "opt": opt.state_dict()}, buf)
+        buf.seek(0)
+        saved = torch.load(buf, weights_only=False)
+        params = [p.clone().requires_grad_(True) for p in saved["params"]]
+        opt = make_opt(params, runs, hp)
+        opt.load_state_dict(saved["opt"])
+        diags = [step_members(opt, params, data, k, nonfinite) for k in range(resume_at, steps)]
+
+        for a, b in zip(params, ref_params, strict=True):
+            assert torch.equal(a, b), "resumed parameters differ from the uninterrupted run"
+        assert diags == ref_diags[resume_at:], "resumed diagnostics differ from the uninterrupted run"
+
+
+def worst_gap(make_opt: MakeOpt, members: Sequence[Member], steps: int = 200) -> float:
+    """The largest relative gap, over members, steps, parameters and diagnostics, between a batched member
+    and its run alone (to report the tolerance a test actually achieves)."""
+    with float64_one_thread():
+        batched = run_batched(make_opt, members, steps)
+        worst = 0.0
+        for r, member in enumerate(members):
+            alone = run_alone(make_opt, member, steps)
+            for step in range(steps):
+                for a, b in zip(batched[r].params[step], alone.params[step], strict=True):
+                    worst = max(worst, gap(a, b))
+                for key, b in alone.diagnostics[step].items():
+                    a = batched[r].diagnostics[step][key]
+                    if a != b:
+                        worst = max(worst, abs(a - b) / max(abs(b), 1e-300))
+        return worst

@@ -18,8 +18,12 @@ import torch
 import yaml
 
 from optimizers.adam_hd import AdamHD
-from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
-from tests.optimizers.batched import Member, assert_batched_matches_alone
+from tests.optimizers.batched import (
+    Member,
+    assert_batched_matches_alone,
+    assert_batched_resume_bitwise,
+    worst_gap,
+)
 from tests.optimizers.equivalence import (
     assert_fused_matches_eager,
     assert_same_trajectory,

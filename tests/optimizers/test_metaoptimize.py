@@ -25,8 +25,12 @@ import optimizers
 from optimizers import _fused
 from optimizers._metaoptimize_blocks import partition
 from optimizers.metaoptimize import MetaOptimize
-from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
-from tests.optimizers.batched import Member, assert_batched_matches_alone
+from tests.optimizers.batched import (
+    Member,
+    assert_batched_matches_alone,
+    assert_batched_resume_bitwise,
+    worst_gap,
+)
 from tests.optimizers.equivalence import assert_fused_matches_eager
 
 REF = Path(__file__).resolve().parents[2] / "reference" / "metaoptimize"

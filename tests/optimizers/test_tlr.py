@@ -20,8 +20,12 @@ import yaml
 import optimizers
 from optimizers import _fused
 from optimizers.tlr import TLR
-from tests.optimizers._batched_extra import assert_batched_resume_bitwise, worst_gap
-from tests.optimizers.batched import Member, assert_batched_matches_alone
+from tests.optimizers.batched import (
+    Member,
+    assert_batched_matches_alone,
+    assert_batched_resume_bitwise,
+    worst_gap,
+)
 from tests.optimizers.equivalence import assert_close_to_rounding, assert_fused_matches_eager
 
 SHAPES = [(2, 3), (3,), (1,)]  # a "weight", a "bias", a scalar
