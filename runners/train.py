@@ -123,6 +123,16 @@ def _is_launcher_process(cfg: DictConfig) -> bool:
     return OmegaConf.select(cfg, "launcher.nproc_per_node") is not None and "RANK" not in os.environ
 
 
+def _bad_input_reason(exc: ConfigError | DatasetMissingError) -> str:
+    """``key: message``, for the one-line error and the failed run's record (``HYDRA_FULL_ERROR=1``
+    re-raises, for the traceback)."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise exc
+    if isinstance(exc, ConfigError):
+        return f"{exc.key}: {exc.message}"
+    return f"task: {exc}"
+
+
 def run(cfg: DictConfig) -> int:
     """Train the run ``cfg`` describes (or skip/resume it); return the process exit code.
 
@@ -171,14 +181,11 @@ def run(cfg: DictConfig) -> int:
             print(f"{run_dir}: resuming from step {trainer.step}")
         result = trainer.run()
     except (ConfigError, DatasetMissingError) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        key = exc.key if isinstance(exc, ConfigError) else "task"
-        message = exc.message if isinstance(exc, ConfigError) else str(exc)
+        reason = _bad_input_reason(exc)
         if world is None or world.is_main:
-            print(f"error: {key}: {message}", file=sys.stderr)
+            print(f"error: {reason}", file=sys.stderr)
         if multirun and (world is None or world.is_main):
-            _fail(run_dir, identity, container, f"{key}: {message}", traceback.format_exc())
+            _fail(run_dir, identity, container, reason, traceback.format_exc())
             return 0
         return EXIT_BAD_INPUT
     except Exception as exc:
@@ -260,15 +267,12 @@ def _run_group(cfg: DictConfig, multirun: bool) -> int:
             print(f"{trainer.run_dir}: resuming {len(run_dirs)} batched runs from step {trainer.step}")
         result = trainer.run()
     except (ConfigError, DatasetMissingError) as exc:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        key = exc.key if isinstance(exc, ConfigError) else "task"
-        message = exc.message if isinstance(exc, ConfigError) else str(exc)
-        print(f"error: {key}: {message}", file=sys.stderr)
+        reason = _bad_input_reason(exc)
+        print(f"error: {reason}", file=sys.stderr)
         if not multirun:
             return EXIT_BAD_INPUT
         for c, d, ident in zip(containers, run_dirs, identities, strict=True):
-            _fail(d, ident, c, f"{key}: {message}", traceback.format_exc())
+            _fail(d, ident, c, reason, traceback.format_exc())
         return 0
     except Exception as exc:
         for c, d, ident in zip(containers, run_dirs, identities, strict=True):

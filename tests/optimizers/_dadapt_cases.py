@@ -3,9 +3,8 @@ and batched runs (§6)."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +15,14 @@ import yaml
 from optimizers import _fused
 from optimizers._runs import split_diagnostics
 from runners.schedules import multiplier
-from tests.optimizers.batched import Member, batched_hp, member_batches, member_grads, member_params
+from tests.optimizers.batched import (
+    Member,
+    batched_hp,
+    float64_one_thread,
+    member_batches,
+    member_grads,
+    member_params,
+)
 from tests.optimizers.equivalence import Trajectory, mlp, trajectory
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
@@ -218,7 +224,7 @@ def assert_batched_resume_is_bitwise(
         alone = [member_params(m.seed) for m in group]
         return [torch.stack([ps[i] for ps in alone]).requires_grad_(True) for i in range(len(alone[0]))]
 
-    with float64_single_thread():
+    with float64_one_thread():
         whole = stacked()
         opt_whole = make(whole, runs, hp)
         run(whole, opt_whole, range(steps))
@@ -251,7 +257,7 @@ def assert_special_members_match_alone(
     earlier step's, to reach the early returns of docs/optimizers/dadaptation.md §2) follow their runs
     alone: parameters to ``rtol`` of the largest, the diagnostics to ``rtol``. Returns each member's
     parameters after every step (batched) and the batched optimizer, for further checks."""
-    with float64_single_thread():
+    with float64_one_thread():
         alone = [member_params(r) for r in range(runs)]
         params = [torch.stack([ps[i] for ps in alone]).requires_grad_(True) for i in range(len(alone[0]))]
         opt = make(params, runs, {})
@@ -281,16 +287,3 @@ def assert_special_members_match_alone(
                         f"member {r} step {step}: {key} {got} vs {value}"
                     )
     return history, opt
-
-
-@contextlib.contextmanager
-def float64_single_thread() -> Iterator[None]:
-    """float64 and one thread, as the harness runs (restored afterwards)."""
-    dtype, threads = torch.get_default_dtype(), torch.get_num_threads()
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(dtype)
-        torch.set_num_threads(threads)
