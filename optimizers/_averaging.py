@@ -21,24 +21,29 @@ import copy
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 
+from optimizers._runs import foreach_scaled
 
-def poly_decay_weight(t: int, gamma: float) -> float:
+
+def poly_decay_weight(t: int | np.ndarray, gamma: float) -> float | np.ndarray:
     """``w_t = (gamma + 1) / (gamma + t)``, the weight of the newest iterate at call t (1-based)."""
     return (gamma + 1.0) / (gamma + t)
 
 
 @torch.no_grad()
 def poly_decay_update_(
-    avg: Sequence[torch.Tensor], cur: Sequence[torch.Tensor], t: int, gamma: float
+    avg: Sequence[torch.Tensor], cur: Sequence[torch.Tensor], t: int | np.ndarray, gamma: float
 ) -> None:
-    """In place: ``avg <- (1 - w_t) * avg + w_t * cur`` (the package's ``mul_`` then ``add_``)."""
+    """In place: ``avg <- (1 - w_t) * avg + w_t * cur`` (the package's ``mul_`` then ``add_``). Batched
+    runs (docs/optimizers/README.md §6): ``t`` may be one count per member (dim 0 of every tensor), each
+    member then updated with its own ``w_t`` by the same ops on its slices (``foreach_scaled``)."""
     if not avg:
         return
     w = poly_decay_weight(t, gamma)
-    torch._foreach_mul_(list(avg), 1.0 - w)
-    torch._foreach_add_(list(avg), list(cur), alpha=w)
+    foreach_scaled(torch._foreach_mul_, [list(avg)], 1.0 - w)
+    foreach_scaled(torch._foreach_add_, [list(avg), list(cur)], w, key="alpha")
 
 
 @contextmanager

@@ -296,7 +296,7 @@ def moment_updates(
     memory traffic. Elementwise ops give the same bits in any order; each sum is still one
     ``.sum()`` over the whole tensor.
 
-    Batched runs (``runs``, docs/optimizers/README.md §6): ``a1`` and ``a3`` may be R values
+    Batched runs (``runs``, docs/optimizers/README.md §6): ``a1``, ``a2`` and ``a3`` may be R values
     (``add_scaled_``), the sums are per member, and no tensor is chunked (a chunk would cut members).
     """
     (b1, a1), (b2, a2), (b3, a3) = coefs
@@ -306,7 +306,10 @@ def moment_updates(
             torch._foreach_mul_(m, b1)
             add_scaled_(m, g, a1)
         torch._foreach_mul_(v, b2)
-        torch._foreach_addcmul_(v, g, g, value=a2)
+        if isinstance(a2, np.ndarray):  # Prodigy's d^2 (1 - beta2), per member
+            add_scaled_(v, torch._foreach_mul(g, g), a2)
+        else:
+            torch._foreach_addcmul_(v, g, g, value=a2)
         torch._foreach_mul_(s, b3)
         add_scaled_(s, gsl, a3)
 

@@ -13,10 +13,11 @@ check), then the step ``x <- x - eta g`` with the iterate average folded in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
 import torch
 
 from optimizers import _fused
@@ -25,11 +26,13 @@ from optimizers._common import (
     check_nonnegative,
     check_positive,
     closure_loss,
+    diagnostic_value,
     grads_with_params,
     host_floats,
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import skip_if_reduction_nonfinite
+from optimizers._runs import check_runs, member_scalars, member_values, per_member, step_finite_members
 from optimizers.registry import register
 
 
@@ -73,52 +76,96 @@ class DoG(torch.optim.Optimizer):
 
     Diagnostics (docs/optimizers/README.md §2): ``eta``, ``rbar``, ``G`` per group (suffix
     ``@<group index>`` with several groups), and ``skipped_steps``.
+
+    Batched runs (``runs=R``, docs/optimizers/README.md §6 and docs/optimizers/dog.md §2.5): the eager
+    rule member-wise; ``rbar``, ``G``, ``eta`` gain a leading run dimension (``[R]``; L-DoG ``[R, T]``),
+    ``skipped_steps``, ``averaged_steps`` and the group's ``steps`` (a member's steps taken: its first step
+    is its own) are R counts. ``reps_rel`` and ``lr`` may be R values (``lr``: the group's ``lr`` is then the
+    schedule's multiplier 1.0). ``fused=True`` is refused with ``runs``.
     """
 
     initial_lr_arg = "reps_rel"  # the first step moves reps_rel * (1 + ||x_0||): DoG's step-size seed
     lr_schedule_compatible = True
+    batch_keys = ("reps_rel", "lr")
     _layerwise = False
 
     def __init__(
         self,
         params: Any,
-        reps_rel: float = 1e-6,
-        lr: float = 1.0,
+        reps_rel: float | Sequence[float] = 1e-6,
+        lr: float | Sequence[float] = 1.0,
         weight_decay: float = 0.0,
         eps: float = 1e-8,
         init_eta: float | None = None,
         averaging_gamma: float | None = None,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
-        check_positive("lr", lr)
+        lr, reps_rel = member_values("lr", lr, runs), member_values("reps_rel", reps_rel, runs)
+        for v in np.atleast_1d(lr).tolist():
+            check_positive("lr", v)
         check_nonnegative("weight_decay", weight_decay)
         check_nonnegative("eps", eps)
         if init_eta is not None:
             check_positive("init_eta", init_eta)
             reps_rel = 0.0
         else:
-            check_positive("reps_rel", reps_rel)
+            for v in np.atleast_1d(reps_rel).tolist():
+                check_positive("reps_rel", v)
         if averaging_gamma is not None:
             check_nonnegative("averaging_gamma", averaging_gamma)
+        if runs is not None and fused:
+            raise ValueError(
+                "fused=True and runs: batched runs take the eager rule (docs/optimizers/README.md §6)"
+            )
+        # R learning rates: the group's lr is the schedule's multiplier (docs/optimizers/README.md §6)
+        self.member_lr = lr if isinstance(lr, np.ndarray) else None
         defaults = dict(
             reps_rel=reps_rel,
-            lr=lr,
+            lr=1.0 if self.member_lr is not None else lr,
             weight_decay=weight_decay,
             eps=eps,
             init_eta=init_eta,
             averaging_gamma=averaging_gamma,
+            **({} if runs is None else member_scalars(runs, steps=0, averaged_steps=0)),
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
-        self.state["skipped_steps"] = 0
+        self.runs = runs
+        check_runs(runs, [p for group in self.param_groups for p in group["params"]])
+        self.state["skipped_steps"] = member_scalars(runs, skipped_steps=0)["skipped_steps"]
 
     # -- the rule -------------------------------------------------------------------------------
+    # Per-tensor values are ``[T]`` alone and ``[R, T]`` batched (docs/optimizers/README.md §6): every
+    # reduction over the tensors runs along the last dim, each member's row by the kernel a run alone uses.
     def _reduce_norms(self, norms: torch.Tensor) -> torch.Tensor:
         """Per-tensor norms -> the group's norm (DoG) or the per-tensor vector (L-DoG)."""
-        return norms if self._layerwise else torch.linalg.vector_norm(norms)
+        if self._layerwise:
+            return norms
+        return (
+            torch.linalg.vector_norm(norms) if self.runs is None else torch.linalg.vector_norm(norms, dim=-1)
+        )
 
     def _reduce_sq(self, sq: torch.Tensor) -> torch.Tensor:
-        return sq if self._layerwise else sq.sum()
+        return sq if self._layerwise else sq.sum() if self.runs is None else sq.sum(-1)
+
+    def _norms(self, tensors: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
+        """Per-tensor ``||t||``: ``[T]``, or per member ``[R, T]`` (each row by ``vector_norm``, the kernel
+        of ``_foreach_norm`` on CPU)."""
+        runs = self.runs
+        if runs is None:
+            return torch.stack(torch._foreach_norm(tensors)).to(sdtype)
+        rows = [torch.linalg.vector_norm(t.reshape(runs, -1), dim=1) for t in tensors]
+        return torch.stack(rows, dim=-1).to(sdtype)
+
+    def _first(self, group: dict[str, Any]) -> bool | np.ndarray:
+        """Whether this is the group's first step (docs/optimizers/dog.md §2.1 step 2); batched, per member
+        (a member that skipped every step so far has not started)."""
+        return "rbar" not in group if self.runs is None else group["steps"] == 0
+
+    def _lr(self, group: dict[str, Any], like: torch.Tensor) -> Any:
+        """The group's lr, times each member's when they differ (as broadcasting factors over ``like``)."""
+        return group["lr"] if self.member_lr is None else per_member(group["lr"] * self.member_lr, like)
 
     def _scalars(
         self, group: dict[str, Any], gsq: torch.Tensor, norms: torch.Tensor, first: bool
@@ -126,30 +173,38 @@ class DoG(torch.optim.Optimizer):
         """docs/optimizers/dog.md §2.1 steps 2-4 from the per-tensor ``||g||^2`` and ``||x_0||`` (first
         step) or ``||x_t - x_0||``: sets ``group["rbar"]``, ``group["G"]``, ``group["eta"]``; returns eta."""
         device, sdtype = gsq.device, gsq.dtype
-        if first:  # docs/optimizers/dog.md §2.1 step 2: rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
-            rbar = group["reps_rel"] * (1 + self._reduce_norms(norms))
-            G = self._reduce_sq(gsq) + group["eps"]
-        else:  # docs/optimizers/dog.md §2.1 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
+        n, sq = self._reduce_norms(norms), self._reduce_sq(gsq)
+
+        def start() -> tuple[torch.Tensor, torch.Tensor]:
+            # docs/optimizers/dog.md §2.1 step 2: rbar = reps_rel (1 + ||x0||); G = sum ||g||^2 + eps
+            return per_member(group["reps_rel"], n) * (1 + n), sq + group["eps"]
+
+        def go_on() -> tuple[torch.Tensor, torch.Tensor]:
+            # docs/optimizers/dog.md §2.1 step 3: rbar = max(rbar, ||x_t - x0||); G += sum ||g||^2
             # .to(): a no-op unless a checkpoint was loaded onto another device
-            rbar = torch.maximum(group["rbar"].to(device=device, dtype=sdtype), self._reduce_norms(norms))
-            G = group["G"].to(device=device, dtype=sdtype) + self._reduce_sq(gsq)
-        eta = group["lr"] * rbar / torch.sqrt(G)
-        if first and group["init_eta"] is not None:
-            eta = torch.full_like(eta, group["init_eta"])
+            rbar = torch.maximum(group["rbar"].to(device=device, dtype=sdtype), n)
+            return rbar, group["G"].to(device=device, dtype=sdtype) + sq
+
+        rbar, G = _pick(first, start, go_on)
+        eta = self._lr(group, rbar) * rbar / torch.sqrt(G)
+        if group["init_eta"] is not None:
+            eta = _pick(first, lambda: (torch.full_like(eta, group["init_eta"]),), lambda: (eta,))[0]
         group["rbar"], group["G"], group["eta"] = rbar, G, eta
         return eta
 
     def _take_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
-        """docs/optimizers/dog.md §2.1 step 2 (first step): ``x_0 <- x`` per tensor; returns the
-        per-tensor ``||x_0||``."""
+        """docs/optimizers/dog.md §2.1 step 2 (first step): ``x_0 <- x`` per tensor (batched, ``_prepare``
+        took it for every member at the group's first step: a member's x is unchanged until its own);
+        returns the per-tensor ``||x_0||``."""
         for p in params:
-            self.state[p]["x0"] = p.detach().clone()
-        return torch.stack(torch._foreach_norm(params)).to(sdtype)
+            if "x0" not in self.state[p]:
+                self.state[p]["x0"] = p.detach().clone()
+        return self._norms([self.state[p]["x0"] for p in params], sdtype)
 
     def _dist_from_x0(self, params: list[torch.Tensor], sdtype: torch.dtype) -> torch.Tensor:
         """The per-tensor ``||x_t - x_0||`` of docs/optimizers/dog.md §2.1 step 3."""
         diffs = torch._foreach_sub(params, [self.state[p]["x0"] for p in params])
-        return torch.stack(torch._foreach_norm(diffs)).to(sdtype)
+        return self._norms(diffs, sdtype)
 
     @torch.no_grad()
     def _step_group(self, group: dict[str, Any]) -> None:
@@ -167,29 +222,63 @@ class DoG(torch.optim.Optimizer):
         # per-tensor ||g||^2, zero where the grad is None
         every = len(ps) == len(params)
         index = None if every else torch.tensor(has_grad, dtype=torch.long, device=device)
-        gn = torch.stack(torch._foreach_norm(grads)).to(sdtype) if ps else None
+        gn = self._norms(grads, sdtype) if ps else None
         if every:
             gsq = gn * gn
         else:
-            gsq = torch.zeros(len(params), dtype=sdtype, device=device)
+            gsq = torch.zeros(self._per_tensor_shape(len(params)), dtype=sdtype, device=device)
             if ps:
-                gsq[index] = gn * gn
+                gsq[..., index] = gn * gn
 
-        first = "rbar" not in group
-        norms = self._take_x0(params, sdtype) if first else self._dist_from_x0(params, sdtype)
-        eta = self._scalars(group, gsq, norms, first)
+        first = self._first(group)
+        norms = _pick(
+            first, lambda: (self._take_x0(params, sdtype),), lambda: (self._dist_from_x0(params, sdtype),)
+        )
+        eta = self._scalars(group, gsq, norms[0], first)
 
         if ps:  # docs/optimizers/dog.md §2.1 step 5: x <- x - eta g
             if self._layerwise:
-                neg = list((-(eta if every else eta[index])).unbind())
+                neg = (-(eta if every else eta[..., index])).unbind(-1)
+                neg = (
+                    list(neg)
+                    if self.runs is None
+                    else [per_member(v, g) for v, g in zip(neg, grads, strict=True)]
+                )
             else:
-                neg = -eta
+                neg = -eta if self.runs is None else [per_member(-eta, g) for g in grads]
             torch._foreach_add_(ps, torch._foreach_mul(grads, neg))
 
         if group["averaging_gamma"] is not None:
             t = group.get("averaged_steps", 0) + 1
             self._average(params, t, group["averaging_gamma"])
             group["averaged_steps"] = t
+        if self.runs is not None:
+            group["steps"] = group["steps"] + 1
+
+    def _per_tensor_shape(self, n: int) -> tuple[int, ...]:
+        return (n,) if self.runs is None else (self.runs, n)
+
+    def _prepare(self) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
+        """Batched (``step_finite_members``): every piece of state a step writes, created before it so
+        that a member that skips keeps its own: at a group's first step ``x0`` (each member's x, unchanged
+        until its own first step), ``rbar``, ``G``, ``eta`` as NaN (not started) and the average as x (the
+        first update, ``w_1 = 1``, overwrites it with x exactly); the tensors and the group dicts."""
+        tensors: list[torch.Tensor] = []
+        for group in self.param_groups:
+            params = group["params"]
+            if params and "rbar" not in group:
+                shape = (self.runs,) if not self._layerwise else self._per_tensor_shape(len(params))
+                nan = torch.full(
+                    shape, float("nan"), dtype=_scalar_dtype(params[0].device), device=params[0].device
+                )
+                group["rbar"], group["G"], group["eta"] = nan, nan.clone(), nan.clone()
+            for p in params:
+                state = self.state[p]
+                for key in ("x0", "avg") if group["averaging_gamma"] is not None else ("x0",):
+                    if key not in state:
+                        state[key] = p.detach().clone()
+                tensors += [p, *(state[k] for k in ("x0", "avg") if k in state)]
+        return tensors, self.param_groups
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:
@@ -199,10 +288,15 @@ class DoG(torch.optim.Optimizer):
             self._fused_step()
             return loss
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if skip_if_nonfinite(grads, self.state):
-            return loss
-        for group in self.param_groups:
-            self._step_group(group)
+
+        def step_groups() -> None:
+            for group in self.param_groups:
+                self._step_group(group)
+
+        if self.runs is not None:  # the non-finite policy per member (docs/optimizers/README.md §6)
+            step_finite_members(grads, self.runs, self.state, self._prepare, step_groups)
+        elif not skip_if_nonfinite(grads, self.state):
+            step_groups()
         return loss
 
     # -- fused path -------------------------------------------------------------------------------
@@ -275,8 +369,9 @@ class DoG(torch.optim.Optimizer):
 
     # -- averaging --------------------------------------------------------------------------------
     def _average(self, params: list[torch.Tensor], t: int, gamma: float) -> None:
-        """Polynomial-decay average of ``params`` at averaged step ``t``: ``avg <- x`` at ``t = 1``."""
-        if t == 1:
+        """Polynomial-decay average of ``params`` at averaged step ``t``: ``avg <- x`` at ``t = 1``. Batched,
+        ``t`` per member and every average exists (``_prepare``): ``w_1 = 1`` makes ``avg <- x`` exactly."""
+        if self.runs is None and t == 1:
             for p in params:
                 self.state[p]["avg"] = p.detach().clone()
         else:
@@ -298,8 +393,8 @@ class DoG(torch.optim.Optimizer):
             yield
 
     # -- logging ----------------------------------------------------------------------------------
-    def _group_diagnostics(self, group: dict[str, Any], per_tensor: bool) -> dict[str, float]:
-        return {k: float(group[k]) for k in ("eta", "rbar", "G")}
+    def _group_diagnostics(self, group: dict[str, Any], per_tensor: bool) -> dict[str, Any]:
+        return {k: diagnostic_value(group[k]) for k in ("eta", "rbar", "G")}
 
     def diagnostics(self, per_tensor: bool = False) -> dict[str, float]:
         """Learned scalars (docs/optimizers/README.md §2): ``eta``, ``rbar``, ``G`` per group, and
@@ -311,8 +406,28 @@ class DoG(torch.optim.Optimizer):
             suffix = f"@{i}" if len(self.param_groups) > 1 else ""
             for k, v in self._group_diagnostics(group, per_tensor).items():
                 out[k + suffix] = v
-        out["skipped_steps"] = float(self.state["skipped_steps"])
+        out["skipped_steps"] = diagnostic_value(self.state["skipped_steps"])
         return out
+
+
+def _pick(
+    first: bool | np.ndarray,
+    start: Callable[[], tuple[torch.Tensor, ...]],
+    go_on: Callable[[], tuple[torch.Tensor, ...]],
+) -> tuple[torch.Tensor, ...]:
+    """``start()`` at the first step, else ``go_on()`` (docs/optimizers/dog.md §2.1 steps 2 and 3); batched,
+    member by member (rows of dim 0), computing a branch only if some member takes it."""
+    if isinstance(first, bool):
+        return start() if first else go_on()
+    if first.all():
+        return start()
+    if not first.any():
+        return go_on()
+    mask = torch.as_tensor(first)
+    return tuple(
+        torch.where(mask.to(a.device).reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
+        for a, b in zip(start(), go_on(), strict=True)
+    )
 
 
 @_fused.kernel

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from optimizers.dog import DoG
 from optimizers.registry import register
 
@@ -31,21 +33,33 @@ class LDoG(DoG):
 
     _layerwise = True
 
-    def _group_diagnostics(self, group: dict[str, Any], per_tensor: bool) -> dict[str, float]:
-        eta, rbar, G = group["eta"], group["rbar"], group["G"]
-        seen = G > group["eps"]  # tensors that have had a nonzero gradient
-        if bool(seen.any()):
-            eta_s, rbar_s, G_s = eta[seen], rbar[seen], G[seen]
-        else:
-            eta_s, rbar_s, G_s = eta, rbar, G
-        out = {
-            "eta": float(eta_s.mean()),
-            "eta_min": float(eta_s.min()),
-            "eta_max": float(eta_s.max()),
-            "rbar": float(rbar_s.mean()),
-            "G": float(G_s.mean()),
-        }
-        if per_tensor:
-            for name, vec in (("eta", eta), ("rbar", rbar), ("G", G)):
-                out.update({f"{name}[{i}]": v for i, v in enumerate(vec.tolist())})
-        return out
+    def _group_diagnostics(self, group: dict[str, Any], per_tensor: bool) -> dict[str, Any]:
+        """The summaries of the class docstring; batched (rows ``[R, T]``, docs/optimizers/dog.md §2.5)
+        each member's from its own row, R values per key."""
+        eta, rbar, G, eps = group["eta"], group["rbar"], group["G"], group["eps"]
+        if self.runs is None:
+            return _summaries(eta, rbar, G, eps, per_tensor)
+        rows = [_summaries(eta[r], rbar[r], G[r], eps, per_tensor) for r in range(self.runs)]
+        return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def _summaries(
+    eta: torch.Tensor, rbar: torch.Tensor, G: torch.Tensor, eps: float, per_tensor: bool
+) -> dict[str, float]:
+    """One run's L-DoG diagnostics from its per-tensor ``eta``, ``rbar``, ``G`` (class docstring)."""
+    seen = G > eps  # tensors that have had a nonzero gradient
+    if bool(seen.any()):
+        eta_s, rbar_s, G_s = eta[seen], rbar[seen], G[seen]
+    else:
+        eta_s, rbar_s, G_s = eta, rbar, G
+    out = {
+        "eta": float(eta_s.mean()),
+        "eta_min": float(eta_s.min()),
+        "eta_max": float(eta_s.max()),
+        "rbar": float(rbar_s.mean()),
+        "G": float(G_s.mean()),
+    }
+    if per_tensor:
+        for name, vec in (("eta", eta), ("rbar", rbar), ("G", G)):
+            out.update({f"{name}[{i}]": v for i, v in enumerate(vec.tolist())})
+    return out

@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 
 from optimizers import _fused
@@ -25,6 +26,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    batched_lr,
     bias_correction,
     check_growth_rate,
     d_diagnostics,
@@ -38,6 +40,8 @@ from optimizers._dadapt_common import (
     uses_fsdp,
     workspace,
 )
+from optimizers._runs import check_runs, dots, larger, member_scalars, member_values, select, smaller
+from optimizers._runs import per_member as _per_member
 from optimizers.registry import register
 
 
@@ -75,6 +79,12 @@ class Prodigy(AdamForm):
     back to the eager path. Same state layout as
     the eager path (checkpoints interchange).
 
+    Batched runs (``runs=R``, docs/optimizers/README.md §6 and docs/optimizers/prodigy.md §6): the eager
+    rule member-wise; ``d``, ``d_max``, ``d_numerator``, ``d_denom``, ``d_hat``, ``k``, ``skipped_steps``
+    are R values in every group, each parameter's ``step`` a length-R tensor, the ``[::slice_p]`` slices
+    taken within each member. ``lr``, ``d0`` and ``d_coef`` may be R values (``lr``: the group's ``lr`` is
+    then the schedule's multiplier 1.0). ``fused`` and ``fsdp_in_use`` are refused with ``runs``.
+
     Battery note: the "base LR" perturbed by the shared battery is ``d0`` (``initial_lr_arg``), the
     initial step-size estimate (default 1e-6; the battery's large value is 1.0). ``lr`` stays a
     multiplier that LR schedules may scale.
@@ -82,11 +92,12 @@ class Prodigy(AdamForm):
 
     initial_lr_arg = "d0"
     lr_schedule_compatible = True
+    batch_keys = ("lr", "d0", "d_coef")
 
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1.0,
+        lr: float | Sequence[float] = 1.0,
         betas: Sequence[float] = (0.9, 0.999),
         beta3: float | None = None,
         eps: float = 1e-8,
@@ -94,21 +105,23 @@ class Prodigy(AdamForm):
         decouple: bool = True,
         use_bias_correction: bool = False,
         safeguard_warmup: bool = False,
-        d0: float = 1e-6,
-        d_coef: float = 1.0,
+        d0: float | Sequence[float] = 1e-6,
+        d_coef: float | Sequence[float] = 1.0,
         growth_rate: float = float("inf"),
         fsdp_in_use: bool = False,
         slice_p: int = 1,
         fused: bool = False,
+        runs: int | None = None,
     ) -> None:
-        check_positive("lr", lr)
+        lr, self.member_lr, d0 = batched_lr(lr, d0, runs, fused, fsdp_in_use)
+        d_coef = member_values("d_coef", d_coef, runs)
+        for v in np.atleast_1d(d_coef).tolist():
+            check_positive("d_coef", v)
         check_betas("betas", betas, length=2)
         if beta3 is not None:
             check_unit_interval("beta3", beta3)
         check_positive("eps", eps)
         check_nonnegative("weight_decay", weight_decay)
-        check_positive("d0", d0)
-        check_positive("d_coef", d_coef)
         check_growth_rate(growth_rate)
         if not isinstance(slice_p, int) or isinstance(slice_p, bool) or slice_p < 1:
             raise ValueError(f"slice_p must be an integer >= 1, got {slice_p!r}")
@@ -118,28 +131,34 @@ class Prodigy(AdamForm):
             beta3=beta3,
             eps=eps,
             weight_decay=weight_decay,
-            d=d0,
             d0=d0,
-            d_max=d0,
-            d_numerator=0.0,
             d_coef=d_coef,
-            k=0,
             growth_rate=growth_rate,
             use_bias_correction=use_bias_correction,
             decouple=decouple,
             safeguard_warmup=safeguard_warmup,
             fsdp_in_use=fsdp_in_use,
             slice_p=slice_p,
-            skipped_steps=0,
+            # batched, d_hat and d_denom exist from the start: a member's stay as its run alone reads them
+            **member_scalars(runs, d=d0, d_max=d0, d_numerator=0.0, k=0, skipped_steps=0),
+            **({} if runs is None else member_scalars(runs, d_hat=d0, d_denom=0.0)),
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
+        self.runs = runs
+        check_runs(runs, [p for group in self.param_groups for p in group["params"]])
+
+    def _lr(self) -> Any:
+        """The shared lr (``shared_lr``), times each member's lr when it differs per member (README §6)."""
+        lr = shared_lr(self.param_groups)
+        return lr if self.member_lr is None else lr * self.member_lr
 
     def diagnostics(self) -> dict[str, float]:
         """docs/optimizers/README.md §2: ``d``, ``d_lr = d * lr * bc`` (bc of the next step), ``d_hat``
         (d before a step), ``d_max``."""
         g = self.param_groups[0]
         lr = max_lr(self.param_groups)
+        lr = lr if self.member_lr is None else lr * self.member_lr
         return d_diagnostics(
             g, g["d"] * lr * bias_correction(g), d_hat=g.get("d_hat", g["d"]), d_max=g["d_max"]
         )
@@ -169,7 +188,7 @@ class Prodigy(AdamForm):
         if start is None:
             return None
         pgs, grads, check_later = start
-        lr = shared_lr(groups)
+        lr = self._lr()
         beta1, beta2 = g0["betas"]
         beta3 = g0["beta3"] if g0["beta3"] is not None else math.sqrt(beta2)
         d = g0["d"]
@@ -185,15 +204,17 @@ class Prodigy(AdamForm):
             decouple=decouple,
             fsdp=uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs)),
         )
+        runs = self.runs
         for group, (ps, _) in zip(groups, pgs, strict=True):
             slice_p = group["slice_p"]
             for p in ps:
                 state = self.state[p]
                 if "step" not in state:
-                    state["step"] = 0
-                    state["s"] = torch.zeros_like(p.flatten()[::slice_p]).detach()
+                    state["step"] = 0 if runs is None else torch.zeros(runs, dtype=torch.int64)
+                    state["s"] = torch.zeros_like(_sliced(p, slice_p, runs)).detach()
+                    # batched, an all-zero member in a tensor with others keeps zeros: 0 - xs as the scalar
                     if p.any():
-                        state["p0"] = p.flatten()[::slice_p].detach().clone()
+                        state["p0"] = _sliced(p, slice_p, runs).detach().clone()
                     else:  # all zeros: a scalar 0, as the package (saves memory)
                         state["p0"] = torch.tensor(0, device=p.device, dtype=p.dtype)
                     if beta1 > 0:
@@ -204,13 +225,13 @@ class Prodigy(AdamForm):
     def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
         """``<gs, p0 - xs>`` per tensor on the ``[::slice_p]`` slices, p0 - xs in scratch; a scalar p0 is 0,
         where p0 - xs = -xs broadcasts (docs/optimizers/prodigy.md §2)."""
-        slice_p, dots = group["slice_p"], []
-        xsl = [p.reshape(-1)[::slice_p] for p in ps]
+        slice_p, runs, out = group["slice_p"], self.runs, []
+        xsl = [_sliced(p, slice_p, runs) for p in ps]
         ts = scratch_like(xsl, workspace(self))
         for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
             torch.sub(self.state[p]["p0"], x, out=t)
-            dots.append(torch.dot(g.reshape(-1)[::slice_p], t))
-        return dots
+            out += dots([_sliced(g, slice_p, runs)], [t], runs)
+        return out
 
     @staticmethod
     def _coefs(sc: _Scalars, group: dict[str, Any]) -> tuple[tuple[float, float], ...]:
@@ -225,9 +246,9 @@ class Prodigy(AdamForm):
         states = [self.state[p] for p in ps]
         ms = [st["exp_avg"] for st in states] if sc.beta1 > 0 else None
         vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
-        gsl = [g.reshape(-1)[:: group["slice_p"]] for g in gs]
+        gsl = [_sliced(g, group["slice_p"], self.runs) for g in gs]
         coefs = self._coefs(sc, group)
-        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)))
+        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot terms: ``d / d0`` with the group's d0
@@ -245,29 +266,36 @@ class Prodigy(AdamForm):
         """docs/optimizers/prodigy.md §2 on the host, from each tensor's dot and new ``||s||_1`` (``ratios``:
         its group's d / d0): ``num <- beta3 num + sum (d/d0) dlr dot``, ``d_denom = sum ||s||_1`` (all-reduced
         when sharded, docs/optimizers/README.md §4), ``d_hat``, ``d_max`` and the new ``d``; the group scalars
-        to write, or None for the package's early return when ``d_denom = 0`` (not sharded)."""
+        to write, or None for the package's early return when ``d_denom = 0`` (not sharded). Batched (R
+        values each, ``[T, R]`` rows), that return is per member: ``"moved"`` masks the members that move,
+        and the others keep their scalars."""
         g0, groups = self.param_groups[0], self.param_groups
         d, d_max, d_coef, growth_rate = sc.d, g0["d_max"], g0["d_coef"], g0["growth_rate"]
         delta_numerator = 0.0
         for ratio, v in zip(ratios, dot_values, strict=True):
-            delta_numerator += ratio * sc.dlr * v
-        d_denom = sum(l1_values)
+            delta_numerator = delta_numerator + ratio * sc.dlr * v
+        d_denom = sum(l1_values)  # batched: the rows in tensor order, as a run alone's sum
 
-        if d_denom == 0 and not sc.fsdp:
+        moved = (d_denom != 0) | sc.fsdp
+        if not np.any(moved):
             return None
         if sc.fsdp:
             delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
         d_numerator = sc.d_numerator + delta_numerator
         d_hat = d
-        if sc.lr > 0.0:
+        if np.all(sc.lr > 0.0):  # batched members' lrs are > 0: the shared multiplier decides for all
             # sharded with a zero global ||s||_1 (no early return, so ranks stay in step): the package's 0/0
-            # is a NaN, which the max() calls below pass over, as Python's max does here
-            d_hat = d_coef * d_numerator / d_denom if d_denom else math.nan
-            if d == groups[-1]["d0"]:  # the package compares with the last group's d0
-                d = max(d, d_hat)
-            d_max = max(d_max, d_hat)
-            d = min(d_max, d * growth_rate)
-        return {"d_numerator": d_numerator, "d_denom": d_denom, "d": d, "d_max": d_max, "d_hat": d_hat}
+            # is a NaN, which the max() calls below pass over, as Python's max does here (a batched member
+            # with d_denom = 0 does not move, and its values are dropped)
+            d_hat = _ratio(d_coef * d_numerator, d_denom)
+            # while d is the last group's d0 (the package compares with it): d <- max(d, d_hat)
+            d = select(d == groups[-1]["d0"], larger(d, d_hat), d)
+            d_max = larger(d_max, d_hat)
+            d = smaller(d_max, d * growth_rate)
+        update = {"d_numerator": d_numerator, "d_denom": d_denom, "d": d, "d_max": d_max, "d_hat": d_hat}
+        if self.runs is None:
+            return update
+        return {k: select(moved, v, g0[k]) for k, v in update.items()} | {"moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
         """After the decoupled decay (``AdamForm``): ``x <- x - dlr m / (sqrt(v) + d eps)`` with the new d
@@ -276,13 +304,16 @@ class Prodigy(AdamForm):
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
         ts = scratch_like(vs, workspace(self))
+        step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
         for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
             torch.sqrt(v, out=t)
-            t.add_(d * eps)  # the new d
-            if sc.beta1 > 0:
-                p.addcdiv_(st["exp_avg"], t, value=-sc.dlr)
-            else:
-                p.addcdiv_(g, t, value=-sc.dlr * d)
+            t.add_(_per_member(d * eps, t))  # the new d
+            u = st["exp_avg"] if sc.beta1 > 0 else g
+            scale = _per_member(step, p)
+            if isinstance(scale, float):
+                p.addcdiv_(u, t, value=scale)
+            else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
+                p.add_(scale * u / t)
 
     def _fused_step(
         self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: _Scalars
@@ -360,6 +391,20 @@ class _Scalars(NamedTuple):
     d_numerator: float
     decouple: bool
     fsdp: bool
+
+
+def _sliced(t: torch.Tensor, slice_p: int, runs: int | None) -> torch.Tensor:
+    """Every ``slice_p``-th element of the flattened tensor (docs/optimizers/prodigy.md §2); batched, of
+    each member's (``[R, n]``, README §6)."""
+    return t.reshape(-1)[::slice_p] if runs is None else t.reshape(runs, -1)[:, ::slice_p]
+
+
+def _ratio(num: Any, den: Any) -> Any:
+    """``num / den``, NaN where ``den = 0`` (the package's tensor 0/0); member by member for R values."""
+    if not isinstance(den, np.ndarray):
+        return num / den if den else math.nan
+    with np.errstate(all="ignore"):
+        return np.where(den != 0, num / den, math.nan)
 
 
 def _contiguous(p: torch.Tensor) -> bool:

@@ -4,15 +4,29 @@ bad input."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import dog as dog_pkg
+import numpy as np
 import pytest
 import torch
 
-from optimizers import _fused
+from optimizers import _fused, registry
 from optimizers._averaging import PolynomialDecayAverager
 from optimizers.dog import DoG
 from optimizers.ldog import LDoG
+from tests.optimizers._dadapt_cases import MULTISTEP, batched_maker, config_kwargs, members
+from tests.optimizers.batched import (
+    assert_batched_matches_alone,
+    assert_batched_resume_bitwise,
+    float64_one_thread,
+    member_batches,
+    member_grads,
+    member_params,
+    run_alone,
+    stacked_params,
+    step_members,
+)
 from tests.optimizers.equivalence import (
     assert_close_to_rounding,
     assert_fused_matches_eager,
@@ -299,3 +313,139 @@ def test_fused_kernel_calls_per_chunk_not_per_tensor(cls, gamma):
     if gamma is not None:
         for a, b in zip(ours, ref, strict=True):
             assert_close_to_rounding(fused.state[a]["avg"], eager.state[b]["avg"], rtol=1e-12)
+
+
+# Batched runs (docs/optimizers/README.md §6, docs/optimizers/dog.md §2.5): every member of a group follows
+# its run alone bit for bit. Shared with tests/optimizers/test_ldog.py.
+
+REPS_RELS = (1e-6, 1e-4, 1e-8, 1e-3)  # per-member reps_rel
+DOG_LRS = (1.0, 0.8, 1.2, 0.5)  # per-member lr (the paper's c; the group's lr is the schedule's multiplier)
+
+
+def batched_cases(name: str) -> dict[str, tuple[dict[str, Any], dict[str, Any] | None, dict, Any]]:
+    """name: (constructor kwargs, second-group overrides or None, per-member hyper-parameters, schedule)."""
+    cfg = config_kwargs(name)  # Table 1: the package's defaults, averaging gamma 8
+    return {
+        "config_multistep": (cfg, None, {}, MULTISTEP),
+        "config_reps_rel_lr": (cfg, None, {"reps_rel": REPS_RELS, "lr": DOG_LRS}, None),
+        "weight_decay_init_eta_gamma_2": (
+            {"weight_decay": 1e-2, "init_eta": 1e-3, "averaging_gamma": 2.0},
+            None,
+            {"lr": DOG_LRS},
+            MULTISTEP,
+        ),
+        "two_groups_no_averaging": (
+            {"weight_decay": 1e-3},
+            {"weight_decay": 0.0, "reps_rel": 1e-4},
+            {"lr": DOG_LRS},
+            None,
+        ),
+    }
+
+
+def check_batched_members(cls: type, name: str, case: str) -> None:
+    """200 float64 steps, parameters and diagnostics bit for bit: every per-member op is a run alone's op
+    on the member's slice or row (elementwise, or a reduction along the last dim by the same kernel)."""
+    kwargs, second, per_member, schedule = batched_cases(name)[case]
+    make = batched_maker(cls, kwargs, second, schedule)
+    assert_batched_matches_alone(make, members(**per_member), bitwise=True)
+
+
+def check_batched_non_finite(cls: type, name: str) -> None:
+    """Member 1 turns non-finite at step 50 and member 2 at step 0 (before it has started: no x0 of its
+    own, ``rbar``, ``G``, ``eta`` NaN where its run alone has none yet): each skips alone, bit for bit, its
+    average included; the others step as usual."""
+    make = batched_maker(cls, config_kwargs(name))
+    group = members(reps_rel=REPS_RELS, lr=DOG_LRS)
+    assert_batched_matches_alone(make, group, nonfinite=(1, 50), bitwise=True)
+    with float64_one_thread():
+        params = stacked_params(group)
+        opt = make(params, 4, {"reps_rel": list(REPS_RELS), "lr": list(DOG_LRS)})
+        data = [member_batches(m.seed, 30) for m in group]
+        diags = [step_members(opt, params, data, k, nonfinite=(2, 0)) for k in range(30)]
+        alone = run_alone(make, group[2], 30, nonfinite_at=0)
+        with opt.evaluation_weights():
+            averaged = [p.detach()[2].clone() for p in params]
+        single = alone_average(make, group[2], 30, nonfinite_at=0)
+    assert math.isnan(diags[0][2]["eta"]) and alone.diagnostics[0] == {"skipped_steps": 1.0}
+    assert all(diags[k][2] == alone.diagnostics[k] for k in range(1, 30))
+    assert all(torch.equal(p.detach()[2], q) for p, q in zip(params, alone.params[-1], strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(averaged, single, strict=True))
+    assert opt.state["skipped_steps"].tolist() == [0, 0, 1, 0]
+
+
+def alone_average(make: Any, member: Any, steps: int, nonfinite_at: int | None = None) -> list[torch.Tensor]:
+    """A member's averaged weights (``evaluation_weights``) after ``steps`` steps alone."""
+    params = [p.requires_grad_(True) for p in member_params(member.seed)]
+    opt = make(params, None, dict(member.hp))
+    for step, batch in enumerate(member_batches(member.seed, steps)):
+        for p, g in zip(params, member_grads(params, batch), strict=True):
+            p.grad = g
+        if step == nonfinite_at:
+            params[0].grad.view(-1)[0] = float("nan")
+        opt.step()
+    with opt.evaluation_weights():
+        return [p.detach().clone() for p in params]
+
+
+def check_batched_average(cls: type) -> None:
+    """Each member's polynomial-decay average (``evaluation_weights``) is its run alone's, bit for bit."""
+    make = batched_maker(cls, {"averaging_gamma": 8.0, "weight_decay": 1e-3})
+    group = members(reps_rel=REPS_RELS, lr=DOG_LRS)
+    with float64_one_thread():
+        params = stacked_params(group)
+        opt = make(params, 4, {"reps_rel": list(REPS_RELS), "lr": list(DOG_LRS)})
+        data = [member_batches(m.seed, 40) for m in group]
+        for k in range(40):
+            step_members(opt, params, data, k)
+        with opt.evaluation_weights():
+            averaged = [[p.detach()[r].clone() for p in params] for r in range(4)]
+        for r, member in enumerate(group):
+            assert all(
+                torch.equal(a, b) for a, b in zip(averaged[r], alone_average(make, member, 40), strict=True)
+            )
+
+
+def check_batched_resume(cls: type) -> None:
+    make = batched_maker(cls, {"weight_decay": 1e-2, "averaging_gamma": 8.0})
+    assert_batched_resume_bitwise(make, members(reps_rel=REPS_RELS, lr=DOG_LRS), nonfinite=(1, 50))
+
+
+def check_batched_registry_and_refusals(cls: type, name: str) -> None:
+    assert registry.batch_keys(name) == ("reps_rel", "lr")
+    model = torch.nn.Module()
+    model.w = torch.nn.Parameter(torch.zeros(4, 3))
+    opt = registry.build({"name": name, **config_kwargs(name), "reps_rel": list(REPS_RELS)}, model, runs=4)
+    assert opt.runs == 4 and opt.param_groups[0]["reps_rel"].tolist() == list(REPS_RELS)
+    opt = registry.build({"name": name, **config_kwargs(name), "lr": list(DOG_LRS)}, model, runs=4)
+    assert opt.param_groups[0]["lr"] == 1.0 and opt.member_lr.tolist() == list(DOG_LRS)
+    with pytest.raises(ValueError, match="leading run dimension of 3"):
+        cls([model.w], runs=3)
+    with pytest.raises(ValueError, match="fused=True and runs"):
+        cls([model.w], runs=4, fused=True)
+    with pytest.raises(ValueError, match="reps_rel must be a number for a single run"):
+        cls([model.w], reps_rel=list(REPS_RELS))
+    with pytest.raises(ValueError, match="lr must be a finite number > 0"):
+        cls([model.w], lr=[1.0, 0.0, 1.0, 1.0], runs=4)
+    assert np.asarray(cls([model.w], runs=4).diagnostics()["skipped_steps"]).tolist() == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("case", sorted(batched_cases("dog")))
+def test_batched_members_follow_their_runs_alone(case):
+    check_batched_members(DoG, "dog", case)
+
+
+def test_batched_non_finite_member_skips_alone():
+    check_batched_non_finite(DoG, "dog")
+
+
+def test_batched_average_is_each_members_own():
+    check_batched_average(DoG)
+
+
+def test_batched_state_dict_resumes_bitwise():
+    check_batched_resume(DoG)
+
+
+def test_batched_registry_and_refusals():
+    check_batched_registry_and_refusals(DoG, "dog")

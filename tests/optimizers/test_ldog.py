@@ -18,6 +18,12 @@ from tests.optimizers.test_dog import (  # the same cases as DoG
     CASES,
     FUSED_CASES,
     _averaged_runs,
+    batched_cases,
+    check_batched_average,
+    check_batched_members,
+    check_batched_non_finite,
+    check_batched_registry_and_refusals,
+    check_batched_resume,
     fused_factory,
     fused_skip_check,
     groups_of,
@@ -97,3 +103,55 @@ def test_fused_matches_eager_with_a_frozen_tensor():
 
 def test_fused_skips_a_non_finite_step():
     fused_skip_check(LDoG)
+
+
+# Batched runs (docs/optimizers/README.md §6, docs/optimizers/dog.md §2.5): per-tensor scalars ``[R, T]``,
+# every member bit for bit its run alone (the checks of tests/optimizers/test_dog.py)
+
+
+@pytest.mark.parametrize("case", sorted(batched_cases("ldog")))
+def test_batched_members_follow_their_runs_alone(case):
+    check_batched_members(LDoG, "ldog", case)
+
+
+def test_batched_non_finite_member_skips_alone():
+    check_batched_non_finite(LDoG, "ldog")
+
+
+def test_batched_average_is_each_members_own():
+    check_batched_average(LDoG)
+
+
+def test_batched_state_dict_resumes_bitwise():
+    check_batched_resume(LDoG)
+
+
+def test_batched_registry_and_refusals():
+    check_batched_registry_and_refusals(LDoG, "ldog")
+
+
+def test_batched_per_tensor_diagnostics():
+    """``diagnostics(per_tensor=True)`` batched: R values per key, member r's those of its run alone, the
+    summaries over its own tensors with a nonzero gradient (member 1's second tensor has none)."""
+
+    def grads(shapes, r):
+        return [
+            torch.arange(n.numel(), dtype=torch.float64).reshape(n.shape) * (r + 1) * (i == 0 or r == 0)
+            for i, n in enumerate(shapes)
+        ]
+
+    ones = [torch.ones(2, 3, dtype=torch.float64), torch.ones(2, dtype=torch.float64)]
+    batched = [torch.stack([t, 2 * t]).requires_grad_(True) for t in ones]
+    opt = LDoG(batched, runs=2)
+    for p, g in zip(batched, zip(*(grads(ones, r) for r in range(2)), strict=True), strict=True):
+        p.grad = torch.stack(g)
+    opt.step()
+    diags = opt.diagnostics(per_tensor=True)
+    for r in range(2):
+        alone = [((r + 1) * t).requires_grad_(True) for t in ones]
+        single = LDoG(alone)
+        for p, g in zip(alone, grads(ones, r), strict=True):
+            p.grad = g
+        single.step()
+        assert {k: v[r] for k, v in diags.items()} == single.diagnostics(per_tensor=True)
+    assert diags["G"][1] == diags["G[0]"][1] != diags["G[1]"][1]  # member 1: its second tensor unseen
