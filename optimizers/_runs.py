@@ -11,6 +11,7 @@ parameters have no run dimension. These helpers are the only place the layout is
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -89,8 +90,14 @@ def member_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], runs: int)
 
 
 def host_rows(values: torch.Tensor) -> np.ndarray:
-    """``[T, R]`` per-tensor, per-member values as float64 on the host (one sync)."""
-    return values.detach().to(torch.float64).cpu().numpy()
+    """``[T, R]`` per-tensor, per-member values as float64 on the host (one sync). float32 widens in
+    numpy (exactly); the casts and the move run only where needed: each is an op a small step pays."""
+    v = values.detach()
+    if v.dtype not in (torch.float32, torch.float64):
+        v = v.to(torch.float64)
+    if v.device.type != "cpu":
+        v = v.cpu()
+    return v.numpy().astype(np.float64, copy=False)
 
 
 def sequential_sum(rows: np.ndarray, start: float | np.ndarray = 0.0) -> np.ndarray:
@@ -105,10 +112,13 @@ def sequential_sum(rows: np.ndarray, start: float | np.ndarray = 0.0) -> np.ndar
 def finite_members(tensors: Sequence[torch.Tensor], runs: int) -> np.ndarray:
     """``[R]`` bool on the host: the members none of whose tensors holds a NaN or an infinity.
 
-    Through each member's plain sum first (NaN and inf propagate into it), and only for a member whose
-    sum is not finite through ``max |x|``, which cannot overflow (the single-run rule of
-    ``optimizers._common.all_finite``)."""
+    Through plain sums, into which NaN and inf propagate: the group's total (finite: every member is),
+    then each member's, then ``max |x|`` (cannot overflow) for a member whose sum is not finite (the
+    single-run rule of ``optimizers._common.all_finite``)."""
     if not tensors:
+        return np.ones(runs, dtype=bool)
+    total = torch.stack([t.sum(dtype=torch.float64) for t in tensors]).sum()
+    if math.isfinite(total.item()):
         return np.ones(runs, dtype=bool)
     sums = torch.stack([t.reshape(runs, -1).sum(1, dtype=torch.float64) for t in tensors])
     ok = torch.isfinite(sums).all(0)
