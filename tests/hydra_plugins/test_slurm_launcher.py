@@ -58,10 +58,20 @@ def test_lr_sweep_is_one_job_array_whose_runs_complete(tmp_path):
     ids = _job_ids(sweep)
     array = ids[0].split("_")[0]
     assert ids == [f"{array}_{i}" for i in range(3)], ids
-    # the result pickle can be read a moment before SLURM's accounting closes the job
-    _wait_for(lambda: not _slurm("squeue", "-h", "-j", array).strip(), "the array to leave the queue", 60)
-    accounted = _slurm("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State").split()
-    assert sorted(accounted) == [f"{job}|COMPLETED" for job in ids]
+
+    # the result pickle can be read, and the queue empties, a moment before slurmdbd's accounting
+    # records the end: wait until sacct has every task in a final state
+    def accounted() -> list[str]:
+        return sorted(_slurm("sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State").split())
+
+    live = ("PENDING", "RUNNING", "COMPLETING", "REQUEUED")
+
+    def closed() -> bool:
+        rows = accounted()
+        return len(rows) == len(ids) and not any(r.endswith(live) for r in rows)
+
+    _wait_for(closed, "the array's accounting to close", 60)
+    assert accounted() == [f"{job}|COMPLETED" for job in ids]
     runs = summaries(tmp_path / "results")
     assert [run["status"] for run in runs] == ["completed"] * 3
     lrs = [OmegaConf.load(Path(run_dir) / "config.yaml").optimizer.lr for run_dir in _run_dirs(tmp_path)]
