@@ -515,12 +515,16 @@ def _sqrt(x: Any) -> Any:
 
 
 def _block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
-    """z_k = Σ_i <h_i, g_i> (float64; step 2), batched ``[R]``. A product's ``sum`` reduces a member's
-    row in the order it reduces its run alone's vector, whatever the row's alignment (BLAS ``dot`` does
-    not), so a member equals its run alone bit for bit."""
-    shape = (-1,) if runs is None else (runs, -1)
-    dots = [(x.reshape(shape) * y.reshape(shape)).sum(-1) for x, y in zip(h, g, strict=True)]
-    return torch.stack(dots, dim=-1).sum(-1).to(torch.float64)
+    """z_k = Σ_i <h_i, g_i> (float64; step 2): per tensor ``torch.dot``, summed over the block; batched,
+    ``[R]``, each member by the same calls on copies of its slices, so that it equals its run alone's bit
+    for bit: BLAS ``dot`` sums in an order that depends on the data's alignment, and a fresh copy is
+    aligned as the run alone's own tensors are."""
+    if runs is not None:
+        return torch.stack(
+            [_block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
+        )
+    dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, g, strict=True)]
+    return torch.stack(dots).sum().to(torch.float64)
 
 
 # ------------------------------------------------------------------ fused kernels (fused=True)
