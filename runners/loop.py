@@ -62,7 +62,12 @@ def build_task(cfg: dict[str, Any], world: distributed.World) -> tasks.Task:
         )
     try:
         return tasks.TASKS[name](
-            seed=cfg["seed"], device=world.device, rank=world.rank, world_size=world.world_size, **kwargs
+            seed=cfg["seed"],
+            device=world.device,
+            rank=world.rank,
+            world_size=world.world_size,
+            scale=cfg["scale"],
+            **kwargs,
         )
     except (ValueError, TypeError) as exc:
         raise as_config_error("task", cfg["task"], exc) from exc

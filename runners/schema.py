@@ -67,6 +67,7 @@ class TrainSchema:
     """``configs/train.yaml`` (after the groups and ``experiment``/``launcher`` deltas are merged)."""
 
     seed: Annotated[int, Field(ge=0)]
+    scale: Literal["paper", "smoke"]
     epochs: Count | None
     max_steps: Count | None
     grad_clip: Positive | None

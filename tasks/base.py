@@ -23,11 +23,12 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 Batch = Any
+Scale = Literal["paper", "smoke"]
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -55,9 +56,15 @@ class DatasetMissingError(FileNotFoundError):
 class Task(ABC):
     """One training problem: model, data, loss and metrics.
 
-    Constructed as ``Task(seed=..., device=..., rank=..., world_size=..., **cfg)`` from
-    ``configs/task/<name>.yaml``; ``rank``/``world_size`` are 0/1 in a single process.
+    Constructed as ``Task(seed=..., device=..., rank=..., world_size=..., scale=..., **cfg)`` from
+    ``configs/task/<name>.yaml``; ``rank``/``world_size`` are 0/1 in a single process. ``scale`` is the
+    run's ``scale=`` choice (``configs/scale/``): ``paper`` is the published protocol; ``smoke`` runs a few
+    steps of the same pipeline (same model, loader and metrics), and a task may shrink there only what a
+    laptop CPU cannot hold (its batch, see :attr:`SMOKE_BATCH`, and the examples it evaluates on).
     """
+
+    #: the largest batch a task uses at ``scale=smoke``
+    SMOKE_BATCH = 8
 
     #: training length the task's protocol fixes; the runner reads it
     epochs: int
@@ -66,11 +73,19 @@ class Task(ABC):
     batchable: bool = False
 
     def __init__(
-        self, *, seed: int, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1
+        self,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        scale: Scale = "paper",
     ) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank={rank} must lie in [0, world_size={world_size})")
-        self.seed = seed
+        if scale not in ("paper", "smoke"):
+            raise ValueError(f"scale={scale!r} must be 'paper' or 'smoke'")
+        self.seed, self.scale = seed, scale
         self.device = torch.device(device)
         self.rank, self.world_size = rank, world_size
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from tasks._libsvm_data import resolve
 from tasks._stacked import StackedLinearRuns
-from tasks.base import Task, register_task
+from tasks.base import Scale, Task, register_task
 
 
 @register_task("libsvm_logreg")
@@ -31,13 +31,14 @@ class LibsvmLogReg(StackedLinearRuns, Task):
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        scale: Scale = "paper",
         dataset: str = "iris",
         root: str | Path = "data",
         source: str = "auto",
         batch_size: int = 16,
         epochs: int = 100,
     ) -> None:
-        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size)
+        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size, scale=scale)
         if batch_size < 1:
             raise ValueError(f"task.batch_size={batch_size} must be >= 1")
         self.check_batch_size(batch_size)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_iris
 
 from tasks._stacked import StackedLinearRuns
-from tasks.base import Batch, Task, register_task
+from tasks.base import Batch, Scale, Task, register_task
 
 
 @register_task("toy")
@@ -32,11 +32,12 @@ class ToyIris(StackedLinearRuns, Task):
         device: torch.device | str = "cpu",
         rank: int = 0,
         world_size: int = 1,
+        scale: Scale = "paper",
         batch_size: int = 16,
         epochs: int = 5,
         objective: str = "cross_entropy",
     ) -> None:
-        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size)
+        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size, scale=scale)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(epochs, int) or epochs < 1:

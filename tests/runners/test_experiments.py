@@ -1,4 +1,4 @@
-"""Every configs/experiment/*.yaml composes and runs 2 steps (lightning-hydra-template style).
+"""Every configs/experiment/*.yaml runs at scale=smoke: 2 steps of its pipeline (lightning-hydra-template).
 
 A task whose data are not bundled may define ``fixture_overrides(tmp_path) -> list[str]``: it writes tiny
 fixture data under ``tmp_path`` and returns the task overrides that point at them.
@@ -15,7 +15,7 @@ from runners.train import CONFIG_DIR
 from tests.runners.helpers import compose_cfg, run_inproc
 
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
-SMOKE = ("max_steps=2", "log_every_steps=1", "logger=none")
+SMOKE = ("scale=smoke", "logger=none")
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
