@@ -3,6 +3,9 @@
     python scripts/download_data.py embedded   # Debian r-cran-mlbench -> data/mlbench (apt, no network else)
     python scripts/download_data.py libsvm     # LIBSVM's files -> data/libsvm (needs the LIBSVM site)
     python scripts/download_data.py status     # which source each of the 12 problems would read
+    python scripts/download_data.py cifar10    # torchvision's CIFAR-10 download -> data/cifar-10-batches-py
+    python scripts/download_data.py cifar100   # torchvision's CIFAR-100 download -> data/cifar-100-python
+    python scripts/download_data.py imagenet   # manual steps; with the archives in data/imagenet: unpacks
 
 ``embedded`` runs ``apt-get download r-cran-mlbench`` and ``dpkg-deb -x`` (no R, no root install). Where
 apt is unavailable it says which problems stay missing and exits 0 (``--strict``: exit 1), so ``make data``
@@ -99,6 +102,51 @@ def fetch_libsvm(root: Path, names: list[str], strict: bool = True) -> int:
     return 1 if failed and strict else 0
 
 
+def fetch_cifar(root: Path, name: str) -> int:
+    """torchvision's md5-checked download of CIFAR-10/100 into the pickle layout ``tasks/cifar.py`` reads."""
+    import torchvision
+
+    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}[name]
+    try:
+        for train in (True, False):
+            cls(str(root), train=train, download=True)
+    except (OSError, RuntimeError) as err:
+        print(
+            f"{name}: FAILED: {err}. Without a network, copy {cls.filename} ({cls.url}) into {root} "
+            f"and run this again (it checks the md5 and unpacks it).",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{name}: ready in {root / cls.base_folder}")
+    return 0
+
+
+IMAGENET_STEPS = """ImageNet (ILSVRC-2012) cannot be downloaded without an account:
+  1. Register at https://image-net.org and accept the terms of access.
+  2. Download ILSVRC2012_img_train.tar (138 GB), ILSVRC2012_img_val.tar (6.3 GB) and
+     ILSVRC2012_devkit_t12.tar.gz into {dest}.
+  3. Run `python scripts/download_data.py imagenet` again: torchvision.datasets.ImageNet unpacks them into
+     {dest}/train/<wnid>/ and {dest}/val/<wnid>/, the ImageFolder tree task=imagenet reads."""
+
+
+def fetch_imagenet(root: Path) -> int:
+    """Print the manual steps; where the archives are present, unpack them with torchvision."""
+    import torchvision
+
+    dest = root / "imagenet"
+    archives = ["ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar", "ILSVRC2012_devkit_t12.tar.gz"]
+    if all((dest / split).is_dir() for split in ("train", "val")):
+        print(f"imagenet: {dest}/train and {dest}/val present")
+        return 0
+    if not all((dest / a).is_file() for a in archives):
+        print(IMAGENET_STEPS.format(dest=dest))
+        return 1
+    for split in ("train", "val"):
+        torchvision.datasets.ImageNet(str(dest), split=split)  # checks the md5s, unpacks into dest/split
+    print(f"imagenet: unpacked into {dest}/train and {dest}/val")
+    return 0
+
+
 def status(root: Path) -> int:
     for key, kind in availability(root).items():
         print(f"{DATASETS[key].name:12s} {kind or 'MISSING'}")
@@ -107,7 +155,7 @@ def status(root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["embedded", "libsvm", "status"])
+    ap.add_argument("what", choices=["embedded", "libsvm", "status", "cifar10", "cifar100", "imagenet"])
     ap.add_argument("names", nargs="*", help="libsvm: only these problems (default: all 12)")
     ap.add_argument("--root", default="data", help="data folder (task.root)")
     ap.add_argument("--strict", action="store_true", help="embedded: exit 1 when apt is unavailable")
@@ -117,6 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_embedded(root, args.strict)
     if args.what == "libsvm":
         return fetch_libsvm(root, args.names)
+    if args.what in ("cifar10", "cifar100"):
+        return fetch_cifar(root, args.what)
+    if args.what == "imagenet":
+        return fetch_imagenet(root)
     return status(root)
 
 

@@ -16,8 +16,11 @@ def test_sweep_grid_composes(tmp_path, sweep):
 
     compose_cfg(tmp_path, f"sweep={sweep}")
     params = HydraConfig.get().sweeper.params
-    grid = [float(v) for v in str(params["optimizer.lr"]).split(",")]
-    assert len(grid) >= 3 and all(0 < v < 1 for v in grid) and grid == sorted(grid)
+    grids = {key: [float(v) for v in str(values).split(",")] for key, values in params.items()}
+    assert grids, sweep
+    for key, grid in grids.items():  # an LR, an initial step size, a batch size, TLR's bound or window
+        assert len(grid) >= 3 and all(v > 0 for v in grid) and grid == sorted(grid), key
+    assert all(v < 1 for v in grids.get("optimizer.lr", []))
 
 
 @pytest.mark.parametrize(
