@@ -205,7 +205,7 @@ class Cifar(Task):
     """
 
     #: test (and train) examples evaluated at ``scale=smoke``
-    SMOKE_EVAL = 16
+    SMOKE_EVAL = Task.SMOKE_BATCH
 
     def __init__(
         self,

@@ -58,7 +58,7 @@ class ImageNet(Task):
     """``task=imagenet task.model=resnet50``; see ``configs/task/imagenet.yaml``."""
 
     #: validation images evaluated at ``scale=smoke``
-    SMOKE_EVAL = 16
+    SMOKE_EVAL = Task.SMOKE_BATCH
 
     def __init__(
         self,
