@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.precision}, {args.threads} thread(s), {args.rounds} rounds"
     )
     for name, s in seconds.items():
-        print(f"{name:>6}: {rate[name]:9.1f} images/s  (median {statistics.median(s):.3f} s; rounds {s})")
+        print(f"{name:>6}: {rate[name]:10.4g} images/s  (median {statistics.median(s):.3f} s; rounds {s})")
     print(f"runner / hand = {rate['runner'] / rate['hand']:.3f}  (target >= 0.9)")
     return 0
 

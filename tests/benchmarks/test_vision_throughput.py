@@ -15,4 +15,4 @@ def test_prints_both_rates_and_their_ratio(capsys: pytest.CaptureFixture[str]) -
     rates = {name: float(v) for name, v in re.findall(r"^\s*(runner|hand):\s+([\d.]+) images/s", out, re.M)}
     assert set(rates) == {"runner", "hand"} and all(v > 0 for v in rates.values())
     ratio = float(re.search(r"runner / hand = ([\d.]+)", out).group(1))
-    assert ratio == pytest.approx(rates["runner"] / rates["hand"], rel=1e-2)
+    assert ratio == pytest.approx(rates["runner"] / rates["hand"], rel=5e-3)
