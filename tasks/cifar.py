@@ -79,8 +79,17 @@ def _read_pickle(path: Path) -> dict[str, Any]:
 
 def load_cifar(root: str | Path, dataset: CifarName, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Images uint8 ``[N, 3, 32, 32]`` and labels int64 ``[N]`` (CIFAR-100: the fine labels), on the CPU."""
+    images, labels, _ = read_split(root, dataset, train)
+    return images, labels
+
+
+def read_split(
+    root: str | Path, dataset: CifarName, train: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """:func:`load_cifar` plus each file's ``batch_label`` (the published files name their batch; a fixture
+    says it is one), read in the same pass."""
     spec = _layout(dataset)
-    images, labels = [], []
+    images, labels, batch_labels = [], [], []
     for path in cifar_files(root, dataset, train):
         if not path.is_file():
             raise DatasetMissingError(
@@ -101,7 +110,8 @@ def load_cifar(root: str | Path, dataset: CifarName, train: bool) -> tuple[torch
             raise ValueError(f"{path}: labels outside [0, {spec['classes']})")
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.from_numpy(target.astype(np.int64)))
-    return torch.cat(images), torch.cat(labels)
+        batch_labels.append(str(entry.get("batch_label", "")))
+    return torch.cat(images), torch.cat(labels), batch_labels
 
 
 def file_record(path: Path) -> dict[str, Any]:
@@ -240,8 +250,10 @@ class Cifar(Task):
         self.eval_train, self.eval_batch_size = eval_train, eval_batch_size
         self.num_classes = spec["classes"]
         self.channels_last = self.device.type == "cuda" if channels_last is None else channels_last
-        self.train_x, self.train_y = (t.to(self.device) for t in load_cifar(root, dataset, train=True))
-        self.test_x, self.test_y = (t.to(self.device) for t in load_cifar(root, dataset, train=False))
+        train_x, train_y, train_labels = read_split(root, dataset, train=True)
+        test_x, test_y, test_labels = read_split(root, dataset, train=False)
+        self.train_x, self.train_y = train_x.to(self.device), train_y.to(self.device)
+        self.test_x, self.test_y = test_x.to(self.device), test_y.to(self.device)
         if self.train_x.shape[0] < self.batch_size:
             raise ValueError(
                 f"batch_size={self.batch_size} exceeds the {self.train_x.shape[0]} training images"
@@ -254,7 +266,7 @@ class Cifar(Task):
             "kind": "cifar-pickle",
             "dataset": dataset,
             "files": [file_record(p) for p in paths],
-            "batch_labels": [str(_read_pickle(p).get("batch_label", "")) for p in paths],
+            "batch_labels": train_labels + test_labels,
             "train_images": int(self.train_x.shape[0]),
             "test_images": int(self.test_x.shape[0]),
             "classes": self.num_classes,

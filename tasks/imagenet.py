@@ -6,8 +6,9 @@
 horizontal flip (+ timm's RandAugment, Mixup/CutMix and BCE loss where the recipe says so, D-Adaptation's
 ViT row); evaluation: resize to ``image_size / crop_pct`` + centre crop, top-1 and top-5. PIL decoding runs in
 DataLoader workers that hand over uint8 tensors in pinned memory; conversion to float and normalisation run
-on the device, in ``channels_last`` on CUDA. Each epoch's order is a permutation drawn from ``(seed, epoch)``
-and the workers' augmentation seeds derive from it too.
+on the device, in ``channels_last`` on CUDA. Each epoch's order is a permutation drawn from ``(seed, epoch)``,
+and so are the workers' augmentation seeds (``workers > 0``; with none, crops draw from torch's global RNG,
+and Mixup/CutMix always draw from numpy's, seeded by the runner).
 """
 
 from __future__ import annotations
