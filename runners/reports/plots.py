@@ -89,10 +89,17 @@ def seed_band(
     return stats
 
 
+def mark_empty(ax: Axes, text: str = "no runs logged this") -> None:
+    """Say so on a panel that drew nothing (instead of a blank frame)."""
+    if not ax.lines:
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", fontsize=8)
+
+
 def label(
     ax: Axes, xlabel: str, ylabel: str, title: str = "", logx: bool = False, logy: bool = False
 ) -> None:
     """Axis labels, panel title and log scales in one call."""
+    mark_empty(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
