@@ -3,7 +3,8 @@
 :func:`load` returns :func:`runners.collect.collect`'s DataFrame (one row per run); with
 ``from_wandb="entity/project"`` the same columns come from ``wandb.Api().runs(...)``: the run's group is
 the experiment, its summary's ``final/<k>``/``best/<k>`` the metrics (``runners/train.py`` writes them),
-its config the task, optimizer and seed, ``_runtime`` the wall time. :func:`metric_curves` reads one run's
+its config the task, optimizer, seed and scale, ``_runtime`` the wall time. Either way a ``scale``
+column says which ``configs/scale/`` choice each run used. :func:`metric_curves` reads one run's
 logged values (``metrics.jsonl`` locally, ``run.history()`` on W&B); a W&B run's ``run_dir`` is
 ``wandb:<entity>/<project>/<id>``.
 """
@@ -15,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 from runners.collect import ID_COLUMNS, base_lr, collect
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
 
 WANDB_PREFIX = "wandb:"
 _API: Any = None  # the wandb.Api() of a --from-wandb report (a test may set a stub)
@@ -47,10 +51,11 @@ def _wandb_row(run: Any, project: str) -> dict[str, Any]:
         "run_id": run.name,
         "task": task.get("name"),
         "dataset": task.get("dataset"),
-        "optimizer": tags.get("optimizer_config") or tags.get("optimizer") or opt.get("name"),
+        "optimizer": optimizer_choice(opt) or tags.get("optimizer"),
         "lr": base_lr(opt),
         "seed": cfg.get("seed"),
         "status": summary.get("status", run.state),
+        "scale": cfg.get("scale", "paper"),
     }
     for key, value in summary.items():
         head, _, rest = key.partition("/")
@@ -60,6 +65,32 @@ def _wandb_row(run: Any, project: str) -> dict[str, Any]:
     row["device"] = (run.metadata or {}).get("gpu") if hasattr(run, "metadata") else None
     row["run_dir"] = f"{WANDB_PREFIX}{project}/{run.id}"
     return row
+
+
+def optimizer_choice(opt: dict[str, Any]) -> str | None:
+    """The ``configs/optimizer/<choice>.yaml`` a run's optimizer config came from (W&B keeps the resolved
+    config, not Hydra's choice): among the files building the same class, the one agreeing with the most
+    of the run's settings (its LR aside, which sweeps override)."""
+    best: tuple[int, str] | None = None
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        file_cfg = yaml.safe_load(path.read_text()) or {}
+        if file_cfg.get("name") != opt.get("name"):
+            continue
+        agree = _agreeing(file_cfg, opt)
+        if best is None or agree > best[0]:
+            best = (agree, path.stem)
+    return best[1] if best else opt.get("name")
+
+
+def _agreeing(reference: dict[str, Any], other: dict[str, Any]) -> int:
+    """How many leaves of ``reference`` ``other`` holds with the same value (nested keys too)."""
+    count = 0
+    for key, value in reference.items():
+        if isinstance(value, dict):
+            count += _agreeing(value, other.get(key) if isinstance(other.get(key), dict) else {})
+        else:
+            count += key != "lr" and other.get(key) == value
+    return count
 
 
 def from_wandb(project: str) -> pd.DataFrame:
@@ -73,7 +104,20 @@ def load(results: str | Path = "results", wandb_project: str | None = None) -> p
     """All runs: ``<results>/runs/**/summary.json`` (default) or the W&B project's runs."""
     if wandb_project:
         return from_wandb(wandb_project)
-    return collect(Path(results) / "runs")
+    df = collect(Path(results) / "runs")
+    df["scale"] = [_scale(d) for d in df["run_dir"]] if len(df) else []
+    return df
+
+
+def _scale(run_dir: str) -> str:
+    """The run's ``scale=`` choice (configs/scale/), from its ``config.yaml``; ``paper`` when absent."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return "paper"
+    for line in path.read_text().splitlines():  # a top-level key: no YAML parse of the whole config
+        if line.startswith("scale:"):
+            return line.partition(":")[2].strip() or "paper"
+    return "paper"
 
 
 def select(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
@@ -87,13 +131,17 @@ def select(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
 def _records(run_dir: str, split: str) -> pd.DataFrame:
     cols = ["step", "epoch", "split", "name", "value"]
     if run_dir.startswith(WANDB_PREFIX):
-        hist = _api().run(run_dir[len(WANDB_PREFIX) :]).history(pandas=True)
+        run = _api().run(run_dir[len(WANDB_PREFIX) :])
+        hist = run.history(pandas=True)
         keys = [c for c in hist.columns if c.startswith(split + "/")]
         long = hist.melt(id_vars=["_step"], value_vars=keys, var_name="key").dropna(subset=["value"])
+        # W&B logs by step; a finished run's last step ends its last epoch (task.epochs in its config)
+        epochs = (dict(run.config).get("task") or {}).get("epochs")
+        per_epoch = hist["_step"].max() / epochs if epochs and len(hist) else 1.0
         return pd.DataFrame(
             {
                 "step": long["_step"],
-                "epoch": long.get("epoch", long["_step"]),
+                "epoch": long["_step"] / per_epoch,
                 "split": split,
                 "name": long["key"].str.partition("/")[2],
                 "value": long["value"],
