@@ -16,11 +16,13 @@ import pandas as pd
 import yaml
 
 from runners.reports import plots, scoring
+from runners.reports.rows import why_not_run
 from runners.reports.runs import metric_curve, metric_curves, select
 
 #: metrics a learning curve shows, first present wins (``<split>/<name>`` as the runs log them)
 CURVE_METRICS = ("test/accuracy", "val/accuracy", "test/loss", "val/loss", "train/accuracy", "train/loss")
 LOG_METRICS = ("loss", "perplexity")
+OWN_FIGURES = ("dadapt_figure2",)  # experiments with a figure of their own
 
 
 class Missing(Exception):
@@ -31,26 +33,39 @@ def _need(df: pd.DataFrame, prefix: str, what: str) -> pd.DataFrame:
     runs = select(df, prefix)
     runs = runs[runs["status"].isin(["completed", "diverged"])] if len(runs) else runs
     if runs.empty:
-        raise Missing(f"{what}: no runs of experiments {prefix}* (run: make sweep EXPERIMENT={prefix}...)")
+        raise Missing(
+            f"{what}: no runs of {prefix or 'any experiment'}* ({why_not_run({'experiment': prefix})})"
+        )
     return runs
 
 
-def _label(dataset: object, experiment: object) -> str:
-    return f"{experiment}" + (f" / {dataset}" if pd.notna(dataset) and dataset else "")
+def _label(dataset: object, experiment: object, runs: pd.DataFrame | None = None) -> str:
+    text = f"{experiment}" + (f" / {dataset}" if pd.notna(dataset) and dataset else "")
+    smoke = runs is not None and "scale" in runs and (runs["scale"] == "smoke").all()
+    return text + (" [smoke]" if smoke else "")
 
 
 def _metric(runs: pd.DataFrame) -> str | None:
-    for m in CURVE_METRICS:
-        col = f"final_{m}"
-        if col in runs and runs[col].notna().any():
-            return m
-    return None
+    """The first of :data:`CURVE_METRICS` with final values, else any other final metric (not ``opt/``)."""
+    logged = [c[len("final_") :] for c in runs.columns if c.startswith("final_") and runs[c].notna().any()]
+    ranked = [m for m in CURVE_METRICS if m in logged]
+    ranked += [m for m in logged if not m.startswith(("opt/", "derived/")) and m not in ranked]
+    return ranked[0] if ranked else None
 
 
-def _bands(ax: object, runs: pd.DataFrame, split: str, name: str, by: str, order: list[str]) -> None:
-    for i, (key, group) in enumerate(sorted(runs.groupby(by), key=lambda kv: _rank(kv[0], order))):
-        curves = [metric_curve(d, split, name) for d in group["run_dir"]]
-        plots.seed_band(ax, curves, label=str(key), color=plots.color(_rank(key, order, i)))
+def _curves(runs: pd.DataFrame, split: str, name: str, by: str) -> dict[str, list[pd.Series]]:
+    """``{value of by: the runs' curves of split/name}``, only keys with a logged curve."""
+    out = {}
+    for key, group in runs.groupby(by):
+        curves = [c for c in (metric_curve(d, split, name) for d in group["run_dir"]) if len(c)]
+        if curves:
+            out[str(key)] = curves
+    return out
+
+
+def _bands(ax: object, curves: dict[str, list[pd.Series]], order: list[str]) -> None:
+    for i, key in enumerate(sorted(curves, key=lambda k: _rank(k, order))):
+        plots.seed_band(ax, curves[key], label=key, color=plots.color(_rank(key, order, i)))
 
 
 def _rank(key: object, order: list[str], default: int | None = None) -> int:
@@ -66,18 +81,24 @@ def _best_lr_runs(runs: pd.DataFrame, metric: str) -> pd.DataFrame:
 
 def learning_curves(df: pd.DataFrame, out: str | Path) -> list[Path]:
     """Every experiment's learning curves (one panel per experiment and dataset; grid baselines at their
-    best LR), seed bands; the metric is the first of :data:`CURVE_METRICS` the runs logged."""
+    best LR), seed bands; the metric is the first of :data:`CURVE_METRICS` the runs logged. Table 1's
+    experiment has its own figure (:func:`table1_curves`)."""
     runs = _need(df, "", "learning curves")
-    panels = [(k, g) for k, g in runs.groupby(["experiment", runs["dataset"].fillna("")]) if _metric(g)]
+    runs = runs[~runs["experiment"].isin(OWN_FIGURES)]
+    panels = []
+    for (exp, ds), group in runs.groupby(["experiment", runs["dataset"].fillna("")]):
+        metric = _metric(group)
+        split, _, name = (metric or "").partition("/")
+        curves = _curves(_best_lr_runs(group, metric), split, name, "optimizer") if metric else {}
+        if curves:
+            panels.append((_label(ds, exp, group), metric, curves))
     if not panels:
-        raise Missing("learning curves: no run logged any of " + ", ".join(CURVE_METRICS))
+        raise Missing("learning curves: no run logged a curve of " + ", ".join(CURVE_METRICS))
     fig, axes = plots.panels(len(panels), title="Learning curves (mean ± SE over seeds)")
     order = sorted(runs["optimizer"].astype(str).unique())
-    for ax, ((exp, ds), group) in zip(axes, panels, strict=True):
-        metric = _metric(group)
-        split, _, name = metric.partition("/")
-        _bands(ax, _best_lr_runs(group, metric), split, name, "optimizer", order)
-        plots.label(ax, "epoch", metric, title=_label(ds, exp), logy=name in LOG_METRICS)
+    for ax, (title, metric, curves) in zip(axes, panels, strict=True):
+        _bands(ax, curves, order)
+        plots.label(ax, "epoch", metric, title=title, logy=metric.endswith(LOG_METRICS))
     plots.legend(fig, axes, order)
     return plots.save(fig, "learning_curves", out)
 
@@ -88,13 +109,13 @@ def _scale_over_training(
     runs = _need(df, prefix, title)
     runs = runs[runs["optimizer"].astype(str).str.startswith(optimizers)]
     if runs.empty:
-        raise Missing(f"{title}: no {optimizers}* runs in {prefix}* (run: make sweep EXPERIMENT={prefix}...)")
+        raise Missing(f"{title}: no {optimizers}* runs in {prefix}* ({why_not_run({'experiment': prefix})})")
     panels = list(runs.groupby(["experiment", runs["dataset"].fillna("")]))
     fig, axes = plots.panels(len(panels), title=title)
     order = sorted(runs["optimizer"].astype(str).unique())
     for ax, ((exp, ds), group) in zip(axes, panels, strict=True):
-        _bands(ax, group, "opt", key, "optimizer", order)
-        plots.label(ax, "epoch", key, title=_label(ds, exp), logy=True)
+        _bands(ax, _curves(group, "opt", key, "optimizer"), order)
+        plots.label(ax, "epoch", key, title=_label(ds, exp, group), logy=True)
     plots.legend(fig, axes, order)
     return plots.save(fig, name, out)
 
@@ -144,16 +165,24 @@ def _per_part(
     runs = _need(df, prefix, title)
     runs = runs[runs["optimizer"].astype(str).str.startswith(optimizer)]
     if runs.empty:
-        raise Missing(f"{title}: no {optimizer}* runs in {prefix}* (run: make sweep EXPERIMENT={prefix}...)")
-    panels = list(runs.groupby(["experiment", runs["dataset"].fillna(""), "optimizer"]))
-    fig, axes = plots.panels(len(panels), title=title)
-    for ax, ((exp, ds, opt), group) in zip(axes, panels, strict=True):
+        raise Missing(f"{title}: no {optimizer}* runs in {prefix}* ({why_not_run({'experiment': prefix})})")
+    panels = []  # (title, {part: seed curves}) of each experiment, dataset and optimizer with α logged
+    for (exp, ds, opt), group in runs.groupby(["experiment", runs["dataset"].fillna(""), "optimizer"]):
         per_seed = [metric_curves(d, "opt", "alpha") for d in group["run_dir"]]
-        parts = sorted({k for c in per_seed for k in c if k != "alpha"} or {"alpha"})
-        for i, part in enumerate(parts):
-            curves = [c[part] for c in per_seed if part in c]
-            plots.seed_band(ax, curves, label=part.partition("/")[2] or part, color=plots.color(i))
-        plots.label(ax, "epoch", "α", title=f"{_label(ds, exp)} ({opt})", logy=True)
+        parts = sorted({k for c in per_seed for k in c if k != "alpha"} or {k for c in per_seed for k in c})
+        if parts:
+            curves = {p: [c[p] for c in per_seed if p in c] for p in parts}
+            panels.append((f"{_label(ds, exp, group)}\n{opt}", curves))
+    if not panels:
+        raise Missing(f"{title}: no {optimizer}* run in {prefix}* logged opt/alpha")
+    fig, axes = plots.panels(len(panels), title=title)
+    for ax, (panel_title, curves) in zip(axes, panels, strict=True):
+        for i, (part, seeds) in enumerate(curves.items()):
+            block = part.partition("/")[2] or part
+            plots.seed_band(
+                ax, seeds, label=f"tensor {block}" if block.isdigit() else block, color=plots.color(i)
+            )
+        plots.label(ax, "epoch", "α", title=panel_title, logy=True)
     plots.legend(fig, axes)
     return plots.save(fig, name, out)
 

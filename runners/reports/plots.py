@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 PANEL_SIZE = (3.6, 2.8)  # inches per panel
 MAX_COLUMNS = 4
@@ -106,6 +107,7 @@ def label(
         ax.set_title(title, fontsize=10)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short range collide
     if logy:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3, lw=0.5)

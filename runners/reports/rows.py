@@ -76,7 +76,7 @@ def _experiment_configs(prefix: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "configs" / "experiment").glob(f"{prefix}*.yaml"))
 
 
-def why_not_run(row: dict[str, Any], table: str, smoke_only: bool = False) -> str:
+def why_not_run(row: dict[str, Any], table: str = "", smoke_only: bool = False) -> str:
     """The reason a cell has no paper-scale result, and the command that would make it."""
     exp = row["experiment"]
     sweep = f"make sweep EXPERIMENT={exp} LAUNCHER=slurm"
@@ -96,7 +96,7 @@ def why_not_run(row: dict[str, Any], table: str, smoke_only: bool = False) -> st
 
         if not torch.cuda.is_available():
             return scoring.not_run("needs a GPU at paper scale; none here", sweep)
-    return scoring.not_run("no runs yet", f"make reproduce-{table} SCALE=paper")
+    return scoring.not_run("no runs yet", f"make reproduce-{table} SCALE=paper" if table else sweep)
 
 
 def row_runs(df: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:

@@ -36,10 +36,12 @@ def write_run(
     scale: str = "paper",
     wall_s: float = 60.0,
     task: str = "cifar",
+    task_cfg: dict[str, Any] | None = None,
 ) -> Path:
     """One run: ``final`` metrics (``split/name``), per-epoch ``curves`` (``split/name`` -> values)."""
     name, lr_key = REGISTERED.get(optimizer, (optimizer, "lr"))
-    run_id = f"{task}-{dataset}-{optimizer}-s{seed}-lr{lr:g}-{scale}"
+    extra = "-".join(f"{v}" for v in (task_cfg or {}).values())
+    run_id = f"{task}-{dataset}-{optimizer}-s{seed}-lr{lr:g}-{scale}{extra}"
     run_dir = root / "runs" / experiment / run_id
     run_dir.mkdir(parents=True)
     shipped = OPTIMIZER_CONFIGS / f"{optimizer}.yaml"  # the resolved config a run of this choice records
@@ -50,10 +52,8 @@ def write_run(
         node = node.setdefault(key, {})
     node[leaf] = lr
     epochs = max((len(v) for v in (curves or {}).values()), default=1)
-    cfg = {
-        "task": {"name": task, "dataset": dataset, "batch_size": 128, "epochs": epochs},
-        "optimizer": opt_cfg,
-    }
+    task_node = {"name": task, "dataset": dataset, "batch_size": 128, "epochs": epochs, **(task_cfg or {})}
+    cfg = {"task": task_node, "optimizer": opt_cfg}
     (run_dir / "config.yaml").write_text(yaml.safe_dump({**cfg, "seed": seed, "scale": scale}))
     summary = {
         "run_id": run_id,
@@ -89,7 +89,8 @@ def results_folder(root: Path) -> Path:
     - D-2: only ``scale=smoke`` runs: ``not run`` with the smoke numbers shown;
     - T-4: TLR accuracy curves crossing 80 % of 75.9 % at epoch 3;
     - MO-3 (Table 4): AdamW and MetaOptimize with per-block α;
-    - M-6: Mechanic at 3 base LRs (robustness figure).
+    - M-6: Mechanic at 3 base LRs, T-1 TLR and MO-2 MetaOptimize at 3 initial step sizes (robustness);
+    - M-1: Mechanic's s at 2 batch sizes x 2 models; T-8: TLR's α per tensor.
     """
     for seed in range(3):
         jitter = 0.05 * seed
@@ -174,4 +175,47 @@ def results_folder(root: Path) -> Path:
                 task="bert",
                 dataset="wikibooks",
             )
+        for lr, acc in ((1e-3, 97.0), (1e-2, 97.5), (1e-1, 97.2)):
+            write_run(root, "tlr_t1", "tlr", seed, {"test/accuracy": acc + jitter}, lr=lr, dataset="mnist")
+            write_run(
+                root,
+                "metaoptimize_mo2",
+                "metaoptimize",
+                seed,
+                {"test/accuracy": acc - 10 + jitter},
+                lr=lr * 1e-3,
+                dataset="cifar10",
+            )
+        for model, batch, s_final in (
+            ("bert_base", 256, 0.01),
+            ("bert_base", 1024, 0.02),
+            ("bert_large", 256, 0.005),
+            ("bert_large", 1024, 0.01),
+        ):
+            write_run(
+                root,
+                "mechanic_m1",
+                "mechanic_adam",
+                seed,
+                {"val/mlm_accuracy": 70.0},
+                lr=1.0,
+                task="bert",
+                dataset="wikibooks",
+                task_cfg={"model": model, "batch_size": batch},
+                curves={"opt/s": [1e-4, s_final * (1 + jitter)]},
+            )
+        write_run(
+            root,
+            "tlr_t8",
+            "tlr",
+            seed,
+            {"test/accuracy": 97.0},
+            lr=0.1,
+            dataset="mnist",
+            curves={
+                "opt/alpha/0": [0.1, 0.2, 0.3],
+                "opt/alpha/1": [0.1, 0.05, 0.04],
+                "opt/alpha/2": [0.1, 0.02, 0.01],
+            },
+        )
     return root

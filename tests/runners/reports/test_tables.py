@@ -101,14 +101,13 @@ def test_every_shipped_paper_csv_reads(name: str) -> None:
     assert len(df) > 0 and {"paper", "table", "value"} <= set(df.columns)
 
 
-def test_driver_builds_tables_2_to_5_and_figures(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for n in (2, 3, 4, 5):
+def test_driver_builds_tables(results: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for n in (4, 5):
         assert report.main(["table", str(n), "--results", str(results)]) == 0
         for suffix in ("md", "csv", "tex"):
             assert (results / "tables" / f"table{n}.{suffix}").stat().st_size > 0
-    assert report.main(["figures", "--results", str(results)]) == 0
     out = capsys.readouterr().out
-    assert "Table 2: vision" in out and "missing: " in out and "learning_curves.png" in out
+    assert "Table 4: non-stationary" in out and "Table 5: overhead" in out
 
 
 def test_run_plan_of_a_row() -> None:
