@@ -30,15 +30,17 @@ from runners.reports import rows as table_rows  # noqa: E402
 from runners.reports import runs  # noqa: E402
 
 
-def multiruns(proto: dict, seeds: int, scale: str, results: Path) -> list[list[str]]:
-    """The runner commands (override lists) of every runnable protocol row."""
+def multiruns(proto: dict, seeds: int, scale: str, results: Path, here: bool = True) -> list[list[str]]:
+    """The runner commands (override lists) of every runnable protocol row. ``here``: the runs are for
+    this machine, so rows whose data is absent, or that need a GPU at paper scale without one, are left
+    out (a cluster is assumed to have both)."""
     cmds = []
     for row in proto["rows"]:
         configs = table_rows._experiment_configs(row["experiment"])
         data = Path(os.environ.get("LRBENCH_DATA", REPO / "data")) / str(row.get("data", ""))
-        if row.get("data") and not data.exists():
+        if here and row.get("data") and not data.exists():
             continue
-        if scale == "paper" and row.get("needs") == "gpu":
+        if here and scale == "paper" and row.get("needs") == "gpu":
             import torch
 
             if not torch.cuda.is_available():
@@ -47,7 +49,7 @@ def multiruns(proto: dict, seeds: int, scale: str, results: Path) -> list[list[s
             exps = [key] if row.get("by") == "experiment" else configs
             for exp in exps:
                 cmd = [f"experiment={exp}", f"scale={scale}", f"results_dir={results}", "launcher=basic"]
-                cmd += [f"seed={','.join(map(str, range(seeds)))}", "torch_threads=1"]
+                cmd += [f"seed={','.join(map(str, range(seeds)))}", *(["torch_threads=1"] if here else [])]
                 if row.get("by") != "experiment":
                     cmd.append(f"optimizer={key}")
                 if row.get("dataset"):
@@ -59,6 +61,52 @@ def multiruns(proto: dict, seeds: int, scale: str, results: Path) -> list[list[s
                 if cmd not in cmds:
                     cmds.append(cmd)
     return cmds
+
+
+def protocols() -> list[dict]:
+    """Tables 2-4's protocols (Table 4's where its file lists rows)."""
+    found = [table_rows.protocol(f"table{n}") for n in (2, 3)]
+    return found + [p for p in [import_module("runners.reports.table4")._configured()] if p.get("rows")]
+
+
+class TablePlanner:
+    """``scripts/sweep.py``'s planner of one experiment a table protocol names (``make sweep
+    EXPERIMENT=mechanic_m3``): its rows' multiruns, without the experiment and launcher overrides."""
+
+    def __init__(self, experiment: str, rows: list[dict]) -> None:
+        self.experiment, self.rows = experiment, rows
+
+    def build_parser(self) -> argparse.ArgumentParser:
+        ap = argparse.ArgumentParser(description=f"the table rows of experiment {self.experiment}")
+        ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", 3)))
+        ap.add_argument("--scale", default=os.environ.get("SCALE", "paper"), choices=["smoke", "paper"])
+        ap.add_argument("--results", default=os.environ.get("LRBENCH_RESULTS", "results"))
+        ap.add_argument("overrides", nargs="*", help="extra runner overrides")
+        return ap
+
+    def sweeps(self, args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]], dict, list[str]]:
+        results = Path(args.results).resolve()
+        cmds = multiruns({"rows": self.rows}, args.seeds, args.scale, results, here=local)
+        mine = [c for c in cmds if c[0] == f"experiment={self.experiment}"]
+        keep = [
+            [o for o in c if not o.startswith(("experiment=", "launcher="))] + args.overrides for c in mine
+        ]
+        notes = [] if keep else [f"not run: no runnable row of {self.experiment} here"]
+        return keep, {}, notes
+
+
+def table_planner(experiment: str) -> TablePlanner | None:
+    """The planner of ``experiment`` when a table's rows name it (its config must exist), else None."""
+    if not (REPO / "configs" / "experiment" / f"{experiment}.yaml").is_file():
+        return None
+    rows = [
+        r
+        for proto in protocols()
+        for r in proto["rows"]
+        if experiment in r["optimizers"]
+        or (r.get("by") != "experiment" and experiment.startswith(r["experiment"]))
+    ]
+    return TablePlanner(experiment, rows) if rows else None
 
 
 def run_missing(n: int, args: argparse.Namespace, results: Path) -> None:

@@ -125,3 +125,21 @@ def test_run_plan_of_a_row() -> None:
     cmds = report.multiruns(proto, 2, "smoke", Path("/r"))
     assert len(cmds) == 2 and "optimizer.lr=0.1,1.0" in cmds[0] and "optimizer=dadapt_adam" in cmds[1]
     assert {"experiment=dadapt_figure2", "scale=smoke", "seed=0,1", "task.dataset=iris"} <= set(cmds[1])
+
+
+def test_sweep_plans_a_table_rows_experiment() -> None:
+    """``make sweep EXPERIMENT=<a table row's experiment>`` (the command of a ``not run`` cell) has a
+    planner: the rows' multiruns for a cluster (no local data or GPU check, no thread pinning)."""
+    from scripts import reproduce_table1, sweep
+
+    row = {"experiment": "dadapt_figure2", "dataset": "iris", "needs": "gpu", "optimizers": {"sgd": "SGD"}}
+    planner = report.TablePlanner("dadapt_figure2", [row])
+    args = planner.build_parser().parse_args(["--seeds", "2", "--scale", "paper", "task.epochs=1"])
+    cmds, _, notes = planner.sweeps(args, local=False)
+    assert notes == [] and len(cmds) == 1 and "torch_threads=1" not in cmds[0]
+    assert not any(o.startswith(("experiment=", "launcher=")) for o in cmds[0])
+    assert {"optimizer=sgd", "seed=0,1", "scale=paper", "task.epochs=1"} <= set(cmds[0])
+    assert sweep._planner("dadapt_figure2") is reproduce_table1
+    assert report.table_planner("mechanic_m3_not_written") is None
+    with pytest.raises(SystemExit, match="no planner"):
+        sweep._planner("mechanic_m3_not_written")
