@@ -30,7 +30,9 @@ class Missing(Exception):
 
 
 def _need(df: pd.DataFrame, prefix: str, what: str) -> pd.DataFrame:
+    """The finished runs of experiments named ``prefix*`` (those with a figure of their own left out)."""
     runs = select(df, prefix)
+    runs = runs[~runs["experiment"].isin(OWN_FIGURES)] if len(runs) else runs
     runs = runs[runs["status"].isin(["completed", "diverged"])] if len(runs) else runs
     if runs.empty:
         raise Missing(
@@ -84,7 +86,6 @@ def learning_curves(df: pd.DataFrame, out: str | Path) -> list[Path]:
     best LR), seed bands; the metric is the first of :data:`CURVE_METRICS` the runs logged. Table 1's
     experiment has its own figure (:func:`table1_curves`)."""
     runs = _need(df, "", "learning curves")
-    runs = runs[~runs["experiment"].isin(OWN_FIGURES)]
     panels = []
     for (exp, ds), group in runs.groupby(["experiment", runs["dataset"].fillna("")]):
         metric = _metric(group)

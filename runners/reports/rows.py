@@ -16,7 +16,9 @@ A row (keys of ``configs/table/table2.yaml``)::
       needs: gpu                       # optional: the paper-scale runs need a GPU
       data: cifar10                    # optional: the folder under data/ the runs read; fetch: its command
 
-Only ``scale=paper`` runs give a verdict; smoke runs are shown, marked, as a pipeline check.
+Only ``scale=paper`` runs give a verdict; smoke runs are shown, marked, as a pipeline check. A cell
+whose every run diverged ``differs``; a paper spread given as a std is shown but not in the verdict's
+band (it is not the standard error of the paper's mean).
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def score_row(df: pd.DataFrame, row: dict[str, Any], table: str, tolerance: floa
     paper_runs, smoke = runs[scale == "paper"], runs[scale != "paper"]
     col = f"{row.get('stat', 'final')}_{row['metric']}"
     digits = int(row.get("digits", 1))
-    base_stats, base_runs = _cell(paper_runs, col, row.get("baseline", ""), row)
+    _, base_runs = _cell(paper_runs, col, row.get("baseline", ""), row)
     out = []
     for opt, label in row["optimizers"].items():
         stats, done = _cell(paper_runs, col, opt, row)
@@ -151,7 +153,19 @@ def score_row(df: pd.DataFrame, row: dict[str, Any], table: str, tolerance: floa
         grid = paper_runs[paper_runs[row.get("by", "optimizer")] == row.get("baseline")]
         line["cost to match"] = "" if opt == row.get("baseline") else scoring.cost_to_match(grid, done)
         line["note"] = ""
-        if stats.n == 0:
+        tried = paper_runs[paper_runs[row.get("by", "optimizer")] == opt]
+        if stats.n == 0 and len(tried):  # it ran and no run finished: say how each ended
+            ends = tried["status"].value_counts()
+            line["ours"] = ", ".join(f"{n} {status}" for status, n in ends.items())
+            if "diverged" in ends:  # the paper's setting trains, ours does not
+                line["verdict"], line["note"] = "differs", "diverged at the paper's setting"
+            else:
+                where = f"see {tried['run_dir'].iloc[0]}/error.txt"
+                line["verdict"] = "not run"
+                line["note"] = scoring.not_run(
+                    f"no run completed ({where})", f"make reproduce-{table} SCALE=paper"
+                )
+        elif stats.n == 0:
             s_stats, _ = _cell(smoke, col, opt, row)
             line["verdict"] = "not run"
             line["note"] = why_not_run(row, table, smoke_only=s_stats.n > 0)

@@ -87,6 +87,7 @@ def results_folder(root: Path) -> Path:
     - M-3 CIFAR-10: SGD at 2 LRs x 3 seeds (best 0.1: 95.4) and Mechanic at 94.1: ``reproduced``;
     - M-3 CIFAR-100: Mechanic at 70.0 against the paper's 75.3/76.6: ``differs``;
     - D-2: only ``scale=smoke`` runs: ``not run`` with the smoke numbers shown;
+    - D-9: Adam diverged on every seed: ``differs``;
     - T-4: TLR accuracy curves crossing 80 % of 75.9 % at epoch 3;
     - MO-3 (Table 4): AdamW and MetaOptimize with per-block α;
     - M-6: Mechanic at 3 base LRs, T-1 TLR and MO-2 MetaOptimize at 3 initial step sizes (robustness);
@@ -138,6 +139,7 @@ def results_folder(root: Path) -> Path:
             scale="smoke",
             curves={"opt/d_lr": [1e-6, 1e-3]},
         )
+        write_run(root, "dadapt_d9", "adam", seed, {}, lr=1e-3, dataset=None, status="diverged")
         write_run(
             root,
             "tlr_t4",

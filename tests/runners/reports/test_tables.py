@@ -39,6 +39,8 @@ def test_table2_every_cell_kind(results: Path) -> None:
     assert smoke["verdict"] == "not run" and smoke["ours"].endswith("[smoke]")  # smoke runs never judged
     assert "run: make sweep EXPERIMENT=dadapt_d2 LAUNCHER=slurm" in smoke["note"]
     assert _line(t, "D-2", "dadapt_sgd")["paper"] == "95.6 ± 0.04 (se)"
+    diverged = _line(t, "D-9", "adam")
+    assert (diverged["ours"], diverged["verdict"]) == ("3 diverged", "differs")
     assert _line(t, "D-12", "dadapt_sgd", "final d·lr, WRN-16-8 CIFAR-10")["paper"] == "2.085 ± 0.0780 (std)"
     tlr80 = _line(
         t, "T-4", "tlr", "ResNet-50 ImageNet, epochs to 80% of 75.9%"
