@@ -106,6 +106,7 @@ def load(results: str | Path = "results", wandb_project: str | None = None) -> p
         return from_wandb(wandb_project)
     df = collect(Path(results) / "runs")
     df["scale"] = [_scale(d) for d in df["run_dir"]] if len(df) else []
+    df["batched_members"] = [batched_members(d) for d in df["run_dir"]] if len(df) else []
     return df
 
 
@@ -118,6 +119,14 @@ def _scale(run_dir: str) -> str:
         if line.startswith("scale:"):
             return line.partition(":")[2].strip() or "paper"
     return "paper"
+
+
+def batched_members(run_dir: str) -> int:
+    """How many runs shared this run's batched program (runners/batched.py), 1 for a run alone: its
+    ``wall_s`` is the whole program's."""
+    path = Path(run_dir) / "summary.json"
+    batched = json.loads(path.read_text()).get("batched") if path.is_file() else None
+    return len(batched.get("members") or [1]) if isinstance(batched, dict) else 1
 
 
 def select(df: pd.DataFrame, experiment: str) -> pd.DataFrame:

@@ -9,7 +9,8 @@
   an LR-free method's seeds against the tuned baseline's seeds at its best LR; NaN below 2 seeds a side.
 - **Cost to match** (:func:`cost_to_match`): the baseline's LR grid costs every grid point's runs (a grid
   search must run them all to know its best point), per seed; an LR-free method costs one run. Both from
-  the ``wall_s`` and ``device`` the runs' own ``summary.json`` record (``runners/collect.py``).
+  the ``wall_s`` and ``device`` the runs' own ``summary.json`` record (``runners/collect.py``); a member
+  of a batched program (runners/batched.py) counts its share, the program's time over its members.
 """
 
 from __future__ import annotations
@@ -105,14 +106,20 @@ def _hours_unit(devices: pd.Series) -> str:
     return "GPU-h" if gpu else "CPU-h"
 
 
+def _run_seconds(runs: pd.DataFrame) -> pd.Series:
+    """Each run's wall seconds; a batched run's share of its program's (``batched_members`` runs)."""
+    seconds = pd.to_numeric(runs["wall_s"], errors="coerce")
+    members = pd.to_numeric(runs["batched_members"], errors="coerce") if "batched_members" in runs else 1
+    return seconds / (members.fillna(1) if isinstance(members, pd.Series) else members)
+
+
 def cost_to_match(grid_runs: pd.DataFrame, method_runs: pd.DataFrame) -> str:
     """``grid 9 pts 0.021 CPU-h vs 1 run 0.002 CPU-h (9.3x)``: the baseline grid's cost per seed (the
     sum of every grid point's ``wall_s``, over the number of seeds) against one LR-free run's mean
     ``wall_s``. Empty when either side has no timed run."""
     if grid_runs.empty or method_runs.empty or "wall_s" not in grid_runs or "wall_s" not in method_runs:
         return ""
-    grid_s = pd.to_numeric(grid_runs["wall_s"], errors="coerce")
-    one_s = pd.to_numeric(method_runs["wall_s"], errors="coerce").mean()
+    grid_s, one_s = _run_seconds(grid_runs), _run_seconds(method_runs).mean()
     seeds = max(1, grid_runs["seed"].nunique()) if "seed" in grid_runs else 1
     if grid_s.isna().all() or math.isnan(one_s) or one_s <= 0:
         return ""

@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from runners.reports import paper, render, scoring
+from runners.reports.runs import batched_members
 from tasks._libsvm_data import DATASETS, FETCH_EMBEDDED, FETCH_LIBSVM
 
 #: the table's protocol (problems, seeds, optimizers with their labels, grids and overrides)
@@ -206,6 +207,8 @@ def _against_baseline(df: pd.DataFrame, key: str, sub: pd.DataFrame) -> dict[str
     if method not in sub.index or baseline not in sub.index:
         return {P_COL: "", COST_COL: ""}
     p = scoring.welch_p(sub.loc[method, "values"], sub.loc[baseline, "values"])
+    if "batched_members" not in df and "run_dir" in df:  # a batched run's time is its program's share
+        df = df.assign(batched_members=[batched_members(str(d)) for d in df["run_dir"]])
     ds = df["dataset"].astype(str).str.lower().eq(key)
     grid_runs = df[ds & df["optimizer"].eq(baseline)]
     method_runs = df[ds & df["optimizer"].eq(method) & df["status"].eq("completed")]
