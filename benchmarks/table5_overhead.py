@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     which = "paper" if args.paper_size else "cpu"
     frames = [measure(m, SIZES[m][which], device, args.rounds) for m in args.models.split(",")]
-    df = pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True).assign(sizes=which)
     df["seconds"] = df["seconds"].map(lambda s: s if isinstance(s, list) else [])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     df.to_json(args.out, orient="records", indent=1)

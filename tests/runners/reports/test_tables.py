@@ -84,7 +84,7 @@ def test_table5_from_benchmark_records(tmp_path: Path) -> None:
         {"model": "resnet18", "optimizer": "tlr", "error": "ValueError: no"},
     ]
     for r in recs:
-        r.update(batch=2, size=224, device="cpu", memory_measure="params+grads+state")
+        r.update(batch=256, size=224, device="NVIDIA H100", memory_measure="peak allocated", sizes="paper")
     path = tmp_path / "bench.json"
     path.write_text(json.dumps(recs))
     t = table5.build(table5.load(path))
@@ -95,6 +95,10 @@ def test_table5_from_benchmark_records(tmp_path: Path) -> None:
     assert t.loc["tlr", "verdict (time)"] == "not run" and "did not build" in t.loc["tlr", "measured"]
     assert "not in the suite" in t.loc["gdtuo (gdtuo)", "measured"]
     assert (table5.build(None)["verdict (time)"] == "not run").all()
+    path.write_text(json.dumps([{**r, "sizes": "cpu", "device": "cpu"} for r in recs]))
+    cpu = table5.build(table5.load(path)).set_index("optimizer").loc["dog (DoG)"].iloc[0]
+    assert cpu["time ours"] == "+45 ± 2.9 (n=3)" and cpu["verdict (time)"] == "not run"  # shown, not judged
+    assert cpu["measured"].endswith("python -m benchmarks.table5_overhead --paper-size")
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in paper.PAPER_RESULTS.glob("*.csv")))
