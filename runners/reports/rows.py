@@ -5,7 +5,8 @@ A row (keys of ``configs/table/table2.yaml``)::
 
     - id: M-3                          # experiments.md row id
       setting: ResNet-18, CIFAR-10     # what the row measures
-      experiment: mechanic_m3          # runs of every experiment whose name starts with this
+      experiment: mechanic_m3          # runs of configs/experiment/mechanic_m3.yaml when it exists (not
+                                       # mechanic_m3_wrn40_10), else of every experiment it prefixes
       dataset: cifar10                 # optional: only runs of this dataset; lr: only runs at this LR
       metric: test/accuracy            # the runs' final_<metric> (stat: best for best_<metric>;
                                        # lower is better: higher_better: false; digits: 1)
@@ -14,6 +15,7 @@ A row (keys of ``configs/table/table2.yaml``)::
                                        # (by: experiment: keys are experiment names, one per method)
       paper: {file: mechanic_table2_vision.csv, table: Table 2, dataset: CIFAR-10, metric: test_top1_accuracy}
       needs: gpu                       # optional: the paper-scale runs need a GPU
+      why: ...                         # optional: why the experiment config cannot exist yet
       data: cifar10                    # optional: the folder under data/ the runs read; fetch: its command
 
 Only ``scale=paper`` runs give a verdict; smoke runs are shown, marked, as a pipeline check. A cell
@@ -75,6 +77,10 @@ def paper_value(spec: dict[str, Any] | None, label: str) -> tuple[float, float, 
 
 
 def _experiment_configs(prefix: str) -> list[str]:
+    """``prefix`` itself when its config exists (one row, one config), else every config it prefixes (a
+    row's runs split over several, e.g. ``metaoptimize_mo3_*``)."""
+    if (REPO / "configs" / "experiment" / f"{prefix}.yaml").is_file():
+        return [prefix]
     return sorted(p.stem for p in (REPO / "configs" / "experiment").glob(f"{prefix}*.yaml"))
 
 
@@ -84,7 +90,7 @@ def why_not_run(row: dict[str, Any], table: str = "", smoke_only: bool = False) 
     sweep = f"make sweep EXPERIMENT={exp} LAUNCHER=slurm"
     data = Path(os.environ.get("LRBENCH_DATA", REPO / "data")) / str(row.get("data", ""))
     if not _experiment_configs(exp):
-        return scoring.not_run(f"no configs/experiment/{exp}*.yaml yet", sweep)
+        return scoring.not_run(row.get("why", f"no configs/experiment/{exp}*.yaml yet"), sweep)
     if row.get("data") and not data.exists():
         return scoring.not_run(
             f"no data at {data}", row.get("fetch", "python scripts/download_data.py status")
@@ -104,6 +110,8 @@ def why_not_run(row: dict[str, Any], table: str = "", smoke_only: bool = False) 
 def row_runs(df: pd.DataFrame, row: dict[str, Any]) -> pd.DataFrame:
     """The runs of one protocol row: its experiments, dataset and LR filters."""
     runs = select(df, row["experiment"])
+    if not runs.empty and _experiment_configs(row["experiment"]) == [row["experiment"]]:
+        runs = runs[runs["experiment"].astype(str) == row["experiment"]]
     if runs.empty:
         return runs
     if row.get("dataset") is not None:

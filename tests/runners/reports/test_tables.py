@@ -25,7 +25,9 @@ def _line(table: pd.DataFrame, row: str, optimizer: str, setting: str = "") -> p
     return hit.iloc[0]
 
 
-def test_table2_every_cell_kind(results: Path) -> None:
+def test_table2_every_cell_kind(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "cifar-10-batches-py").mkdir()  # CIFAR-10 present, CIFAR-100 and ImageNet absent
+    monkeypatch.setenv("LRBENCH_DATA", str(tmp_path))
     t = table2.build(runs.load(results))
     assert len(t) == sum(len(r["optimizers"]) for r in rows.protocol("table2")["rows"])  # every line
     base = _line(t, "M-3", "sgd", "ResNet-18, CIFAR-10")
@@ -37,11 +39,22 @@ def test_table2_every_cell_kind(results: Path) -> None:
     assert _line(t, "M-3", "mechanic_sgd", "ResNet-18, CIFAR-100")["verdict"] == "differs"  # 70.0 vs 75.3
     smoke = _line(t, "D-2", "dadapt_sgd")
     assert smoke["verdict"] == "not run" and smoke["ours"].endswith("[smoke]")  # smoke runs never judged
-    assert "run: make sweep EXPERIMENT=dadapt_d2 LAUNCHER=slurm" in smoke["note"]
+    assert smoke["note"] == "only scale=smoke runs (a pipeline check); run: make reproduce-table2 SCALE=paper"
+    # its final d (opt/d: the adapted step size at lr 1), not d times the decayed schedule (opt/d_lr)
+    assert _line(t, "D-12", "dadapt_sgd", "final D-adapted LR, WRN-16-8 CIFAR-10")["ours"].startswith("2.000")
+    no_data = _line(t, "D-3", "dadapt_sgd")["note"]
+    assert no_data.endswith("cifar-100-python; run: python scripts/download_data.py cifar100")
+    assert "JFT-300M" in _line(t, "M-5", "mechanic_sgd")["note"]  # a row that cannot run says why
+    # mechanic_m3 rows read mechanic_m3.yaml's runs only, not mechanic_m3_wrn40_10's (same dataset)
+    assert _line(t, "M-3", "mechanic_sgd", "ResNet-18, CIFAR-100")["ours"] == "70.0 ± 0.03 (n=3)"
+    assert _line(t, "M-3", "mechanic_sgd", "WRN-40-10, CIFAR-100")["verdict"] == "reproduced"  # 79.6
     assert _line(t, "D-2", "dadapt_sgd")["paper"] == "95.6 ± 0.04 (se)"
     diverged = _line(t, "D-9", "adam")
     assert (diverged["ours"], diverged["verdict"]) == ("3 diverged", "differs")
-    assert _line(t, "D-12", "dadapt_sgd", "final d·lr, WRN-16-8 CIFAR-10")["paper"] == "2.085 ± 0.0780 (std)"
+    assert (
+        _line(t, "D-12", "dadapt_sgd", "final D-adapted LR, WRN-16-8 CIFAR-10")["paper"]
+        == "2.085 ± 0.0780 (std)"
+    )
     tlr80 = _line(
         t, "T-4", "tlr", "ResNet-50 ImageNet, epochs to 80% of 75.9%"
     )  # 62.0 >= 0.8 * 75.9 first at epoch 3
