@@ -2,9 +2,9 @@
 
 Corpus layouts read from a local path:
 
-- TinyStories JSON shards (``TinyStories_all_data/data00.json ... data49.json``): each a JSON list of
-  objects with a ``story`` field. As in llama2.c, the first shard (sorted by name) is the validation split
-  and the others are the training split.
+- TinyStories JSON shards (``TinyStories_all_data/data00.json ... data49.json``, read as ``data*.json``):
+  each a JSON list of objects with a ``story`` field. As in llama2.c, the first shard (sorted by name) is
+  the validation split and the others are the training split.
 - A ``datasets`` folder written by ``DatasetDict.save_to_disk`` (e.g. ``roneneldan/TinyStories``) with
   ``train`` and ``validation`` splits and a ``text`` column.
 
@@ -60,14 +60,15 @@ def corpus_files(data_dir: Path, fetch: str) -> tuple[str, list[Path]]:
     """(layout, files) of the corpus at ``data_dir``: ``json_shards`` or ``hf_disk``."""
     if not data_dir.is_dir():
         raise DatasetMissingError("text corpus", str(data_dir), fetch)
-    shards = sorted(data_dir.glob("*.json"))
-    shards = [p for p in shards if p.name not in ("source.json", "dataset_dict.json")]
+    shards = sorted(data_dir.glob("data*.json"))
     if (data_dir / "dataset_dict.json").is_file():
         return "hf_disk", sorted(p for p in data_dir.rglob("*") if p.is_file())
     if len(shards) >= 2:
         return "json_shards", shards
     raise DatasetMissingError(
-        "text corpus (>= 2 TinyStories JSON shards or a datasets save_to_disk folder)", str(data_dir), fetch
+        "text corpus (>= 2 TinyStories data*.json shards or a datasets save_to_disk folder)",
+        str(data_dir),
+        fetch,
     )
 
 
