@@ -77,7 +77,7 @@ class Glue(Task):
         scale: Scale = "paper",
         subtask: Literal["mnli", "qnli", "sst2", "qqp"] = "mnli",
         data_dir: str | Path = "data/glue",
-        checkpoint: str | Path = "results/runs/mechanic_m1_mechanic_adamw/run",
+        checkpoint: str | Path | None = None,
         max_length: Annotated[int, Field(ge=4)] = 128,
         dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1,
         attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1,
@@ -89,6 +89,10 @@ class Glue(Task):
         if scale == "smoke":
             batch_size, eval_examples = min(batch_size, self.SMOKE_BATCH), 16
         self.check_batch_size(batch_size)
+        if checkpoint is None:
+            raise ValueError(
+                "task.checkpoint is required: a bert_mlm run folder (results/runs/<experiment>/<run_id>)"
+            )
         run_dir = Path(checkpoint)
         for name in ("config.yaml", "summary.json", "checkpoint.pt"):
             if not (run_dir / name).is_file():

@@ -5,8 +5,8 @@
 Reads :func:`runners.collect.collect`'s rows for ``<results>/runs/<experiment>/`` and each run's
 ``metrics.jsonl``; writes ``<results>/figures/<experiment>_curves.{png,pdf}`` (minibatch training loss,
 held-out loss) and ``<results>/tables/<experiment>_final.{md,csv,tex}``. A run whose data source carries a
-``substitute_for`` label (``scripts/download_data.py kjv``) is a substitute: the figure's title, every legend
-entry and the table's corpus column say so, so its numbers are never read as the named dataset's.
+``substitute_for`` label (``scripts/download_data.py kjv``) is a substitute: the figure's title,
+the note under it and the table's corpus column say so, so its numbers are never read as the named dataset's.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def run_label(run_dir: str | Path, optimizer: str, lr: float | None) -> str:
     """The optimizer choice, with its base/meta for MetaOptimize and its LR where it has a fixed one."""
     cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["optimizer"]
     if cfg.get("name") == "metaoptimize":
-        return f"MetaOptimize ({cfg['base']}, {cfg['meta']})"
+        return f"MetaOptimize {cfg['base']}/{cfg['meta']}"
     if optimizer in ("adamw", "adam", "lion", "sgd"):
         return f"{optimizer} lr={lr:g}"
     return optimizer
@@ -61,12 +61,12 @@ def curve(run_dir: str | Path, split: str, name: str) -> pd.Series:
 
 def figure(df: pd.DataFrame, experiment: str, out: Path) -> list[Path]:
     substitute = any("SUBSTITUTE" in c for c in df["corpus"])
-    fig, axes = plots.panels(2, title=f"{experiment}: {'; '.join(sorted(set(df['corpus'])))}")
-    tag = " [substitute corpus]" if substitute else ""
+    fig, axes = plots.panels(2, title=f"{experiment}\n{'; '.join(sorted(set(df['corpus'])))}")
+    fig.set_figwidth(10.0)  # room for the long corpus line
     for i, row in enumerate(df.itertuples()):
         color = plots.color(i)
-        plots.seed_band(axes[0], [curve(row.run_dir, "batch", "loss")], row.label + tag, color)
-        plots.seed_band(axes[1], [curve(row.run_dir, "val", "loss")], row.label + tag, color)
+        plots.seed_band(axes[0], [curve(row.run_dir, "batch", "loss")], row.label, color)
+        plots.seed_band(axes[1], [curve(row.run_dir, "val", "loss")], row.label, color)
     plots.label(axes[0], "step", "minibatch training loss", title="train (mean over each log window)")
     plots.label(axes[1], "step", "held-out loss", title="validation")
     if substitute:

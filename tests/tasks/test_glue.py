@@ -58,3 +58,8 @@ def test_missing_files_name_the_path(files, tmp_path):
         Glue(seed=0, subtask="qnli", data_dir=tmp_path, checkpoint=run)
     with pytest.raises(DatasetMissingError, match="checkpoint.pt"):
         Glue(seed=0, subtask="sst2", data_dir=glue, checkpoint=tmp_path)
+
+
+def test_a_checkpoint_is_required(files):
+    with pytest.raises(ValueError, match="task.checkpoint is required"):
+        Glue(seed=0, subtask="sst2", data_dir=files[1])

@@ -42,7 +42,7 @@ def test_substitute_runs_are_labelled_in_table_and_figure(tmp_path, capsys):
     lm_curves.main(["exp", "--results", str(tmp_path)])
     assert (tmp_path / "figures" / "exp_curves.png").stat().st_size > 0
     table = (tmp_path / "tables" / "exp_final.csv").read_text()
-    assert "adamw lr=0.001" in table and "MetaOptimize (adamw, lion)" in table
+    assert "adamw lr=0.001" in table and "MetaOptimize adamw/lion" in table
     assert table.count("King James Bible (SUBSTITUTE for TinyStories)") == 2
     assert "3.25" in table
 
