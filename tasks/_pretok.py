@@ -171,7 +171,7 @@ def pretokenise(
             counts[split] = int(arr.size)
         meta = {
             "layout": layout,
-            "files": [_file_record(p) for p in files],
+            "files": [_file_record(p.resolve()) for p in files],
             "tokens": counts,
             "tokenizer": tok_kind,
         }
