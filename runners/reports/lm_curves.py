@@ -2,7 +2,7 @@
 
     python -m runners.reports.lm_curves metaoptimize_mo5_kjv_substitute [--results results]
 
-Reads :func:`runners.collect.collect`'s rows for ``<results>/runs/<experiment>/`` and each run's
+Reads :func:`runners.reports.runs.load`'s rows of ``experiment`` and each run's
 ``metrics.jsonl``; writes ``<results>/figures/<experiment>_curves.{png,pdf}`` (minibatch training loss,
 held-out loss) and ``<results>/tables/<experiment>_final.{md,csv,tex}``. A run whose data source carries a
 ``substitute_for`` label (``scripts/download_data.py kjv``) is a substitute: the figure's title,
@@ -18,10 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from runners.collect import collect
-from runners.reports import plots
+from runners.reports import plots, runs
 from runners.reports.render import render
-from runners.reports.table1 import read_metrics
 
 
 def corpus_label(run_dir: str | Path) -> str:
@@ -44,19 +42,15 @@ def run_label(run_dir: str | Path, optimizer: str, lr: float | None) -> str:
     return optimizer
 
 
-def runs(results: Path, experiment: str) -> pd.DataFrame:
+def experiment_runs(results: Path, experiment: str) -> pd.DataFrame:
     """One row per run of ``experiment`` with its label and corpus."""
-    df = collect(results / "runs" / experiment)
+    df = runs.load(results)
+    df = df[df["experiment"] == experiment].copy() if len(df) else df
     if df.empty:
         raise SystemExit(f"error: no runs under {results / 'runs' / experiment}")
     df["label"] = [run_label(r.run_dir, r.optimizer, r.lr) for r in df.itertuples()]
     df["corpus"] = [corpus_label(r.run_dir) for r in df.itertuples()]
     return df.sort_values("label", ignore_index=True)
-
-
-def curve(run_dir: str | Path, split: str, name: str) -> pd.Series:
-    recs = read_metrics(run_dir, split, [name])
-    return pd.Series(recs["value"].to_numpy(float), index=recs["step"].to_numpy(int))
 
 
 def figure(df: pd.DataFrame, experiment: str, out: Path) -> list[Path]:
@@ -65,8 +59,10 @@ def figure(df: pd.DataFrame, experiment: str, out: Path) -> list[Path]:
     fig.set_figwidth(10.0)  # room for the long corpus line
     for i, row in enumerate(df.itertuples()):
         color = plots.color(i)
-        plots.seed_band(axes[0], [curve(row.run_dir, "batch", "loss")], row.label, color)
-        plots.seed_band(axes[1], [curve(row.run_dir, "val", "loss")], row.label, color)
+        plots.seed_band(
+            axes[0], [runs.metric_curve(row.run_dir, "batch", "loss", x="step")], row.label, color
+        )
+        plots.seed_band(axes[1], [runs.metric_curve(row.run_dir, "val", "loss", x="step")], row.label, color)
     plots.label(axes[0], "step", "minibatch training loss", title="train (mean over each log window)")
     plots.label(axes[1], "step", "held-out loss", title="validation")
     if substitute:
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--results", default="results")
     args = ap.parse_args(argv)
     results = Path(args.results)
-    df = runs(results, args.experiment)
+    df = experiment_runs(results, args.experiment)
     for path in figure(df, args.experiment, results):
         print(f"wrote {path}")
     render(table(df), f"{args.experiment}_final", out=results, title=f"{args.experiment}: final losses")

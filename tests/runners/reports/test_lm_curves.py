@@ -49,5 +49,5 @@ def test_substitute_runs_are_labelled_in_table_and_figure(tmp_path, capsys):
 
 def test_a_named_corpus_is_not_called_a_substitute(tmp_path):
     write_run(tmp_path, "a", {"name": "prodigy", "lr": 1.0}, 3.0)
-    df = lm_curves.runs(tmp_path, "exp")
+    df = lm_curves.experiment_runs(tmp_path, "exp")
     assert list(df["corpus"]) == ["data/kjv"] and list(df["label"]) == ["prodigy"]
