@@ -125,6 +125,23 @@ def wordpiece(tokenizer: str | None, train_texts: datasets.Dataset, vocab_size: 
     return tok, record
 
 
+def file_records(files: list[Path], memo: Path) -> list[dict[str, Any]]:
+    """Path, size and sha256 of each corpus file, hashed once per cache entry (the cache key already
+    covers names, sizes and mtimes)."""
+    if not memo.is_file():
+        records = []
+        for path in files:
+            digest = hashlib.sha256()
+            with path.open("rb") as fh:
+                for chunk in iter(lambda fh=fh: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+            records.append(
+                {"path": str(path.resolve()), "bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+            )
+        memo.write_text(json.dumps(records))
+    return json.loads(memo.read_text())
+
+
 @register_task("bert_mlm")
 class BertMLM(Task):
     """``task=bert_mlm``; see ``configs/task/bert_mlm.yaml``."""
@@ -186,7 +203,7 @@ class BertMLM(Task):
         self._source = {
             "kind": "bert_mlm packed blocks",
             "data_dir": str(data_dir),
-            "files": [{"path": str(p), "bytes": p.stat().st_size} for p in files],
+            "files": file_records(files, cache / "files.json"),
             "blocks": {s: int(len(b)) for s, b in self.blocks.items()},
             "tokenizer": tok_record,
             "cache": str(cache),

@@ -46,6 +46,7 @@ def test_packed_blocks_and_roberta_masking(tmp_path, corpus):
         batch["labels"], again["labels"]
     )
     assert task.data_source["tokenizer"]["kind"] == "trained_wordpiece"
+    assert all(len(f["sha256"]) == 64 for f in task.data_source["files"])
 
 
 def test_bert_configs_and_metrics(tmp_path, corpus):
