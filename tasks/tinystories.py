@@ -5,6 +5,7 @@ sequence 256, tied embedding and output head, FFN width ``multiple_of``-rounded 
 1e-5, no dropout): 15,191,712 parameters with the 32k Llama vocabulary, as llama2.c's ``model.py`` counts.
 Attention runs through ``scaled_dot_product_attention`` (``attn_implementation="sdpa"``). llama2.c scales
 the init of ``wo`` and ``w3`` (HF: ``o_proj`` and ``up_proj``) by 1/sqrt(2 n_layers); so do we.
+``arch=gpt2`` builds ``GPT2LMHeadModel`` instead (fairseq's ``transformer_lm_gpt`` shape, D-Adaptation D-7).
 
 Data (:mod:`tasks._pretok`): the corpus pre-tokenised once into uint16 files; a window is
 ``seq_len + 1`` tokens starting at a multiple of ``seq_len`` (llama2.c's ``PretokDataset``). An epoch is
@@ -18,13 +19,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from tasks._pretok import Pretokenised, pretokenise, write_story_shards
 from tasks.base import Scale, Task, register_task
@@ -59,12 +60,14 @@ class TinyStories(Task):
         data_dir: str | Path = "data/TinyStories_all_data",
         tokenizer: str | None = None,
         cache_dir: str | Path = "data/cache/tinystories",
+        arch: Literal["llama", "gpt2"] = "llama",
         vocab_size: Annotated[int, Field(ge=2)] = 32000,
         dim: Annotated[int, Field(ge=1)] = 288,
         n_layers: Annotated[int, Field(ge=1)] = 6,
         n_heads: Annotated[int, Field(ge=1)] = 6,
         n_kv_heads: int | None = None,
         multiple_of: Annotated[int, Field(ge=1)] = 32,
+        dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0,
         seq_len: Annotated[int, Field(ge=1)] = 256,
         batch_size: Annotated[int, Field(ge=1)] = 128,
         iters_per_epoch: Annotated[int, Field(ge=1)] = 1000,
@@ -77,18 +80,34 @@ class TinyStories(Task):
         if scale == "smoke":
             batch_size, eval_batches = min(batch_size, self.SMOKE_BATCH), 1
         self.check_batch_size(batch_size)
-        self.config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=dim,
-            intermediate_size=llama2c_hidden_dim(dim, multiple_of),
-            num_hidden_layers=n_layers,
-            num_attention_heads=n_heads,
-            num_key_value_heads=n_kv_heads or n_heads,
-            max_position_embeddings=seq_len,
-            rms_norm_eps=1e-5,
-            tie_word_embeddings=True,
-            attn_implementation="sdpa",
-        )
+        if arch == "llama":
+            self.config = LlamaConfig(
+                vocab_size=vocab_size,
+                hidden_size=dim,
+                intermediate_size=llama2c_hidden_dim(dim, multiple_of),
+                num_hidden_layers=n_layers,
+                num_attention_heads=n_heads,
+                num_key_value_heads=n_kv_heads or n_heads,
+                max_position_embeddings=seq_len,
+                rms_norm_eps=1e-5,
+                attention_dropout=dropout,
+                tie_word_embeddings=True,
+                attn_implementation="sdpa",
+            )
+        else:  # fairseq transformer_lm_gpt (D-Adaptation D-7): pre-LN, GELU, FFN 4 x dim, learned positions
+            self.config = GPT2Config(
+                vocab_size=vocab_size,
+                n_positions=seq_len,
+                n_embd=dim,
+                n_layer=n_layers,
+                n_head=n_heads,
+                n_inner=4 * dim,
+                resid_pdrop=dropout,
+                embd_pdrop=dropout,
+                attn_pdrop=dropout,
+                attn_implementation="sdpa",
+            )
+        self.arch = arch
         self.data: Pretokenised = pretokenise(data_dir, tokenizer, vocab_size, cache_dir, FETCH)
         self.seq_len, self.batch_size = seq_len, batch_size
         self.iters_per_epoch, self.epochs, self.eval_batches = iters_per_epoch, epochs, eval_batches
@@ -103,6 +122,8 @@ class TinyStories(Task):
             self.windows[split] = (n - 1) // seq_len
 
     def build_model(self) -> torch.nn.Module:
+        if self.arch == "gpt2":
+            return GPT2LMHeadModel(self.config).to(self.device)
         model = LlamaForCausalLM(self.config)
         # llama2.c Transformer.__init__: scaled init of the residual projections wo and w3 (GPT-2 style)
         std = 0.02 / math.sqrt(2 * self.config.num_hidden_layers)
@@ -163,4 +184,9 @@ class TinyStories(Task):
     def fixture_overrides(tmp_path: Path) -> list[str]:
         """Two tiny TinyStories-style JSON shards and the smoke overrides (tests/runners/test_experiments)."""
         data = write_story_shards(tmp_path / "TinyStories_all_data", stories_per_shard=40)
-        return [f"task.data_dir={data}", f"task.cache_dir={tmp_path / 'cache'}", "task.vocab_size=320"]
+        return [
+            f"task.data_dir={data}",
+            f"task.cache_dir={tmp_path / 'cache'}",
+            "task.vocab_size=320",
+            "task.seq_len=64",  # the fixture's 80 stories; D-7's 512-token GPT would take minutes a step
+        ]

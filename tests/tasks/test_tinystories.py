@@ -126,3 +126,11 @@ def test_corrupt_shard_names_the_file(tmp_path, shards):
     (shards / "data01.json").write_text('[{"text": "no story field"}]')
     with pytest.raises(ValueError, match="data01.json"):
         make(tmp_path)
+
+
+def test_gpt2_architecture_for_d7(tmp_path, shards):
+    task = make(tmp_path, arch="gpt2", dropout=0.1)
+    model = task.build_model()
+    assert type(model).__name__ == "GPT2LMHeadModel" and model.config.n_inner == 4 * 16
+    assert model.config._attn_implementation == "sdpa"
+    assert task.loss(model, next(iter(task.train_batches(0)))).isfinite()
