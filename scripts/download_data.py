@@ -6,6 +6,8 @@
     python scripts/download_data.py cifar10    # torchvision's CIFAR-10 download -> data/cifar-10-batches-py
     python scripts/download_data.py cifar100   # torchvision's CIFAR-100 download -> data/cifar-100-python
     python scripts/download_data.py imagenet   # manual steps; with the archives in data/imagenet: unpacks
+    python scripts/download_data.py kjv        # Debian bible-kjv(-text) -> data/kjv, a SUBSTITUTE corpus for
+                                               # TinyStories in its JSON-shard layout (task=tinystories)
 
 ``embedded`` runs ``apt-get download r-cran-mlbench`` and ``dpkg-deb -x`` (no R, no root install). Where
 apt is unavailable it says which problems stay missing and exits 0 (``--strict``: exit 1), so ``make data``
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import hashlib
+import json
 import lzma
 import shutil
 import subprocess
@@ -31,14 +35,14 @@ from tasks._libsvm_data import DATASETS, LIBSVM_URL, MLBENCH_SUBDIR, availabilit
 MLBENCH_SETS = [k for k, s in DATASETS.items() if s.embedded and s.embedded.startswith("mlbench")]
 
 
-def _apt_download(workdir: Path) -> Path:
-    """``apt-get download r-cran-mlbench`` into ``workdir`` (one ``apt-get update`` retry)."""
-    cmd = ["apt-get", "download", "r-cran-mlbench"]
+def _apt_download(workdir: Path, package: str = "r-cran-mlbench") -> Path:
+    """``apt-get download <package>`` into ``workdir`` (one ``apt-get update`` retry)."""
+    cmd = ["apt-get", "download", package]
     run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if run.returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True)
         run = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
-    debs = sorted(workdir.glob("r-cran-mlbench_*.deb"))
+    debs = sorted(workdir.glob(f"{package}_*.deb"))
     if run.returncode != 0 or not debs:
         raise RuntimeError(f"`{' '.join(cmd)}` failed: {(run.stderr or run.stdout).strip()[-400:]}")
     return debs[-1]
@@ -147,6 +151,51 @@ def fetch_imagenet(root: Path) -> int:
     return 0
 
 
+def fetch_kjv(root: Path) -> int:
+    """The King James Bible as TinyStories-style JSON shards in ``<root>/kjv``, one "story" per chapter:
+    ``data00.json`` (every 20th chapter: the validation split, llama2.c's shard 0) and ``data01.json``.
+    ``source.json`` labels it a substitute, and every run's data_source carries that label."""
+    out = root / "kjv"
+    if (out / "source.json").is_file():
+        print(f"kjv: present in {out}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        debs = [_apt_download(Path(tmp), pkg) for pkg in ("bible-kjv-text", "bible-kjv")]
+        for deb in debs:
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "x")], check=True)
+        lib = Path(tmp) / "x/usr/lib"
+        text = subprocess.run(
+            [str(Path(tmp) / "x/usr/bin/bible"), "-p", str(lib), "-f", "Gen1:1-Rev22:21"],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"COLUMNS": "100000"},
+        ).stdout
+        records = [{"file": d.name, "bytes": d.stat().st_size, "sha256": _sha256(d)} for d in debs]
+    chapters: dict[str, list[str]] = {}
+    for line in text.splitlines():  # "Ge1:1 In the beginning God created ..."
+        ref, _, verse = line.partition(" ")
+        chapters.setdefault(ref.split(":")[0], []).append(verse.strip())
+    stories = [{"story": " ".join(v), "chapter": k} for k, v in chapters.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "data00.json").write_text(json.dumps(stories[::20]))
+    (out / "data01.json").write_text(json.dumps([s for i, s in enumerate(stories) if i % 20]))
+    label = {
+        "name": "King James Bible (Debian bible-kjv-text), one story per chapter",
+        "substitute_for": "TinyStories",
+        "note": "SUBSTITUTE corpus: its numbers are never TinyStories numbers",
+        "chapters": len(stories),
+        "debs": records,
+    }
+    (out / "source.json").write_text(json.dumps(label, indent=1))
+    print(f"kjv: {len(stories)} chapters ({len(text)} characters) -> {out} (a substitute for TinyStories)")
+    return 0
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def status(root: Path) -> int:
     for key, kind in availability(root).items():
         print(f"{DATASETS[key].name:12s} {kind or 'MISSING'}")
@@ -155,7 +204,8 @@ def status(root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["embedded", "libsvm", "status", "cifar10", "cifar100", "imagenet"])
+    what = ["embedded", "libsvm", "status", "cifar10", "cifar100", "imagenet", "kjv"]
+    ap.add_argument("what", choices=what)
     ap.add_argument("names", nargs="*", help="libsvm: only these problems (default: all 12)")
     ap.add_argument("--root", default="data", help="data folder (task.root)")
     ap.add_argument("--strict", action="store_true", help="embedded: exit 1 when apt is unavailable")
@@ -169,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_cifar(root, args.what)
     if args.what == "imagenet":
         return fetch_imagenet(root)
+    if args.what == "kjv":
+        return fetch_kjv(root)
     return status(root)
 
 

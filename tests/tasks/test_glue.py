@@ -1,0 +1,65 @@
+"""tasks/glue.py on GLUE TSVs written here and a tiny bert_mlm run folder in the runner's layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tasks.base import DatasetMissingError
+from tasks.bert_mlm import write_pretrained_run
+from tasks.glue import Glue, write_glue_tsvs
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    return write_pretrained_run(root / "pretrain"), write_glue_tsvs(root / "glue")
+
+
+def make(files, **kw):
+    run, glue = files
+    return Glue(seed=0, data_dir=glue, checkpoint=run, max_length=32, batch_size=8, **kw)
+
+
+def test_mnli_starts_from_the_pretrained_encoder(files):
+    task = make(files, subtask="mnli")
+    model = task.build_model()
+    state = torch.load(files[0] / "checkpoint.pt", weights_only=False)["model"]
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    assert torch.equal(model.state_dict()[key], state[key])
+    assert model.config.num_labels == 3
+    batch = next(iter(task.train_batches(0)))
+    assert task.loss(model, batch).isfinite()
+    metrics = task.evaluate(model)
+    assert set(metrics) == {"validation_matched/accuracy", "validation_mismatched/accuracy"}
+
+
+def test_qqp_reports_f1_and_dropout_is_a_task_key(files):
+    task = make(files, subtask="qqp", dropout=0.0)
+    assert task.config.hidden_dropout_prob == 0.0 and task.config.attention_probs_dropout_prob == 0.1
+    assert set(task.evaluate(task.build_model())) == {"validation/accuracy", "validation/f1"}
+
+
+def test_unexpected_columns_are_named(files):
+    run, glue = files
+    path = glue / "sst2" / "train.tsv"
+    text = path.read_text().splitlines()
+    bad = glue.parent / "bad"
+    (bad / "sst2").mkdir(parents=True)
+    (bad / "sst2" / "validation.tsv").write_text((glue / "sst2" / "validation.tsv").read_text())
+    (bad / "sst2" / "train.tsv").write_text("\n".join([text[0] + "\tgenre"] + [r + "\tx" for r in text[1:]]))
+    with pytest.raises(ValueError, match=r"unexpected columns \['genre'\]"):
+        Glue(seed=0, subtask="sst2", data_dir=bad, checkpoint=run, max_length=32)
+
+
+def test_missing_files_name_the_path(files, tmp_path):
+    run, glue = files
+    with pytest.raises(DatasetMissingError, match="qnli"):
+        Glue(seed=0, subtask="qnli", data_dir=tmp_path, checkpoint=run)
+    with pytest.raises(DatasetMissingError, match="checkpoint.pt"):
+        Glue(seed=0, subtask="sst2", data_dir=glue, checkpoint=tmp_path)
+
+
+def test_a_checkpoint_is_required(files):
+    with pytest.raises(ValueError, match="task.checkpoint is required"):
+        Glue(seed=0, subtask="sst2", data_dir=files[1])
