@@ -36,6 +36,8 @@ def multiruns(proto: dict, seeds: int, scale: str, results: Path, here: bool = T
     out (a cluster is assumed to have both)."""
     cmds = []
     for row in proto["rows"]:
+        if row.get("why"):  # a row that cannot hold runs yet says so in its cells
+            continue
         configs = table_rows._experiment_configs(row["experiment"])
         data = Path(os.environ.get("LRBENCH_DATA", REPO / "data")) / str(row.get("data", ""))
         if here and row.get("data") and not data.exists():

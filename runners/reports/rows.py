@@ -15,7 +15,8 @@ A row (keys of ``configs/table/table2.yaml``)::
                                        # (by: experiment: keys are experiment names, one per method)
       paper: {file: mechanic_table2_vision.csv, table: Table 2, dataset: CIFAR-10, metric: test_top1_accuracy}
       needs: gpu                       # optional: the paper-scale runs need a GPU
-      why: ...                         # optional: why the experiment config cannot exist yet
+      why: ...                         # optional: why the row cannot hold runs yet (no config can exist,
+                                       # or its runs do not record what the row selects by)
       data: cifar10                    # optional: the folder under data/ the runs read; fetch: its command
 
 Only ``scale=paper`` runs give a verdict; smoke runs are shown, marked, as a pipeline check. A cell
@@ -84,12 +85,13 @@ def _experiment_configs(prefix: str) -> list[str]:
     return sorted(p.stem for p in (REPO / "configs" / "experiment").glob(f"{prefix}*.yaml"))
 
 
-def why_not_run(row: dict[str, Any], table: str = "", smoke_only: bool = False) -> str:
-    """The reason a cell has no paper-scale result, and the command that would make it."""
+def why_not_run(row: dict[str, Any], table: str = "", smoke_only: bool = False, opt: str = "") -> str:
+    """The reason cell ``opt`` has no paper-scale result, and the command that would make it."""
     exp = row["experiment"]
-    sweep = f"make sweep EXPERIMENT={exp} LAUNCHER=slurm"
+    cell_exp = opt if row.get("by") == "experiment" and opt else exp  # the cell's own config
+    sweep = f"make sweep EXPERIMENT={cell_exp} LAUNCHER=slurm"
     data = Path(os.environ.get("LRBENCH_DATA", REPO / "data")) / str(row.get("data", ""))
-    if not _experiment_configs(exp):
+    if row.get("why") or not _experiment_configs(exp):  # ``why``: the row cannot hold runs yet
         return scoring.not_run(row.get("why", f"no configs/experiment/{exp}*.yaml yet"), sweep)
     if row.get("data") and not data.exists():
         return scoring.not_run(
@@ -176,7 +178,7 @@ def score_row(df: pd.DataFrame, row: dict[str, Any], table: str, tolerance: floa
         elif stats.n == 0:
             s_stats, _ = _cell(smoke, col, opt, row)
             line["verdict"] = "not run"
-            line["note"] = why_not_run(row, table, smoke_only=s_stats.n > 0)
+            line["note"] = why_not_run(row, table, smoke_only=s_stats.n > 0, opt=opt)
             if s_stats.n:
                 line["ours"] = f"{s_stats.text(digits)} [smoke]"
         elif opt == row.get("baseline") and len(done):

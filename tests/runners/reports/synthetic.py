@@ -185,9 +185,29 @@ def results_folder(root: Path) -> Path:
                 seed,
                 {"val/mlm_accuracy": acc + jitter},
                 lr=lr,
-                task="bert",
-                dataset="wikibooks",
+                task="bert_mlm",
             )
+        # M-2 MNLI: the dev split names the subtask; a QNLI run logs validation/accuracy
+        for exp, opt, acc in (
+            ("mechanic_m2_adamw", "adamw", 84.0),
+            ("mechanic_m2_mechanic_adamw", "mechanic_adam", 83.9),
+        ):
+            write_run(
+                root, exp, opt, seed, {"validation_matched/accuracy": acc + jitter}, lr=1e-4, task="glue"
+            )
+        write_run(
+            root, "mechanic_m2_adamw", "adamw", seed, {"validation/accuracy": 91.0}, lr=2e-4, task="glue"
+        )
+        write_run(
+            root,
+            "metaoptimize_mo5_adamw_fixed",
+            "adamw",
+            seed,
+            {"val/loss": 6.5 + jitter},
+            lr=1e-5,
+            task="tinystories",
+            scale="smoke",
+        )
         for lr, acc in ((1e-3, 97.0), (1e-2, 97.5), (1e-1, 97.2)):
             write_run(root, "tlr_t1", "tlr", seed, {"test/accuracy": acc + jitter}, lr=lr, dataset="mnist")
             write_run(

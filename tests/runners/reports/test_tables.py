@@ -71,7 +71,11 @@ def test_table2_first_epoch_reaching() -> None:
     )
 
 
-def test_table3_lr_rows_and_table4_from_runs(results: Path) -> None:
+def test_table3_lr_rows_and_table4_from_runs(
+    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "TinyStories_all_data").mkdir()  # MO-5's data present: its cells name their sweep
+    monkeypatch.setenv("LRBENCH_DATA", str(tmp_path))
     df = runs.load(results)
     t3 = table3.build(df)
     assert (
@@ -81,6 +85,24 @@ def test_table3_lr_rows_and_table4_from_runs(results: Path) -> None:
         _line(t3, "M-6", "mechanic_adam", "BERT-B MLM (%), base peak LR 1")["verdict"] == "reproduced"
     )  # 71.5 vs 71.6
     assert (t3[t3["row"] == "MO-5"]["verdict"] == "not run").all()
+    assert _line(t3, "MO-5", "metaoptimize_mo5_adamw_fixed")["ours"].endswith("[smoke]")
+    assert "EXPERIMENT=metaoptimize_mo5_dog " in _line(t3, "MO-5", "metaoptimize_mo5_dog")["note"]
+    mnli = "BERT-B GLUE MNLI-m dev (%), peak, AdamW pre-trained"
+    # the best LR of the AdamW grid (84.0 at 1e-4; the 2e-4 run logged no MNLI dev split)
+    assert _line(t3, "M-2", "mechanic_m2_adamw", mnli)["note"].startswith("best LR 0.0001 of")
+    assert _line(t3, "M-2", "mechanic_m2_mechanic_adamw", mnli)["verdict"] == "reproduced"  # 83.9 vs 83.7
+    qnli = _line(t3, "M-2", "mechanic_m2_adamw", "BERT-B GLUE QNLI dev (%), peak, AdamW pre-trained")
+    assert qnli["verdict"] == "not run" and "task.subtask" in qnli["note"]
+    # every row names configs that exist (one per method where by: experiment) and optimizer configs
+    configs = Path(rows.__file__).resolve().parents[2] / "configs"
+    for row in rows.protocol("table3")["rows"]:
+        if row.get("why"):  # a row that cannot hold runs yet says why in every cell
+            for key in row["optimizers"]:
+                assert row["why"] in _line(t3, row["id"], key, row["setting"])["note"], row["id"]
+            continue
+        assert rows._experiment_configs(row["experiment"]), row["id"]
+        kind = "experiment" if row.get("by") == "experiment" else "optimizer"
+        assert all((configs / kind / f"{key}.yaml").is_file() for key in row["optimizers"]), row["id"]
     t4 = table4.build(df)
     assert len(t4) == 4 and set(t4["verdict"]) == {"no paper value"}
     meta = t4[t4["optimizer"].str.startswith("metaoptimize") & t4["setting"].str.contains("online")].iloc[0]
