@@ -65,7 +65,7 @@ def read_split(path: Path, subtask: str) -> tuple[list[tuple[str, ...]], torch.T
 
 @register_task("glue")
 class Glue(Task):
-    """``task=glue task.subtask=mnli task.checkpoint=<bert_mlm run dir>``; see ``configs/task/glue.yaml``."""
+    """``task=glue task.dataset=mnli task.checkpoint=<bert_mlm run dir>``; see ``configs/task/glue.yaml``."""
 
     def __init__(
         self,
@@ -75,7 +75,7 @@ class Glue(Task):
         rank: int = 0,
         world_size: int = 1,
         scale: Scale = "paper",
-        subtask: Literal["mnli", "qnli", "sst2", "qqp"] = "mnli",
+        dataset: Literal["mnli", "qnli", "sst2", "qqp"] = "mnli",
         data_dir: str | Path = "data/glue",
         checkpoint: str | Path | None = None,
         max_length: Annotated[int, Field(ge=4)] = 128,
@@ -106,10 +106,10 @@ class Glue(Task):
             raise ValueError(f"task.checkpoint: {run_dir} is a {pre.get('name')!r} run, not bert_mlm")
         summary = json.loads((run_dir / "summary.json").read_text())
         self.tokenizer = load_tokenizer_of_run(summary["provenance"]["data_source"]["tokenizer"])
-        columns, dev_splits, names = SUBTASKS[subtask]
-        folder = Path(data_dir) / subtask
+        columns, dev_splits, names = SUBTASKS[dataset]
+        folder = Path(data_dir) / dataset
         self.splits = {
-            s: self._encode(*read_split(folder / f"{s}.tsv", subtask), max_length)
+            s: self._encode(*read_split(folder / f"{s}.tsv", dataset), max_length)
             for s in ("train", *dev_splits)
         }
         if eval_examples is not None:
@@ -130,10 +130,10 @@ class Glue(Task):
                 f"task.max_length={max_length} exceeds the checkpoint's seq_len={pre['seq_len']}"
             )
         self.weights = run_dir / "checkpoint.pt"
-        self.subtask, self.dev_splits = subtask, dev_splits
+        self.subtask, self.dev_splits = dataset, dev_splits
         self.batch_size, self.epochs = batch_size, epochs
         self._source = {
-            "kind": f"GLUE {subtask} TSV",
+            "kind": f"GLUE {dataset} TSV",
             "files": [str(folder / f"{s}.tsv") for s in self.splits],
             "rows": {s: int(len(v["labels"])) for s, v in self.splits.items()},
             "checkpoint": str(self.weights),

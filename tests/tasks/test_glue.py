@@ -22,7 +22,7 @@ def make(files, **kw):
 
 
 def test_mnli_starts_from_the_pretrained_encoder(files):
-    task = make(files, subtask="mnli")
+    task = make(files, dataset="mnli")
     model = task.build_model()
     state = torch.load(files[0] / "checkpoint.pt", weights_only=False)["model"]
     key = "bert.encoder.layer.0.attention.self.query.weight"
@@ -35,7 +35,7 @@ def test_mnli_starts_from_the_pretrained_encoder(files):
 
 
 def test_qqp_reports_f1_and_dropout_is_a_task_key(files):
-    task = make(files, subtask="qqp", dropout=0.0)
+    task = make(files, dataset="qqp", dropout=0.0)
     assert task.config.hidden_dropout_prob == 0.0 and task.config.attention_probs_dropout_prob == 0.1
     assert set(task.evaluate(task.build_model())) == {"validation/accuracy", "validation/f1"}
 
@@ -49,17 +49,17 @@ def test_unexpected_columns_are_named(files):
     (bad / "sst2" / "validation.tsv").write_text((glue / "sst2" / "validation.tsv").read_text())
     (bad / "sst2" / "train.tsv").write_text("\n".join([text[0] + "\tgenre"] + [r + "\tx" for r in text[1:]]))
     with pytest.raises(ValueError, match=r"unexpected columns \['genre'\]"):
-        Glue(seed=0, subtask="sst2", data_dir=bad, checkpoint=run, max_length=32)
+        Glue(seed=0, dataset="sst2", data_dir=bad, checkpoint=run, max_length=32)
 
 
 def test_missing_files_name_the_path(files, tmp_path):
     run, glue = files
     with pytest.raises(DatasetMissingError, match="qnli"):
-        Glue(seed=0, subtask="qnli", data_dir=tmp_path, checkpoint=run)
+        Glue(seed=0, dataset="qnli", data_dir=tmp_path, checkpoint=run)
     with pytest.raises(DatasetMissingError, match="checkpoint.pt"):
-        Glue(seed=0, subtask="sst2", data_dir=glue, checkpoint=tmp_path)
+        Glue(seed=0, dataset="sst2", data_dir=glue, checkpoint=tmp_path)
 
 
 def test_a_checkpoint_is_required(files):
     with pytest.raises(ValueError, match="task.checkpoint is required"):
-        Glue(seed=0, subtask="sst2", data_dir=files[1])
+        Glue(seed=0, dataset="sst2", data_dir=files[1])

@@ -187,16 +187,30 @@ def results_folder(root: Path) -> Path:
                 lr=lr,
                 task="bert_mlm",
             )
-        # M-2 MNLI: the dev split names the subtask; a QNLI run logs validation/accuracy
+        # M-2 MNLI: the dev split names the subtask; a QNLI run logs validation/accuracy, task.dataset=qnli
         for exp, opt, acc in (
             ("mechanic_m2_adamw", "adamw", 84.0),
             ("mechanic_m2_mechanic_adamw", "mechanic_adam", 83.9),
         ):
             write_run(
-                root, exp, opt, seed, {"validation_matched/accuracy": acc + jitter}, lr=1e-4, task="glue"
+                root,
+                exp,
+                opt,
+                seed,
+                {"validation_matched/accuracy": acc + jitter},
+                lr=1e-4,
+                task="glue",
+                dataset="mnli",
             )
         write_run(
-            root, "mechanic_m2_adamw", "adamw", seed, {"validation/accuracy": 91.0}, lr=2e-4, task="glue"
+            root,
+            "mechanic_m2_adamw",
+            "adamw",
+            seed,
+            {"validation/accuracy": 91.0},
+            lr=2e-4,
+            task="glue",
+            dataset="qnli",
         )
         write_run(
             root,

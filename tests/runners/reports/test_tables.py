@@ -92,7 +92,11 @@ def test_table3_lr_rows_and_table4_from_runs(
     assert _line(t3, "M-2", "mechanic_m2_adamw", mnli)["note"].startswith("best LR 0.0001 of")
     assert _line(t3, "M-2", "mechanic_m2_mechanic_adamw", mnli)["verdict"] == "reproduced"  # 83.9 vs 83.7
     qnli = _line(t3, "M-2", "mechanic_m2_adamw", "BERT-B GLUE QNLI dev (%), peak, AdamW pre-trained")
-    assert qnli["verdict"] == "not run" and "task.subtask" in qnli["note"]
+    assert qnli["ours"].startswith("91.0") and "(n=3)" in qnli["ours"], qnli  # task.dataset=qnli selects it
+    sst2 = _line(t3, "M-2", "mechanic_m2_adamw", "BERT-B GLUE SST-2 dev (%), peak, AdamW pre-trained")
+    assert (
+        sst2["verdict"] == "not run" and sst2["ours"] in ("", "n/a", "—") or "n=" not in str(sst2["ours"])
+    ), sst2
     # every row names configs that exist (one per method where by: experiment) and optimizer configs
     configs = Path(rows.__file__).resolve().parents[2] / "configs"
     for row in rows.protocol("table3")["rows"]:
