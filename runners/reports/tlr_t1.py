@@ -5,11 +5,12 @@ Reads only the results store: :func:`runners.collect.collect`'s rows of the expe
 ``config.yaml``, ``summary.json`` (the data source's label: a substitute dataset says so) and
 ``metrics.jsonl``. Writes
 
-- ``<out>/tables/tlr_t1.{md,csv,tex}``: one row per method and setting, final test accuracy and loss and
-  final training loss, mean ± SE over seeds, with the dataset label, epochs and batch in the caption;
-- ``<out>/figures/tlr_t1_curves.png``: training loss, test loss and test accuracy per epoch per method
-  (mean over seeds, min-max band);
-- ``<out>/figures/tlr_t1_alpha.png``: SGD-TLR's learning rate alpha over training, one line per seed
+- ``<out>/tables/tlr_t1.{md,csv,tex}`` (:mod:`runners.reports.render`): one row per data, epochs, batch,
+  method and setting: final test accuracy and loss and final training loss, mean ± SE over seeds; the
+  ``data`` column is the runs' data-source label (a substitute says so);
+- ``<out>/figures/tlr_t1_curves.{png,pdf}`` (:mod:`runners.reports.plots`): training loss, test loss and
+  test accuracy per epoch per method (mean ± SE over seeds), the data label in the title;
+- ``<out>/figures/tlr_t1_alpha.{png,pdf}``: SGD-TLR's learning rate alpha over training, one line per seed
   (the paper's Fig. 1 middle panel: alpha rises, then decays).
 
     python -m runners.reports.tlr_t1 [--results results]
@@ -26,6 +27,7 @@ import pandas as pd
 import yaml
 
 from runners.collect import collect
+from runners.reports import plots, render
 from runners.store import read_metrics, read_summary
 
 EXPERIMENTS = ("tlr_t1", "tlr_t1_sgd_mstep", "tlr_t1_adam")
@@ -140,61 +142,36 @@ def _series(run_dir: str, split: str, name: str) -> pd.Series:
     return pd.Series({r["epoch"]: r["value"] for r in recs}, dtype=float)
 
 
-def plot_curves(df: pd.DataFrame, path: Path) -> None:
-    """Training loss, test loss and test accuracy per epoch; one line per method (mean over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(5.0 * len(CURVES), 4.2))
-    palette = plt.get_cmap("tab10").colors
+def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
+    """Training loss, test loss and test accuracy per epoch; one line per method (mean ± SE over seeds)."""
+    fig, axes = plots.panels(len(CURVES), title=title(df), ncols=len(CURVES))
     order = {name: i for i, name in enumerate(LABELS)}
     groups = sorted(df.groupby(["method", "settings"]), key=lambda kv: order.get(kv[0][0], len(order)))
+    labels = []
     for i, ((name, sets), g) in enumerate(groups):
-        label = LABELS.get(name, name) + (f" ({sets})" if sets and name not in ("sgd_mstep", "adam") else "")
-        for ax, (split, metric, heading) in zip(axes, CURVES, strict=True):
-            m = pd.concat([_series(d, split, metric) for d in g["run_dir"]], axis=1)
-            mark = "." if len(m) < 30 else None
-            ax.plot(m.index, m.mean(axis=1), color=palette[i % 10], lw=1.3, marker=mark, label=label)
-            ax.fill_between(m.index, m.min(axis=1), m.max(axis=1), color=palette[i % 10], alpha=0.15, lw=0)
-            ax.set_title(heading)
-            ax.set_xlabel("epoch")
-    for ax, (_split, metric, _title) in zip(axes, CURVES, strict=True):
-        if metric == "loss":
-            ax.set_yscale("log")
-    fig.suptitle(title(df))
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        text = LABELS.get(name, name) + (f" ({sets})" if sets and name not in ("sgd_mstep", "adam") else "")
+        labels.append(text)
+        for ax, (split, metric, _heading) in zip(axes, CURVES, strict=True):
+            curves = [_series(d, split, metric) for d in g["run_dir"]]
+            plots.seed_band(ax, curves, label=text, color=plots.color(i))
+    for ax, (_split, metric, heading) in zip(axes, CURVES, strict=True):
+        plots.label(ax, "epoch", heading, logy=metric == "loss")
+    plots.legend(fig, axes, labels)
+    return plots.save(fig, "tlr_t1_curves", out)
 
 
-def plot_alpha(df: pd.DataFrame, path: Path) -> None:
+def plot_alpha(df: pd.DataFrame, out: Path) -> list[Path]:
     """SGD-TLR's alpha (the optimizer's ``alpha`` diagnostic) over training, one line per seed."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     tlr = df[df["method"] == "tlr"].sort_values("seed")
-    fig, ax = plt.subplots(figsize=(6.0, 4.2))
-    for _, row in tlr.iterrows():
-        alpha = _series(row["run_dir"], "opt", "alpha")
-        label = f"seed {row['seed']}, alpha0 {row['lr']:g}, batch {row['batch']}"
-        ax.plot(alpha.index, alpha.values, lw=1.3, drawstyle="steps-post", label=label)  # set at window ends
-    ax.set_yscale("log")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("alpha (learning rate)")
-    data = " / ".join(sorted(set(tlr["data"]))) or "no runs"
-    ax.set_title(f"SGD-TLR alpha, {title(tlr) if len(tlr) else data}", fontsize=9)
-    ax.legend(fontsize=8, frameon=False)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig, axes = plots.panels(1, title="SGD-TLR's learning rate alpha, T-1 MLP")
+    fig.set_size_inches(6.0, 4.4)
+    plots.note(fig, title(tlr).removeprefix("TLR T-1 MLP on ") if len(tlr) else "no SGD-TLR runs")
+    for i, (_, row) in enumerate(tlr.iterrows()):
+        text = f"seed {row['seed']}, alpha0 {row['lr']:g}, batch {row['batch']}"
+        plots.seed_band(axes[0], [_series(row["run_dir"], "opt", "alpha")], label=text, color=plots.color(i))
+    plots.label(axes[0], "epoch", "alpha (learning rate)", logy=True)
+    plots.legend(fig, axes)
+    return plots.save(fig, "tlr_t1_alpha", out)
 
 
 def report(results: str | Path = "results", out: str | Path | None = None) -> pd.DataFrame:
@@ -204,15 +181,9 @@ def report(results: str | Path = "results", out: str | Path | None = None) -> pd
     if df.empty:
         raise SystemExit(f"no completed runs of {', '.join(EXPERIMENTS)} under {Path(results) / 'runs'}")
     table = build_table(df)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "tables" / "tlr_t1.csv", index=False)
-    (out / "tables" / "tlr_t1.md").write_text(f"{caption(df)}\n\n{table.to_markdown(index=False)}\n")
-    (out / "tables" / "tlr_t1.tex").write_text(table.to_latex(index=False, caption=caption(df)))
-    plot_curves(df, out / "figures" / "tlr_t1_curves.png")
-    plot_alpha(df, out / "figures" / "tlr_t1_alpha.png")
-    print(caption(df))
-    print(table.drop(columns=["data"]).to_string(index=False))
-    print(f"written: {out / 'tables'}/tlr_t1.{{md,csv,tex}}, {out / 'figures'}/tlr_t1_{{curves,alpha}}.png")
+    render.render(table, "tlr_t1", out, title=caption(df), drop=["data"])
+    figures = plot_curves(df, out) + plot_alpha(df, out)
+    print("figures: " + ", ".join(str(p) for p in figures))
     return table
 
 

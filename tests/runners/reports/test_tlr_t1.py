@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.reports.tlr_t1 import report
+from runners.reports.tlr_t1 import caption, report, runs
 from tasks.mnist import write_idx_fixture
 from tests.runners.helpers import run_inproc
 
@@ -52,13 +52,14 @@ def test_table_rows_settings_and_substitute_label(results: Path) -> None:
     ]
     se = pd.Series(accs).std(ddof=1) / math.sqrt(2)
     assert row["test acc. (%)"] == f"{sum(accs) / 2:.2f} ± {se:.2f}"
-    md = (results / "tables" / "tlr_t1.md").read_text()
-    assert md.startswith(
+    assert "Fashion-MNIST (substitute for MNIST)" in (results / "tables" / "tlr_t1.md").read_text()
+    assert caption(runs(results)).startswith(
         "TLR T-1 MLP on Fashion-MNIST (substitute for MNIST), 2 epochs (paper: MNIST, 80 epochs)"
     )
     assert "\\begin{tabular}" in (results / "tables" / "tlr_t1.tex").read_text()
-    for name in ("tlr_t1_curves.png", "tlr_t1_alpha.png"):
+    for name in ("tlr_t1_curves.png", "tlr_t1_alpha.png"):  # and a PDF of each
         assert (results / "figures" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (results / "figures" / name).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
 
 
 def test_no_runs_says_where_it_looked(tmp_path: Path) -> None:
