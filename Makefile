@@ -37,9 +37,21 @@ data: setup
 reproduce-table1: setup data
 	SEEDS=$(SEEDS) JOBS=$(JOBS) LOGGER=$(or $(LOGGER),none) $(PY) scripts/reproduce_table1.py
 
-# Re-make Table 1 and its figures from the finished runs, training nothing.
+# Every table, one pattern each (scripts/report.py; a table's protocol: configs/table/tableN.yaml):
+# `make tableN` builds results/tables/tableN.{md,csv,tex} from the runs that exist, training nothing;
+# `make reproduce-tableN` first runs what is missing at SCALE (smoke: a few steps of each run, paper: the
+# published protocol; scripts/reproduce_tableN.py where a table has its own planner), then builds.
+# REPORT_ARGS='--from-wandb entity/project' reads the runs from W&B instead of results/.
+SCALE ?= smoke
+table%: setup
+	$(PY) scripts/report.py table $* $(REPORT_ARGS)
+reproduce-table%: setup
+	SEEDS=$(SEEDS) $(PY) scripts/report.py table $* --run --scale $(SCALE) $(REPORT_ARGS)
+
+# Every paper figure whose runs exist (Table 1's two included), PNG + PDF in results/figures/; prints
+# which figures have no runs and the command that makes them. Trains nothing.
 figures: setup
-	$(PY) scripts/reproduce_table1.py --report-only
+	$(PY) scripts/report.py figures $(REPORT_ARGS)
 
 # A paper table's runs on a cluster: `make sweep EXPERIMENT=dadapt_figure2 LAUNCHER=slurm` submits every run
 # the results store does not hold as finished (SLURM job arrays; LAUNCHER=joblib runs them here), prints the

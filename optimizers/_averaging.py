@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+from optimizers._common import copy_all
 from optimizers._runs import foreach_scaled
 
 
@@ -53,13 +54,13 @@ def swapped(targets: Sequence[torch.Tensor], replacements: Sequence[torch.Tensor
     with torch.no_grad():
         saved = torch._foreach_mul(targets, 1.0) if targets else []  # a copy, in one foreach call
         if targets:
-            torch._foreach_copy_(targets, replacements)
+            copy_all(targets, replacements)
     try:
         yield
     finally:
         with torch.no_grad():
             if targets:
-                torch._foreach_copy_(targets, saved)
+                copy_all(targets, saved)
 
 
 class PolynomialDecayAverager:
@@ -96,7 +97,7 @@ class PolynomialDecayAverager:
         fa, fb, oa, ob = self._pairs()
         poly_decay_update_(fa, fb, self.t, self.gamma)
         if oa:
-            torch._foreach_copy_(oa, ob)
+            copy_all(oa, ob)
         self.t += 1
 
     @contextmanager

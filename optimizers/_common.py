@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 
 
 def check_nonnegative(name: str, value: float) -> None:
@@ -75,22 +76,50 @@ def all_finite(tensors: Sequence[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([n.double() for n in norms])).all())
 
 
+def flat_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``<x, y>`` over all elements as a 0-dim tensor. An FSDP-sharded DTensor cannot be flattened when its
+    rows do not split evenly over the ranks; its elementwise product's sum is the global inner product
+    (summed over the ranks when read, docs/optimizers/README.md §4)."""
+    if isinstance(x, DTensor):
+        return (x * y).sum()
+    return torch.dot(x.reshape(-1), y.reshape(-1))
+
+
+def global_value(t: torch.Tensor) -> torch.Tensor:
+    """A reduction over FSDP-sharded DTensors holds each rank's partial value: all-reduced here into a
+    plain tensor (docs/optimizers/README.md §4); any other tensor as it is."""
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def copy_all(dst: Sequence[torch.Tensor], src: Sequence[torch.Tensor]) -> None:
+    """``dst_i <- src_i`` in one foreach op; one copy at a time on DTensors, for which torch has no
+    sharding rule of ``_foreach_copy_``."""
+    if any(isinstance(t, DTensor) for t in dst):
+        for d, s in zip(dst, src, strict=True):
+            d.copy_(s)
+    else:
+        torch._foreach_copy_(dst, src)
+
+
 def foreach_dot(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Per-tensor inner products ``<a_i, b_i>`` as 0-dim tensors (no host sync)."""
-    return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+    return [flat_dot(x, y) for x, y in zip(a, b, strict=True)]
 
 
 def host_floats(tensors: Sequence[torch.Tensor]) -> list[float]:
     """0-dim tensors as Python floats (float64), with a single host sync for the whole list.
 
     Stacked in their own dtype when they share one (every float dtype converts to a Python float
-    exactly), else each is cast to float64 first.
+    exactly), else each is cast to float64 first. Sums over FSDP-sharded DTensors are the ranks' partial
+    sums: one all-reduce makes them global (docs/optimizers/README.md §4).
     """
     if not tensors:
         return []
     if all(t.dtype == tensors[0].dtype for t in tensors):
-        return torch.stack(list(tensors)).tolist()
-    return torch.stack([t.to(torch.float64) for t in tensors]).tolist()
+        stacked = torch.stack(list(tensors))
+    else:
+        stacked = torch.stack([t.to(torch.float64) for t in tensors])
+    return global_value(stacked).tolist()  # FSDP: the ranks' partial sums, all-reduced at once
 
 
 def closure_loss(closure: Callable[[], Any] | None) -> Any:

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from optimizers._common import (
     check_positive,
@@ -186,7 +187,10 @@ def coupled_decay(g: torch.Tensor, x: torch.Tensor, decay: float, with_decay: bo
 def uses_fsdp(flag: bool, groups: Iterable[Sequence[torch.Tensor]]) -> bool:
     """The ``fsdp_in_use`` flag, or FSDP-1 flat parameters detected as the packages do
     (docs/optimizers/README.md §4)."""
-    return flag or any(hasattr(p, "_fsdp_flattened") for ps in groups for p in ps)
+    params = [p for ps in groups for p in ps]
+    if flag and any(isinstance(p, DTensor) for p in params):  # FSDP2's sums are global already
+        raise ValueError("fsdp_in_use=True is for FSDP-1 flat parameters; FSDP2 (fully_shard) needs false")
+    return flag or any(hasattr(p, "_fsdp_flattened") for p in params)
 
 
 def first_device(pgs: GroupGrads) -> torch.device:
@@ -211,6 +215,8 @@ def scratch_like(
     ``cache`` (a workspace dict the optimizer keeps outside its state) the buffer is reused across
     steps, so it is not page-faulted in again each step; its contents never outlive a step.
     """
+    if any(isinstance(t, DTensor) for t in tensors):  # FSDP shards: no flat buffer to view them in
+        return [torch.empty_like(t) for t in tensors]
     sizes: dict[tuple[torch.device, torch.dtype, str], int] = {}
     for t in tensors:
         key = (t.device, t.dtype, tag)

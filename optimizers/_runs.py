@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers._common import host_floats
+from optimizers._common import foreach_dot, host_floats
 
 Floats = float | Sequence[float] | np.ndarray | torch.Tensor
 
@@ -184,7 +184,7 @@ def split_diagnostics(values: Mapping[str, Any], runs: int) -> list[dict[str, fl
 def dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], runs: int | None) -> list[torch.Tensor]:
     """Per pair ``<a_i, b_i>``: alone a 0-dim ``torch.dot``, batched the R per-member products (no sync)."""
     if runs is None:
-        return [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b, strict=True)]
+        return foreach_dot(a, b)
     return [torch.linalg.vecdot(x.reshape(runs, -1), y.reshape(runs, -1)) for x, y in zip(a, b, strict=True)]
 
 

@@ -38,7 +38,7 @@ from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 
-@register("adam_hd")
+@register("adam_hd", sharded=True)
 class AdamHD(torch.optim.Optimizer):
     """Adam-HD (docs/optimizers/hypergradient.md §2.2): the learning rate ``group["lr"]`` is learned
     state, one per param group.

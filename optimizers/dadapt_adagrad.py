@@ -44,7 +44,7 @@ def _sparse_values(g: Tensor) -> Tensor:
     return g.coalesce()._values() if g.is_sparse else g
 
 
-@register("dadapt_adagrad")
+@register("dadapt_adagrad", sharded=True)
 class DAdaptAdaGrad(torch.optim.Optimizer):
     """AdaGrad with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdaGrad`` 3.2.
 

@@ -42,7 +42,7 @@ from optimizers.registry import register
 log = logging.getLogger(__name__)
 
 
-@register("dadapt_adam")
+@register("dadapt_adam", sharded=True)
 class DAdaptAdam(AdamForm):
     """Adam with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptAdam`` 3.2.
 

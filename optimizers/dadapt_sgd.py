@@ -20,6 +20,7 @@ from optimizers._common import (
     check_nonnegative,
     check_unit_interval,
     closure_loss,
+    copy_all,
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
@@ -71,7 +72,7 @@ class _Host:
     started: Any = True
 
 
-@register("dadapt_sgd")
+@register("dadapt_sgd", sharded=True)
 class DAdaptSGD(torch.optim.Optimizer):
     """SGD with D-Adaptation step sizes; constructor identical to ``dadaptation.DAdaptSGD`` 3.2.
 
@@ -212,7 +213,7 @@ class DAdaptSGD(torch.optim.Optimizer):
                 states = [self.state[p] for p in ps]
                 zs = [st["z"] for st in states]
                 with only_members(moved, ps + zs):  # a member's ||s|| = 0 return (moved: R values)
-                    torch._foreach_copy_(zs, [st["x0"] for st in states])
+                    copy_all(zs, [st["x0"] for st in states])
                     torch._foreach_sub_(zs, [st["s"] for st in states])  # z = x0 - s
                     torch._foreach_mul_(ps, 1 - ck)
                     torch._foreach_add_(ps, zs, alpha=ck)  # x = momentum x + (1 - momentum) z

@@ -41,7 +41,7 @@ def _scalar_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-@register("dog")
+@register("dog", sharded=True)
 class DoG(torch.optim.Optimizer):
     """DoG (docs/optimizers/dog.md §2.1), a vectorised re-implementation of ``dog.DoG`` 1.0.3.
 

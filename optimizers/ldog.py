@@ -15,7 +15,7 @@ from optimizers.dog import DoG
 from optimizers.registry import register
 
 
-@register("ldog")
+@register("ldog", sharded=True)
 class LDoG(DoG):
     """L-DoG (docs/optimizers/dog.md §2.2): DoG per tensor; everything else (averaging, skipping, state)
     as in :class:`DoG`.

@@ -44,7 +44,7 @@ def lion_move(
     return x * decay - c * lr
 
 
-@register("lion")
+@register("lion", sharded=True)
 class Lion(torch.optim.Optimizer):
     """Lion with the constructor and update of ``lion_pytorch.Lion`` (foreach, per param group).
 

@@ -114,6 +114,7 @@ from optimizers._common import (
     check_nonnegative,
     check_positive,
     closure_loss,
+    copy_all,
     finite_grads_checked,
     foreach_dot,
     grads_with_params,
@@ -225,7 +226,7 @@ class _SkippedMembers:
                     t[index.to(t.device)] = 0
 
 
-@register("mechanic")
+@register("mechanic", sharded=True)
 class Mechanic(torch.optim.Optimizer):
     """Mechanic around an already built ``base_optimizer`` (see the module docstring for every option).
 
@@ -348,7 +349,7 @@ class Mechanic(torch.optim.Optimizer):
             deltas = [self.state[p]["delta"] for p in params]
         else:  # line 2: Delta_t = (x_t - x_ref) / (S_t + eps)
             deltas = self._scratch("delta", params)
-            torch._foreach_copy_(deltas, params)
+            copy_all(deltas, params)
             torch._foreach_sub_(deltas, x_refs)
             torch._foreach_div_(deltas, self._scalars(s_sum + self.eps, deltas))
         # line 4's four sums, all fetched in one host sync and summed in float64 on the host
@@ -361,7 +362,7 @@ class Mechanic(torch.optim.Optimizer):
             return loss
         skipped = self._skipped_members(ok, params, deltas if self.store_delta else [])
         x_t = self._scratch("x_t", params)
-        torch._foreach_copy_(x_t, params)
+        copy_all(x_t, params)
 
         self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
@@ -374,7 +375,7 @@ class Mechanic(torch.optim.Optimizer):
         torch._foreach_sub_(deltas, x_t)
         # line 6: x_{t+1} = x_ref + S_{t+1} * Delta_{t+1}
         scale = _max(sum(tuner["s"]), 0.0)
-        torch._foreach_copy_(params, deltas)
+        copy_all(params, deltas)
         torch._foreach_mul_(params, self._scalars(scale, params))
         torch._foreach_add_(params, x_refs)
         if skipped is not None:

@@ -79,6 +79,8 @@ from optimizers._common import (
     check_unit_interval,
     closure_loss,
     diagnostic_value,
+    foreach_dot,
+    global_value,
     skip_if_nonfinite,
 )
 from optimizers._metaoptimize_blocks import BlockSpec, param_groups
@@ -97,7 +99,7 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-@register("metaoptimize")
+@register("metaoptimize", sharded=True)
 class MetaOptimize(torch.optim.Optimizer):
     """MetaOptimize with a Hessian-free trace; see the module docstring for the exact rules."""
 
@@ -523,8 +525,7 @@ def _block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> 
         return torch.stack(
             [_block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
         )
-    dots = [torch.dot(hi.reshape(-1), gi.reshape(-1)) for hi, gi in zip(h, g, strict=True)]
-    return torch.stack(dots).sum().to(torch.float64)
+    return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)
 
 
 # ------------------------------------------------------------------ fused kernels (fused=True)

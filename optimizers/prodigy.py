@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from optimizers import _fused
 from optimizers._common import (
@@ -45,7 +46,7 @@ from optimizers._runs import per_member as _per_member
 from optimizers.registry import register
 
 
-@register("prodigy")
+@register("prodigy", sharded=True)
 class Prodigy(AdamForm):
     """Prodigy; constructor identical to ``prodigyopt.Prodigy`` 1.1.2.
 
@@ -396,6 +397,10 @@ class _Scalars(NamedTuple):
 def _sliced(t: torch.Tensor, slice_p: int, runs: int | None) -> torch.Tensor:
     """Every ``slice_p``-th element of the flattened tensor (docs/optimizers/prodigy.md §2); batched, of
     each member's (``[R, n]``, README §6)."""
+    if isinstance(t, DTensor):  # an unevenly sharded DTensor cannot be flattened; the whole shard is exact
+        if slice_p != 1:  # every slice_p-th element of the whole tensor is no rank-local slice
+            raise ValueError(f"slice_p={slice_p} on FSDP-sharded parameters: only slice_p=1 is exact there")
+        return t
     return t.reshape(-1)[::slice_p] if runs is None else t.reshape(runs, -1)[:, ::slice_p]
 
 

@@ -7,7 +7,10 @@ epochs) defines a classmethod ``from_model(model, *, steps_per_epoch, **cfg)`` a
 
 Sharded parameters (FSDP2, ``torch.distributed.fsdp.fully_shard``: each parameter a DTensor holding its
 rank's rows) are declared per optimizer at registration (``sharded=True``): only rules that run unchanged
-on DTensors and match the unsharded run up to rounding. The others are refused by :func:`build`.
+on DTensors and match the unsharded run up to rounding. A global sum over DTensors is each rank's partial
+sum until it is read, and reading it (``_common.host_floats``, ``global_value``) all-reduces it, so the
+LR-free rules' scalars are global (docs/optimizers/README.md §4). The others are refused by :func:`build`,
+as are the compiled ``fused=True`` kernels, which see only plain tensors.
 
 Batched runs (docs/optimizers/README.md §6): a class whose constructor (or ``from_model``) takes
 ``runs`` steps R independent runs whose parameters carry a leading run dimension; its ``batch_keys``
@@ -87,6 +90,8 @@ def build(
             f"optimizer {name!r} does not run on FSDP-sharded parameters; FSDP supports {sorted(SHARDABLE)}"
         )
     cls = OPTIMIZERS[name]
+    if sharded and kwargs.get("fused") and not torch_rule(cls):
+        raise NotShardableError(f"optimizer {name!r}: fused=True does not run on FSDP-sharded parameters")
     if runs is not None:
         if batch_keys(name) is None:
             raise ValueError(f"optimizer {name!r} has no run dimension; its runs cannot be batched")

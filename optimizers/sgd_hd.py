@@ -24,6 +24,7 @@ from optimizers import _fused
 from optimizers._common import (
     check_nonnegative,
     closure_loss,
+    copy_all,
     foreach_dot,
     host_floats,
     learned_lr_diagnostics,
@@ -33,7 +34,7 @@ from optimizers._dadapt_common import skip_if_reduction_nonfinite
 from optimizers.registry import register
 
 
-@register("sgd_hd")
+@register("sgd_hd", sharded=True)
 class SGDHD(torch.optim.Optimizer):
     """SGD-HD / SGDN-HD (docs/optimizers/hypergradient.md §2.1): the learning rate ``group["lr"]`` is learned
     state.
@@ -155,7 +156,7 @@ class SGDHD(torch.optim.Optimizer):
         if self._prev_key(group) == "u_prev":
             have = [j for j, p in enumerate(ps) if "u_prev" in self.state[p]]
             if have:
-                torch._foreach_copy_([self.state[ps[j]]["u_prev"] for j in have], [u[j] for j in have])
+                copy_all([self.state[ps[j]]["u_prev"] for j in have], [u[j] for j in have])
             for j, p in enumerate(ps):
                 if "u_prev" not in self.state[p]:
                     self.state[p]["u_prev"] = u[j].detach().clone()

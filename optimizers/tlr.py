@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 
 from optimizers import _fused, _runs
 from optimizers._common import (
@@ -16,7 +17,9 @@ from optimizers._common import (
     check_positive,
     check_unit_interval,
     closure_loss,
+    copy_all,
     diagnostic_value,
+    foreach_dot,
     host_floats,
     skip_if_nonfinite,
 )
@@ -35,6 +38,8 @@ def _dots(a: list[torch.Tensor], b: list[torch.Tensor], runs: int | None = None)
     if runs is not None:
         dots = _dots([x[r] for x in a for r in range(runs)], [y[r] for y in b for r in range(runs)])
         return [torch.stack(dots[i : i + runs]) for i in range(0, len(dots), runs)]
+    if isinstance(a[0], DTensor):  # FSDP shards: no foreach mm rule; the sums are the ranks' partial sums
+        return foreach_dot([_acc(x) for x in a], [_acc(y) for y in b])
     rows = [_acc(x).reshape(1, -1) for x in a]  # 16-bit tensors accumulate in float32
     cols = [_acc(y).reshape(-1, 1) for y in b]
     return [m.reshape(()) for m in torch._foreach_mm(rows, cols)]
@@ -73,7 +78,7 @@ def _scale_(op: Callable[..., Any], xs: list[torch.Tensor], scales: list[Any]) -
         op(x, _runs.per_member(v, x))
 
 
-@register("tlr")
+@register("tlr", sharded=True)
 class TLR(torch.optim.Optimizer):
     """SGD whose learning rate alpha is learned by the damped Newton rule of TLR (eqs. 7-9, Algorithm 2).
 
@@ -364,7 +369,7 @@ class TLR(torch.optim.Optimizer):
             rho[i] = r
         self._update_alphas(idx, rho, sq)
         if prevs:
-            torch._foreach_copy_(prevs, [d[i] for i in has_prev])
+            copy_all(prevs, [d[i] for i in has_prev])
         for p, t in zip(ps, d, strict=True):
             self.state[p].setdefault("prev_grad", t)
         self._forget_missing_grads()
@@ -436,10 +441,10 @@ class TLR(torch.optim.Optimizer):
         # written in place, buffers never swapped: a batched member whose window goes on gets its slices
         # back (MemberRestore keeps the tensors, not the dict entries)
         if prevs:
-            torch._foreach_copy_(prevs, [g_now[i] for i in has_prev])
+            copy_all(prevs, [g_now[i] for i in has_prev])
         for p, g in zip(ps, g_now, strict=True):
             self.state[p].setdefault("prev_window", g)
-        torch._foreach_copy_(starts, ps)
+        copy_all(starts, ps)
 
     # ----------------------------------------------------------------------------------- fused
     def _buffers(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor] | None:

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from runners.errors import ConfigError
 
@@ -129,30 +130,51 @@ def training_module(model: torch.nn.Module, world: World) -> torch.nn.Module:
 
 def states(model: torch.nn.Module, opt: torch.optim.Optimizer, world: World) -> tuple[dict, dict]:
     """Full (unsharded, unwrapped) model and optimizer state dicts; under FSDP a collective whose
-    result only rank 0 holds. The model's keys are those of a one-process run, which can load it."""
+    result only rank 0 keeps. The model's keys are those of a one-process run, which can load it.
+
+    The optimizer's own ``state_dict()`` (any layout: Mechanic nests its base's) with every DTensor in it
+    gathered whole, so that one rule serves every optimizer."""
     if world.strategy != "fsdp" or not world.distributed:
         return model.state_dict(), opt.state_dict()
     from torch.distributed.checkpoint import state_dict as dcp
 
     options = dcp.StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return dcp.get_model_state_dict(model, options=options), dcp.get_optimizer_state_dict(
-        model, opt, options=options
-    )
+    return dcp.get_model_state_dict(model, options=options), _gathered(opt.state_dict())
+
+
+def _gathered(value: Any) -> Any:
+    """``value`` with each DTensor replaced by its full tensor on the CPU (every rank, same order)."""
+    if isinstance(value, DTensor):
+        return value.full_tensor().cpu()
+    if isinstance(value, dict):
+        return {k: _gathered(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_gathered(v) for v in value)
+    return value
 
 
 def load_states(
     model: torch.nn.Module, opt: torch.optim.Optimizer, model_state: dict, opt_state: dict, world: World
 ) -> None:
-    """Load full state dicts (every rank reads the same checkpoint); FSDP keeps its rank's shards."""
+    """Load full state dicts (every rank reads the same checkpoint); FSDP keeps its rank's shards: each
+    optimizer state tensor shaped as its parameter is sharded as that parameter is."""
     if world.strategy != "fsdp" or not world.distributed:
         model.load_state_dict(model_state)
         opt.load_state_dict(opt_state)
         return
     from torch.distributed.checkpoint import state_dict as dcp
+    from torch.distributed.tensor import distribute_tensor
 
-    options = dcp.StateDictOptions(full_state_dict=True)
-    dcp.set_model_state_dict(model, model_state, options=options)
-    dcp.set_optimizer_state_dict(model, opt, opt_state, options=options)
+    dcp.set_model_state_dict(model, model_state, options=dcp.StateDictOptions(full_state_dict=True))
+    opt.load_state_dict(opt_state)
+    wrapped = [o for o in vars(opt).values() if isinstance(o, torch.optim.Optimizer)]  # Mechanic's base
+    for o in (opt, *wrapped):
+        for p, st in o.state.items():
+            if not isinstance(p, DTensor) or not isinstance(st, dict):
+                continue
+            for k, v in st.items():
+                if isinstance(v, torch.Tensor) and not isinstance(v, DTensor) and v.shape == p.shape:
+                    st[k] = distribute_tensor(v.to(p.device), p.device_mesh, p.placements)
 
 
 def teardown() -> None:

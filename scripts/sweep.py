@@ -39,6 +39,7 @@ from runners import store  # noqa: E402
 from runners.batched import unpack  # noqa: E402
 from runners.train import CONFIG_DIR, FINISHED, run_dir_for  # noqa: E402
 from scripts import reproduce_table1  # noqa: E402
+from scripts.report import table_planner  # noqa: E402
 
 #: experiment -> the script that plans its runs (``build_parser()`` and ``sweeps(args, local)``)
 PLANNERS = {reproduce_table1.EXPERIMENT: reproduce_table1}
@@ -46,14 +47,23 @@ LAUNCHERS = {"slurm": "submitit_slurm", "joblib": "joblib", "basic": "basic"}
 STATES = ("completed", "running", "failed", "diverged", "missing")
 
 
+def _planner(experiment: str) -> Any:
+    """The experiment's planner: a table's own script, else the table protocols' rows that name it."""
+    planner = PLANNERS.get(experiment) or table_planner(experiment)
+    if planner is None:
+        raise SystemExit(
+            f"error: EXPERIMENT: no planner for {experiment!r}; known: {sorted(PLANNERS)} and the "
+            "experiments configs/table/table*.yaml rows name (configs/experiment/<name>.yaml must exist)"
+        )
+    return planner
+
+
 def planned_runs(
     experiment: str, table_args: list[str], launcher: str
 ) -> tuple[list[list[list[str]]], list[str]]:
     """The experiment's multiruns, each expanded into its runs' override lists (Hydra's own expansion
     and order), and the planner's notes on what it leaves out."""
-    if experiment not in PLANNERS:
-        raise SystemExit(f"error: EXPERIMENT: no planner for {experiment!r}; known: {sorted(PLANNERS)}")
-    planner = PLANNERS[experiment]
+    planner = _planner(experiment)
     args = planner.build_parser().parse_args(table_args)
     multiruns, _, notes = planner.sweeps(args, local=launcher != "slurm")
     parser = OverridesParser.create()
@@ -130,7 +140,7 @@ def submit(experiment: str, launcher: str, table_args: list[str]) -> int:
     expanded, notes = planned_runs(experiment, table_args, launcher)
     for note in notes:
         print(note)
-    results = Path(reproduce_table1.build_parser().parse_args(table_args).results).resolve()
+    results = Path(_planner(experiment).build_parser().parse_args(table_args).results).resolve()
     stamp = dt.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
     todo_total = done_total = 0
     for k, runs in enumerate(expanded):
@@ -183,7 +193,7 @@ def _status(run_dir: Path) -> str | None:
 
 def status(experiment: str, table_args: list[str]) -> int:
     expanded, notes = planned_runs(experiment, table_args, "slurm")
-    results = Path(reproduce_table1.build_parser().parse_args(table_args).results).resolve()
+    results = Path(_planner(experiment).build_parser().parse_args(table_args).results).resolve()
     dirs = [d for runs in expanded for d in run_dirs(runs)]
     queued = queued_jobs()
     live: dict[str, str] = {}  # run dir -> SLURM state, for runs with a job in the queue

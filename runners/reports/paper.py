@@ -7,6 +7,7 @@ first training run, so that a missing input stops it in seconds rather than afte
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,13 +22,19 @@ def path(name: str) -> Path:
 
 
 def read(name: str) -> pd.DataFrame:
-    """One paper-results CSV; a missing file raises FileNotFoundError naming it."""
+    """One paper-results CSV (a copy: callers may change it); a missing file raises FileNotFoundError
+    naming it."""
     p = path(name)
     if not p.is_file():
         raise FileNotFoundError(
             f"paper results file missing: {p} (it ships with lrbench; restore it with git)"
         )
-    return pd.read_csv(p)
+    return _read(p, p.stat().st_mtime_ns).copy()
+
+
+@functools.lru_cache(maxsize=64)
+def _read(p: Path, mtime_ns: int) -> pd.DataFrame:
+    return pd.read_csv(p)  # a table reads one file once per cell: parse it once
 
 
 def missing(names: Iterable[str]) -> list[Path]:

@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 PANEL_SIZE = (3.6, 2.8)  # inches per panel
 MAX_COLUMNS = 4
@@ -89,16 +90,24 @@ def seed_band(
     return stats
 
 
+def mark_empty(ax: Axes, text: str = "no runs logged this") -> None:
+    """Say so on a panel that drew nothing (instead of a blank frame)."""
+    if not ax.lines:
+        ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4", fontsize=8)
+
+
 def label(
     ax: Axes, xlabel: str, ylabel: str, title: str = "", logx: bool = False, logy: bool = False
 ) -> None:
     """Axis labels, panel title and log scales in one call."""
+    mark_empty(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=10)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a short range collide
     if logy:
         ax.set_yscale("log")
     ax.grid(True, alpha=0.3, lw=0.5)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from runners.reports import paper
+from runners.reports import paper, render, scoring
+from runners.reports.runs import batched_members
 from tasks._libsvm_data import DATASETS, FETCH_EMBEDDED, FETCH_LIBSVM
 
 #: the table's protocol (problems, seeds, optimizers with their labels, grids and overrides)
@@ -47,7 +48,9 @@ PAPER_FILES = ("dadapt_figures_values.csv",)
 PAPER_COLS = {"Adam (LR grid-searched)": "paper Adam (grid)", "D-Adapt Adam": "paper D-Adapt Adam"}
 ACC_COLUMNS = ("final_train/accuracy", "final/train/accuracy", "final_train_accuracy", "train/accuracy")
 VERDICTS = ("reproduced", "differs", "not run")
-LEGEND_IN = 0.7  # inches below the panels for the figure legend
+TOLERANCE = float(protocol()["tolerance"])  # pp added to the verdict's 2 SE band
+#: the LR-free method tested against the tuned baseline (Welch p, cost to match), as the paper compares
+COMPARE = ("dadapt_adam", "adam")
 
 
 def accuracy_column(df: pd.DataFrame) -> str:
@@ -70,10 +73,6 @@ def paper_values() -> pd.DataFrame:
         out[col] = [sub.get((k, "final_train_accuracy"), np.nan) for k in out.index]
         out[col + " SE"] = [sub.get((k, "final_train_accuracy_se"), np.nan) for k in out.index]
     return out
-
-
-def _se(values: pd.Series) -> float:
-    return float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def cells(df: pd.DataFrame) -> pd.DataFrame:
@@ -104,7 +103,8 @@ def cells(df: pd.DataFrame) -> pd.DataFrame:
                 "dataset": ds,
                 "optimizer": opt,
                 "mean": mean,
-                "se": _se(done[acc]) if len(done) else np.nan,
+                "se": scoring.SeedStats.of(done[acc]).se,
+                "values": list(done[acc]),
                 "n": len(done),
                 "failed": len(h) - len(done),
                 "lr": lr if opt in GRID else np.nan,
@@ -127,11 +127,10 @@ def _fmt(mean: float, se: float, lr: float = np.nan, failed: int = 0, edge: bool
 
 
 def verdict(ours: float, ours_se: float, paper: float, paper_se: float) -> str:
-    """``reproduced`` iff |ours − paper| <= 2·sqrt(se_ours² + se_paper²) + 0.5 pp."""
-    if any(math.isnan(v) for v in (ours, paper)):
-        return "not run"
-    tol = 2.0 * math.sqrt(ours_se**2 + (0.0 if math.isnan(paper_se) else paper_se) ** 2) + 0.5
-    return "reproduced" if abs(ours - paper) <= tol else "differs"
+    """``reproduced`` iff |ours − paper| <= 2·sqrt(se_ours² + se_paper²) + the protocol's tolerance
+    (0.5 pp), by :func:`runners.reports.scoring.verdict`."""
+    stats = scoring.SeedStats(ours, 0.0 if math.isnan(ours_se) else ours_se, 0 if math.isnan(ours) else 1)
+    return scoring.verdict(stats, paper, paper_se, TOLERANCE)
 
 
 def data_kinds(df: pd.DataFrame) -> dict[str, str]:
@@ -191,31 +190,32 @@ def build_table(df: pd.DataFrame, sources: Mapping[str, str | None] | None = Non
             elif sources.get(key) in (None, "missing"):
                 row["note"] = f"fetch: {fetch}"
             else:
-                row["note"] = "data present, not selected"
+                row["note"] = scoring.not_run("data present, no runs", "make reproduce-table1")
+        row.update(_against_baseline(df, key, sub))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join(" --- " for _ in cols) + "|"]
-    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+P_COL = "p: D-Adapt Adam vs Adam (Welch)"
+COST_COL = "cost to match: Adam grid vs D-Adapt Adam"
 
 
-def to_latex(table: pd.DataFrame) -> str:
-    def esc(s: Any) -> str:
-        s = str(s)
-        for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#")):
-            s = s.replace(a, b)
-        return s.replace("±", r"$\pm$")
-
-    cols = list(table.columns)
-    out = [r"\begin{tabular}{" + "l" * len(cols) + "}", r"\toprule"]
-    out += [" & ".join(esc(c) for c in cols) + r" \\", r"\midrule"]
-    out += [" & ".join(esc(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    out += [r"\bottomrule", r"\end{tabular}"]
-    return "\n".join(out) + "\n"
+def _against_baseline(df: pd.DataFrame, key: str, sub: pd.DataFrame) -> dict[str, Any]:
+    """Welch p of the LR-free method's seeds against the grid baseline's seeds at its best LR, and the
+    baseline grid's compute against one LR-free run (:mod:`runners.reports.scoring`)."""
+    method, baseline = COMPARE
+    if method not in sub.index or baseline not in sub.index:
+        return {P_COL: "", COST_COL: ""}
+    p = scoring.welch_p(sub.loc[method, "values"], sub.loc[baseline, "values"])
+    if "batched_members" not in df and "run_dir" in df:  # a batched run's time is its program's share
+        df = df.assign(batched_members=[batched_members(str(d)) for d in df["run_dir"]])
+    ds = df["dataset"].astype(str).str.lower().eq(key)
+    grid_runs = df[ds & df["optimizer"].eq(baseline)]
+    method_runs = df[ds & df["optimizer"].eq(method) & df["status"].eq("completed")]
+    return {
+        P_COL: "" if math.isnan(p) else f"{p:.2g}",
+        COST_COL: scoring.cost_to_match(grid_runs, method_runs),
+    }
 
 
 SHORT = {
@@ -238,7 +238,7 @@ def _compact_cell(cell: Any) -> Any:
 def compact(table: pd.DataFrame) -> str:
     """A terminal-width copy: means only ("-" = not run, "^" = best LR at the grid's edge), the paper's
     D-Adapt Adam and the verdict."""
-    short = table.drop(columns=["note", "paper Adam (grid)"]).copy()
+    short = table.drop(columns=["note", "paper Adam (grid)", P_COL, COST_COL], errors="ignore").copy()
     short["data"] = (
         short["data"].str.replace("embedded-", "", regex=False).str.replace("-file", "", regex=False)
     )
@@ -249,117 +249,6 @@ def compact(table: pd.DataFrame) -> str:
     return short.to_string(index=False)
 
 
-def read_metrics(run_dir: str | Path, split: str, names: Iterable[str] | None = None) -> pd.DataFrame:
-    """Records of one run's ``metrics.jsonl`` with ``split`` (and ``name`` in ``names``)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.is_file():
-        return pd.DataFrame(columns=["step", "epoch", "split", "name", "value"])
-    with path.open() as f:
-        recs = [json.loads(line) for line in f if f'"{split}"' in line]
-    out = pd.DataFrame(recs, columns=["step", "epoch", "split", "name", "value"])
-    out = out[out["split"] == split]
-    if names is not None:
-        out = out[out["name"].isin(list(names))]
-    return out
-
-
-def _grid_axes(n: int, width: float = 3.6, height: float = 2.8) -> tuple[Any, list[Any]]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ncol = min(4, max(n, 1))
-    nrow = max(1, math.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(width * ncol, height * nrow + LEGEND_IN), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, list(axes.flat)
-
-
-def _legend_entries(axes: list[Any], order: list[str]) -> tuple[list[Any], list[str]]:
-    """Every labelled line of every panel, once per label, in ``order``."""
-    seen: dict[str, Any] = {}
-    for ax in axes:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            seen.setdefault(lab, h)
-    labels = sorted(seen, key=lambda lab: order.index(lab) if lab in order else len(order))
-    return [seen[lab] for lab in labels], labels
-
-
-def plot_curves(c: pd.DataFrame, path: Path) -> None:
-    """Training accuracy per epoch per problem, one line per optimizer (grid: chosen LR)."""
-    import matplotlib.pyplot as plt
-
-    dsets = [k for k in DATASETS if k in set(c["dataset"])]
-    fig, axes = _grid_axes(len(dsets))
-    palette = plt.get_cmap("tab20").colors
-    colors = dict(zip(OPTIMIZERS, palette[::2] + palette[1::2], strict=False))
-    for ax, ds in zip(axes, dsets, strict=False):
-        for opt in OPTIMIZERS:
-            r = c[(c["dataset"] == ds) & (c["optimizer"] == opt)]
-            if r.empty:
-                continue
-            frames = [read_metrics(d, "train", ["accuracy"]) for d in r.iloc[0]["run_dirs"]]
-            frames = [f.set_index("epoch")["value"] for f in frames if len(f)]
-            if not frames:
-                continue
-            m = pd.concat(frames, axis=1)
-            mark = "." if len(m) < 30 else None
-            ax.plot(m.index, m.mean(axis=1), lw=1.2, marker=mark, color=colors[opt], label=OPTIMIZERS[opt])
-            ax.fill_between(m.index, m.min(axis=1), m.max(axis=1), color=colors[opt], alpha=0.2, lw=0)
-        ax.set_title(DATASETS[ds].name)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("train accuracy (%)")
-        lo = ax.get_ylim()
-        ax.set_ylim(max(lo[0], 0.0), min(lo[1], 100.5))
-    handles, labels = _legend_entries(axes, list(OPTIMIZERS.values()))
-    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.5)))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, LEGEND_IN / fig.get_figheight(), 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_scales(c: pd.DataFrame, path: Path) -> None:
-    """Each LR-free method's learned scale (split ``opt``) over training, one line per problem."""
-    import matplotlib.pyplot as plt
-
-    opts = [o for o in SCALES if o in set(c["optimizer"])]
-    fig, axes = _grid_axes(len(opts))
-    dsets = [k for k in DATASETS if k in set(c["dataset"])]
-    colors = dict(zip(dsets, plt.get_cmap("tab10").colors, strict=False))
-    for ax, opt in zip(axes, opts, strict=False):
-        name = SCALES[opt]
-        for ds in dsets:
-            r = c[(c["dataset"] == ds) & (c["optimizer"] == opt)]
-            if r.empty:
-                continue
-            frames = []
-            for d in r.iloc[0]["run_dirs"]:
-                f = read_metrics(d, "opt")
-                f = f[(f["name"] == name) | f["name"].str.startswith(name + "/")]
-                if len(f):  # several blocks: their mean
-                    frames.append(f.groupby("epoch")["value"].mean())
-            if not frames:
-                continue
-            m = pd.concat(frames, axis=1)
-            mark = "." if len(m) < 30 else None
-            ax.plot(m.index, m.mean(axis=1), lw=1.2, marker=mark, color=colors[ds], label=DATASETS[ds].name)
-            ax.fill_between(m.index, m.min(axis=1), m.max(axis=1), color=colors[ds], alpha=0.2, lw=0)
-        ax.set_yscale("log")
-        ax.set_title(f"{OPTIMIZERS[opt]}: {name}")
-        ax.set_xlabel("epoch")
-    handles, labels = _legend_entries(axes, [s.name for s in DATASETS.values()])
-    ncol = max(1, min(len(labels), int(fig.get_figwidth() / 1.5)))
-    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, LEGEND_IN / fig.get_figheight(), 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def report(
     df: pd.DataFrame,
     out: str | Path = "results",
@@ -367,21 +256,19 @@ def report(
     figures: bool = True,
 ) -> pd.DataFrame:
     """Write the table files (and figures); print the compact table; return the table frame."""
-    out = Path(out)
     table = build_table(df, sources)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "tables" / "table1.csv", index=False)
-    (out / "tables" / "table1.md").write_text(to_markdown(table))
-    (out / "tables" / "table1.tex").write_text(to_latex(table))
-    if figures and len(df):
-        c = cells(df)
-        plot_curves(c, out / "figures" / "table1_curves.png")
-        plot_scales(c, out / "figures" / "table1_scales.png")
-    print(
-        "\nTable 1: final train accuracy (%), mean over seeds; * = best of LR grid (^ at its edge); "
+    title = (
+        "Table 1: final train accuracy (%), mean over seeds; * = best of LR grid (^ at its edge); "
         "paper DA = D-Adapt Adam"
     )
+    render.write(table, "table1", out)
+    print(f"\n{title}")
     print(compact(table))
-    figs = f", {out / 'figures'}/table1_{{curves,scales}}.png" if figures and len(df) else ""
-    print(f"written: {out / 'tables'}/table1.{{md,csv,tex}}{figs}")
+    print(f"written: {Path(out) / 'tables'}/table1.{{md,csv,tex}}")
+    if figures and len(df):
+        from runners.reports import figures as paper_figures
+
+        c = cells(df)
+        for path in paper_figures.table1_curves(c, out) + paper_figures.table1_scales(c, out):
+            print(f"written: {path}")
     return table
