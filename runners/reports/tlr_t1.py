@@ -1,6 +1,6 @@
 """TLR T-1 (Figs 1, 10): TLR's MLP on MNIST with sgd_mstep, Adam, SGD-TLR and the LR-free methods.
 
-Reads only the results store: :func:`runners.collect.collect`'s rows of the experiments ``tlr_t1``
+Reads only the results store: :func:`runners.reports.runs.load`'s rows of the experiments ``tlr_t1``
 (SGD-TLR and any ``optimizer=`` given with it), ``tlr_t1_sgd_mstep`` and ``tlr_t1_adam``, and each run's
 ``config.yaml``, ``summary.json`` (the data source's label: a substitute dataset says so) and
 ``metrics.jsonl``. Writes
@@ -26,9 +26,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from runners.collect import collect
 from runners.reports import plots, render
-from runners.store import read_metrics, read_summary
+from runners.reports.runs import load, metric_curve
+from runners.store import read_summary
 
 EXPERIMENTS = ("tlr_t1", "tlr_t1_sgd_mstep", "tlr_t1_adam")
 #: row order and names: the paper's names for its baselines and TLR, ours for the LR-free methods
@@ -68,7 +68,7 @@ def settings(choice: str, optimizer_cfg: dict[str, Any]) -> str:
 
 def runs(results: str | Path) -> pd.DataFrame:
     """One row per completed run of :data:`EXPERIMENTS`, with method, settings, data label, epochs, batch."""
-    df = collect(Path(results) / "runs")
+    df = load(results)
     df = df[df["experiment"].isin(EXPERIMENTS) & df["status"].eq("completed")].copy()
     if df.empty:
         return df
@@ -80,7 +80,8 @@ def runs(results: str | Path) -> pd.DataFrame:
             {
                 "method": method(experiment, choice),
                 "settings": settings(choice, cfg["optimizer"]),
-                "data": source.get("label", cfg["task"].get("dataset")),
+                "data": source.get("label", cfg["task"].get("dataset"))
+                + (" [smoke]" if cfg.get("scale") == "smoke" else ""),
                 "epochs": int(cfg.get("epochs") or cfg["task"]["epochs"]),
                 "batch": int(cfg["task"]["batch_size"]),
             }
@@ -135,13 +136,6 @@ def caption(df: pd.DataFrame) -> str:
     return f"{title(df)}: final values, mean ± SE over seeds"
 
 
-def _series(run_dir: str, split: str, name: str) -> pd.Series:
-    recs = [
-        r for r in read_metrics(Path(run_dir) / "metrics.jsonl") if r["split"] == split and r["name"] == name
-    ]
-    return pd.Series({r["epoch"]: r["value"] for r in recs}, dtype=float)
-
-
 def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
     """Training loss, test loss and test accuracy per epoch; one line per method (mean ± SE over seeds)."""
     fig, axes = plots.panels(len(CURVES), title=title(df), ncols=len(CURVES))
@@ -152,7 +146,7 @@ def plot_curves(df: pd.DataFrame, out: Path) -> list[Path]:
         text = LABELS.get(name, name) + (f" ({sets})" if sets and name not in ("sgd_mstep", "adam") else "")
         labels.append(text)
         for ax, (split, metric, _heading) in zip(axes, CURVES, strict=True):
-            curves = [_series(d, split, metric) for d in g["run_dir"]]
+            curves = [metric_curve(d, split, metric) for d in g["run_dir"]]
             plots.seed_band(ax, curves, label=text, color=plots.color(i))
     for ax, (_split, metric, heading) in zip(axes, CURVES, strict=True):
         plots.label(ax, "epoch", heading, logy=metric == "loss")
@@ -168,7 +162,9 @@ def plot_alpha(df: pd.DataFrame, out: Path) -> list[Path]:
     plots.note(fig, title(tlr).removeprefix("TLR T-1 MLP on ") if len(tlr) else "no SGD-TLR runs")
     for i, (_, row) in enumerate(tlr.iterrows()):
         text = f"seed {row['seed']}, alpha0 {row['lr']:g}, batch {row['batch']}"
-        plots.seed_band(axes[0], [_series(row["run_dir"], "opt", "alpha")], label=text, color=plots.color(i))
+        plots.seed_band(
+            axes[0], [metric_curve(row["run_dir"], "opt", "alpha")], label=text, color=plots.color(i)
+        )
     plots.label(axes[0], "epoch", "alpha (learning rate)", logy=True)
     plots.legend(fig, axes)
     return plots.save(fig, "tlr_t1_alpha", out)
