@@ -158,7 +158,7 @@ def plot_alpha(df: pd.DataFrame, out: Path) -> list[Path]:
     """SGD-TLR's alpha (the optimizer's ``alpha`` diagnostic) over training, one line per seed."""
     tlr = df[df["method"] == "tlr"].sort_values("seed")
     fig, axes = plots.panels(1, title="SGD-TLR's learning rate alpha, T-1 MLP")
-    fig.set_size_inches(6.0, 4.4)
+    fig.set_size_inches(8.0, 4.6)  # room for one legend entry per seed
     plots.note(fig, title(tlr).removeprefix("TLR T-1 MLP on ") if len(tlr) else "no SGD-TLR runs")
     for i, (_, row) in enumerate(tlr.iterrows()):
         text = f"seed {row['seed']}, alpha0 {row['lr']:g}, batch {row['batch']}"
