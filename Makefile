@@ -26,8 +26,10 @@ lint: setup
 # Table 1 data: Debian's r-cran-mlbench (apt-get download + dpkg-deb -x into data/mlbench, no R) for Glass,
 # Vehicle, Vowel, DNA and Letter; Iris and Wine ship with scikit-learn. Without apt it prints which sets are
 # missing and exits 0. LIBSVM's own files (all 12 problems): $(PY) scripts/download_data.py libsvm
+# Fashion-MNIST (task=mnist): Debian's dataset-fashion-mnist the same way, into data/FashionMNIST/raw.
 data: setup
 	$(PY) scripts/download_data.py embedded
+	$(PY) scripts/download_data.py fashion-mnist
 
 # Table 1 (D-Adaptation Fig. 2 / Mechanic Fig. 4): every run through the runner (joblib, JOBS workers,
 # finished runs skipped), then results/tables/table1.{md,csv,tex} and results/figures/table1_*.png.

@@ -1,4 +1,4 @@
-"""Fetch the data of the LIBSVM logistic-regression suite (Table 1) into ``data/``.
+"""Fetch the data of the suite's tasks into ``data/`` (real sets only; substitutes say so).
 
     python scripts/download_data.py embedded   # Debian r-cran-mlbench -> data/mlbench (apt, no network else)
     python scripts/download_data.py libsvm     # LIBSVM's files -> data/libsvm (needs the LIBSVM site)
@@ -8,10 +8,14 @@
     python scripts/download_data.py imagenet   # manual steps; with the archives in data/imagenet: unpacks
     python scripts/download_data.py kjv        # Debian bible-kjv(-text) -> data/kjv, a SUBSTITUTE corpus for
                                                # TinyStories in its JSON-shard layout (task=tinystories)
+    python scripts/download_data.py fashion-mnist  # Debian dataset-fashion-mnist, else torchvision's download
+    python scripts/download_data.py mnist          # torchvision's download -> data/MNIST/raw (network)
 
 ``embedded`` runs ``apt-get download r-cran-mlbench`` and ``dpkg-deb -x`` (no R, no root install). Where
 apt is unavailable it says which problems stay missing and exits 0 (``--strict``: exit 1), so ``make data``
-never blocks the rest. Iris and Wine need nothing: they ship inside scikit-learn.
+never blocks the rest. Iris and Wine need nothing: they ship inside scikit-learn. ``fashion-mnist`` takes
+the same route for Debian's ``dataset-fashion-mnist`` (the full 60k + 10k IDX files) and writes
+``data/FashionMNIST/provenance.json`` (package, version, .deb sha256), which each run records.
 """
 
 from __future__ import annotations
@@ -192,8 +196,70 @@ def fetch_kjv(root: Path) -> int:
     return 0
 
 
+FASHION_DEB = "dataset-fashion-mnist"
+FASHION_DEB_DIR = "usr/share/datasets/fashion-mnist"
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def fetch_fashion_mnist(root: Path, strict: bool = False) -> int:
+    """Debian's ``dataset-fashion-mnist`` (``apt-get download`` + ``dpkg-deb -x``, no root) into
+    ``<root>/FashionMNIST/raw``, torchvision's layout; without apt, torchvision's download."""
+    from tasks.mnist import PROVENANCE_FILE, idx_files, raw_folder
+
+    raw = raw_folder(root, "fashion_mnist")
+    names = [n for train in (True, False) for n in idx_files("fashion_mnist", train)]
+    if all((raw / n).is_file() or (raw / f"{n}.gz").is_file() for n in names):
+        print(f"fashion-mnist: present in {raw}")
+        return 0
+    try:
+        if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
+            raise RuntimeError("apt-get/dpkg-deb not found (not a Debian-like system)")
+        with tempfile.TemporaryDirectory() as tmp:
+            deb = _apt_download(Path(tmp), FASHION_DEB)
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(Path(tmp) / "x")], check=True)
+            version = subprocess.run(
+                ["dpkg-deb", "-f", str(deb), "Version"], check=True, capture_output=True, text=True
+            ).stdout.strip()
+            raw.mkdir(parents=True, exist_ok=True)
+            for name in names:
+                shutil.copy2(Path(tmp) / "x" / FASHION_DEB_DIR / f"{name}.gz", raw / f"{name}.gz")
+            record = {
+                "source": f"Debian package {FASHION_DEB}",
+                "package": FASHION_DEB,
+                "version": version,
+                "deb": deb.name,
+                "deb_sha256": _sha256(deb),
+                "files": {f"{n}.gz": _sha256(raw / f"{n}.gz") for n in names},
+            }
+        (raw.parent / PROVENANCE_FILE).write_text(json.dumps(record, indent=1) + "\n")
+        print(f"fashion-mnist: {record['deb']} unpacked into {raw}")
+        return 0
+    except (RuntimeError, subprocess.CalledProcessError, OSError) as err:
+        print(
+            f"fashion-mnist: Debian package not fetched ({err}); trying torchvision's download",
+            file=sys.stderr,
+        )
+        return fetch_torchvision(root, "fashion_mnist", strict)
+
+
+def fetch_torchvision(root: Path, dataset: str, strict: bool = True) -> int:
+    """``torchvision.datasets.MNIST``/``FashionMNIST(root, download=True)``: both splits into
+    ``<root>/<class>/raw``, checked against torchvision's md5 sums."""
+    from tasks.mnist import raw_folder, torchvision_class
+
+    cls = torchvision_class(dataset)  # type: ignore[arg-type]
+    try:
+        cls(str(root), train=True, download=True)
+        print(f"{dataset}: torchvision's download into {raw_folder(root, dataset)}")
+        return 0
+    except (OSError, RuntimeError) as err:
+        print(
+            f"WARNING: {dataset} not fetched: {err} (no network to torchvision's mirrors?)", file=sys.stderr
+        )
+        return 1 if strict else 0
 
 
 def status(root: Path) -> int:
@@ -204,11 +270,23 @@ def status(root: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    what = ["embedded", "libsvm", "status", "cifar10", "cifar100", "imagenet", "kjv"]
+    what = [
+        "embedded",
+        "libsvm",
+        "status",
+        "cifar10",
+        "cifar100",
+        "imagenet",
+        "kjv",
+        "fashion-mnist",
+        "mnist",
+    ]
     ap.add_argument("what", choices=what)
     ap.add_argument("names", nargs="*", help="libsvm: only these problems (default: all 12)")
     ap.add_argument("--root", default="data", help="data folder (task.root)")
-    ap.add_argument("--strict", action="store_true", help="embedded: exit 1 when apt is unavailable")
+    ap.add_argument(
+        "--strict", action="store_true", help="embedded, fashion-mnist: exit 1 when nothing fetched"
+    )
     args = ap.parse_args(argv)
     root = Path(args.root)
     if args.what == "embedded":
@@ -221,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         return fetch_imagenet(root)
     if args.what == "kjv":
         return fetch_kjv(root)
+    if args.what == "fashion-mnist":
+        return fetch_fashion_mnist(root, args.strict)
+    if args.what == "mnist":
+        return fetch_torchvision(root, "mnist")
     return status(root)
 
 

@@ -1,28 +1,36 @@
-"""MNIST and Fashion-MNIST from torchvision's IDX layout (TLR's MLP experiments, T-1/T-8/T-9/T-10).
+"""MNIST and Fashion-MNIST with TLR's MLP (TLR Sec. 5, experiments T-1/T-8/T-9/T-10).
 
 Files are read where ``torchvision.datasets.MNIST``/``FashionMNIST`` put them:
 ``<root>/MNIST/raw/train-images-idx3-ubyte[.gz]`` and so on, gzip or not (Debian's
 ``dataset-fashion-mnist`` and LeCun's site ship ``.gz``; torchvision's download leaves both).
+
+The whole set lives on the device as uint8; a batch is one index gather of an epoch's permutation
+(a function of ``(seed, epoch)``), scaled to [-1, 1] as Vaswani et al. (2019) normalise MNIST
+(``Normalize((0.5,), (0.5,))``), whose MLP TLR uses. No DataLoader.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import zlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-from torchvision.datasets import MNIST, FashionMNIST
+import torch.nn.functional as F
 
-from tasks.base import DatasetMissingError
+from tasks.base import DatasetMissingError, Scale, Task, register_task
+
+if TYPE_CHECKING:
+    from torchvision.datasets import MNIST
 
 Dataset = Literal["mnist", "fashion_mnist"]
-
 #: torchvision's dataset class per name: its folder (``<root>/<class name>/raw``) and its file names
-TORCHVISION_CLASS: dict[str, type[MNIST]] = {"mnist": MNIST, "fashion_mnist": FashionMNIST}
+TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 FETCH = {
     "mnist": "python scripts/download_data.py mnist",
     "fashion_mnist": "make data (or: python scripts/download_data.py fashion-mnist)",
@@ -32,9 +40,13 @@ SIDE = 28
 
 
 def torchvision_class(dataset: Dataset) -> type[MNIST]:
+    """torchvision's class for ``dataset``, imported here: ``tasks.load_all`` imports every task module
+    for every run, and torchvision's import costs seconds."""
     if dataset not in TORCHVISION_CLASS:
         raise ValueError(f"dataset={dataset!r} must be one of {sorted(TORCHVISION_CLASS)}")
-    return TORCHVISION_CLASS[dataset]
+    import torchvision.datasets
+
+    return getattr(torchvision.datasets, TORCHVISION_CLASS[dataset])
 
 
 def raw_folder(root: str | Path, dataset: Dataset) -> Path:
@@ -141,3 +153,132 @@ def write_idx_fixture(root: str | Path, dataset: Dataset, n_train: int, n_test: 
         (folder / f"{images_name}.gz").write_bytes(gzip.compress(_idx_bytes(images, IMAGE_MAGIC), mtime=0))
         (folder / f"{labels_name}.gz").write_bytes(gzip.compress(_idx_bytes(labels, LABEL_MAGIC), mtime=0))
     return Path(root)
+
+
+#: how many examples of each split :meth:`MnistMLP.evaluate` scores at ``scale=smoke``
+SMOKE_EVAL = 256
+#: read by the data source: ``scripts/download_data.py`` writes it beside ``raw/``
+PROVENANCE_FILE = "provenance.json"
+DISPLAY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
+
+Batch = tuple[torch.Tensor, torch.Tensor, float | None]
+
+
+@register_task("mnist")
+class MnistMLP(Task):
+    """``task=mnist task.dataset=<mnist|fashion_mnist>``; see ``configs/task/mnist.yaml``."""
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        device: torch.device | str = "cpu",
+        rank: int = 0,
+        world_size: int = 1,
+        scale: Scale = "paper",
+        dataset: Dataset = "mnist",
+        root: str | Path = "data",
+        batch_size: int = 256,
+        epochs: int = 80,
+        hidden_sizes: Sequence[int] = (1000,),
+        paper_dataset: Dataset | None = None,
+    ) -> None:
+        super().__init__(seed=seed, device=device, rank=rank, world_size=world_size, scale=scale)
+        if batch_size < 1:
+            raise ValueError(f"task.batch_size={batch_size} must be >= 1")
+        if epochs < 1:
+            raise ValueError(f"task.epochs={epochs} must be >= 1")
+        if not hidden_sizes or any(h < 1 for h in hidden_sizes):
+            raise ValueError(f"task.hidden_sizes={list(hidden_sizes)} must be one or more widths >= 1")
+        if paper_dataset is not None:
+            torchvision_class(paper_dataset)  # a known name
+        if scale == "smoke":
+            batch_size = min(batch_size, self.SMOKE_BATCH)
+        self.check_batch_size(batch_size)
+        self.dataset, self.root, self.paper_dataset = dataset, Path(root), paper_dataset
+        self.batch_size, self.epochs, self.hidden_sizes = batch_size, epochs, list(hidden_sizes)
+        train, test = load_idx(root, dataset, train=True), load_idx(root, dataset, train=False)
+        self.x, self.y = train[0].to(self.device), train[1].to(self.device)
+        self.x_test, self.y_test = test[0].to(self.device), test[1].to(self.device)
+
+    def build_model(self) -> torch.nn.Module:
+        """784 -> hidden (ReLU) -> 10: TLR's "MLP with a hidden layer of width 1000" (Sec. 5), torchvision's
+        ``MLP`` block (linear layers with torch's default initialisation, no dropout)."""
+        from torchvision.ops import MLP
+
+        mlp = MLP(SIDE * SIDE, [*self.hidden_sizes, 10], activation_layer=torch.nn.ReLU)
+        return torch.nn.Sequential(torch.nn.Flatten(), mlp).to(self.device)
+
+    @staticmethod
+    def inputs(images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> float in [-1, 1]."""
+        return images.float().div_(127.5).sub_(1.0)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-self.x.shape[0] // self.batch_size)
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        """The epoch's permutation of the training images, a function of ``(seed, epoch)`` only."""
+        gen = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        return torch.randperm(self.x.shape[0], generator=gen).to(self.device)
+
+    def train_batches(self, epoch: int) -> Iterator[Batch]:
+        perm = self.order(self.seed, epoch)
+        for idx in perm.split(self.batch_size):  # the last batch may be short, as without drop_last
+            start, stop, factor = self.rank_part(len(idx))
+            part = idx[start:stop]
+            yield self.inputs(self.x[part]), self.y[part], factor
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        x, y, factor = batch
+        if factor is None:
+            return F.cross_entropy(model(x).float(), y)
+        return F.cross_entropy(model(x).float(), y, reduction="sum") * factor
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module) -> dict[str, float]:
+        """Test accuracy (%) and loss, and the same on the whole training set (TLR plots training loss)."""
+        out: dict[str, float] = {}
+        for split, x, y in (("train", self.x, self.y), ("test", self.x_test, self.y_test)):
+            if self.scale == "smoke":
+                x, y = x[:SMOKE_EVAL], y[:SMOKE_EVAL]
+            loss_sum, correct = torch.zeros((), device=self.device), torch.zeros((), device=self.device)
+            for xb, yb in zip(x.split(10_000), y.split(10_000), strict=True):
+                logits = model(self.inputs(xb)).float()
+                loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+                correct += (logits.argmax(dim=1) == yb).sum()
+            out[f"{split}/accuracy"] = correct.item() * 100.0 / len(y)
+            out[f"{split}/loss"] = loss_sum.item() / len(y)
+        return out
+
+    @property
+    def data_source(self) -> dict[str, Any]:
+        folder = raw_folder(self.root, self.dataset)
+        files = [
+            find_idx_file(self.root, self.dataset, n)
+            for tr in (True, False)
+            for n in idx_files(self.dataset, tr)
+        ]
+        source: dict[str, Any] = {
+            "kind": "idx",
+            "dataset": self.dataset,
+            "label": DISPLAY[self.dataset],
+            "files": [file_record(f) for f in files],
+            "train_shape": list(self.x.shape),
+            "test_shape": list(self.x_test.shape),
+        }
+        fetched = folder.parent / PROVENANCE_FILE
+        if fetched.is_file():
+            source["fetched"] = json.loads(fetched.read_text())
+        if self.paper_dataset is not None and self.paper_dataset != self.dataset:
+            source["substitute_for"] = self.paper_dataset
+            source["label"] = f"{DISPLAY[self.dataset]} (substitute for {DISPLAY[self.paper_dataset]})"
+        return source
+
+    @staticmethod
+    def fixture_overrides(tmp_path: Path) -> list[str]:
+        """Tiny MNIST and Fashion-MNIST in the real IDX layout under ``tmp_path`` (experiment config test)."""
+        for dataset in TORCHVISION_CLASS:
+            write_idx_fixture(tmp_path, dataset, n_train=64, n_test=32)  # type: ignore[arg-type]
+        return [f"task.root={tmp_path}"]

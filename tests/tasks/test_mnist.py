@@ -10,7 +10,10 @@ import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from tasks.base import DatasetMissingError
-from tasks.mnist import load_idx, raw_folder, write_idx_fixture
+from tasks.mnist import MnistMLP, load_idx, raw_folder, write_idx_fixture
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = REPO / "data"
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
@@ -96,3 +99,88 @@ def test_wrong_magic_truncated_and_corrupt_files_name_the_file(tmp_path: Path) -
     _rewrite(labels, lambda b: b[:-1] + b"\x0c")
     with pytest.raises(ValueError, match="label 12 outside 0..9"):
         load_idx(tmp_path, "mnist", train=True)
+
+
+def _task(root: Path, **kw) -> MnistMLP:
+    return MnistMLP(seed=kw.pop("seed", 0), root=root, dataset="fashion_mnist", **kw)
+
+
+def test_task_batches_cover_the_epoch_in_a_seeded_order(tmp_path: Path) -> None:
+    write_idx_fixture(tmp_path, "fashion_mnist", n_train=50, n_test=20)
+    task = _task(tmp_path, batch_size=16)
+    assert task.steps_per_epoch == 4
+    batches = list(task.train_batches(0))
+    assert [len(y) for _x, y, _f in batches] == [16, 16, 16, 2]  # the last one short, no drop_last
+    x = torch.cat([b[0] for b in batches])
+    assert x.shape == (50, 28, 28) and x.dtype == torch.float32
+    assert x.min() >= -1.0 and x.max() <= 1.0
+    assert sorted(torch.cat([b[1] for b in batches]).tolist()) == sorted(task.y.tolist())
+    again = [b[1] for b in _task(tmp_path, batch_size=16).train_batches(0)]
+    assert all(torch.equal(a[1], b) for a, b in zip(batches, again, strict=True))
+    other_epoch = torch.cat([b[1] for b in task.train_batches(1)])
+    other_seed = torch.cat([b[1] for b in _task(tmp_path, batch_size=16, seed=1).train_batches(0)])
+    first = torch.cat([b[1] for b in batches])
+    assert not torch.equal(first, other_epoch) and not torch.equal(first, other_seed)
+    # two ranks split each global batch in contiguous halves
+    halves = [list(_task(tmp_path, batch_size=16, rank=r, world_size=2).train_batches(0)) for r in (0, 1)]
+    assert torch.equal(torch.cat([halves[0][0][1], halves[1][0][1]]), batches[0][1])
+
+
+def test_task_model_metrics_and_training(tmp_path: Path) -> None:
+    write_idx_fixture(tmp_path, "fashion_mnist", n_train=200, n_test=40)
+    task = _task(tmp_path, batch_size=20)
+    torch.manual_seed(0)
+    model = task.build_model()
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linear] == [(784, 1000), (1000, 10)]
+    before = task.evaluate(model)
+    assert set(before) == {"train/accuracy", "train/loss", "test/accuracy", "test/loss"}
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.8)
+    for _epoch in range(2):
+        for batch in task.train_batches(_epoch):
+            opt.zero_grad()
+            task.loss(model, batch).backward()
+            opt.step()
+    after = task.evaluate(model)
+    assert after["train/loss"] < before["train/loss"] / 2 and after["test/accuracy"] > 90.0
+    with torch.no_grad():
+        whole = torch.nn.functional.cross_entropy(model(task.inputs(task.x)), task.y)
+    assert after["train/loss"] == pytest.approx(float(whole), rel=1e-5)
+
+
+def test_smoke_scale_caps_batch_and_evaluation(tmp_path: Path) -> None:
+    write_idx_fixture(tmp_path, "mnist", n_train=300, n_test=300)
+    task = MnistMLP(seed=0, root=tmp_path, dataset="mnist", batch_size=256, scale="smoke")
+    assert task.batch_size == MnistMLP.SMOKE_BATCH and task.steps_per_epoch == 38
+    assert MnistMLP(seed=0, root=tmp_path, dataset="mnist", hidden_sizes=[512, 256]).build_model()(
+        torch.zeros(2, 28, 28)
+    ).shape == (2, 10)
+
+
+def test_data_source_records_files_and_labels_a_substitute(tmp_path: Path) -> None:
+    write_idx_fixture(tmp_path, "fashion_mnist", n_train=10, n_test=10)
+    plain = _task(tmp_path).data_source
+    assert plain["label"] == "Fashion-MNIST" and "substitute_for" not in plain
+    assert plain["train_shape"] == [10, 28, 28] and plain["test_shape"] == [10, 28, 28]
+    assert [Path(f["path"]).name for f in plain["files"]] == [
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    ]
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in plain["files"])
+    (raw_folder(tmp_path, "fashion_mnist").parent / "provenance.json").write_text('{"source": "debian"}')
+    sub = _task(tmp_path, paper_dataset="mnist").data_source
+    assert sub["substitute_for"] == "mnist" and sub["label"] == "Fashion-MNIST (substitute for MNIST)"
+    assert sub["fetched"] == {"source": "debian"}
+    with pytest.raises(ValueError, match="must be one of"):
+        _task(tmp_path, paper_dataset="svhn")
+
+
+@pytest.mark.skipif(not (DATA / "FashionMNIST" / "raw").is_dir(), reason="run `make data` for Fashion-MNIST")
+def test_real_fashion_mnist_from_make_data() -> None:
+    """The full set Debian ships: 60000 + 10000 images, 6000 / 1000 per class."""
+    x, y = load_idx(DATA, "fashion_mnist", train=True)
+    xt, yt = load_idx(DATA, "fashion_mnist", train=False)
+    assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)
+    assert y.bincount().tolist() == [6000] * 10 and yt.bincount().tolist() == [1000] * 10
