@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from tasks import cifar, mnist
 from tasks.base import Scale, Task, register_task
 
 #: examples augmented at once (one vectorised crop+flip per chunk instead of one per step)
@@ -82,13 +83,18 @@ def check_layout(num_classes: int, num_tasks: int, classes_per_task: int) -> Non
 def load_split(dataset: str, root: str | Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 images ``[N, C, H, W]`` and int64 labels of one split, through the shared loaders."""
     if dataset == "cifar100":
-        from tasks.cifar import load_cifar
-
-        return load_cifar(root, "cifar100", train)
-    from tasks.mnist import load_idx
-
-    x, y = load_idx(root, "fashion_mnist", train)
+        return cifar.load_cifar(root, "cifar100", train)
+    x, y = mnist.load_idx(root, "fashion_mnist", train)
     return x.unsqueeze(1), y
+
+
+def split_files(dataset: str, root: str | Path) -> list[dict[str, Any]]:
+    """Path, size and sha256 of every file the two splits read."""
+    if dataset == "cifar100":
+        paths = [p for train in (True, False) for p in cifar.cifar_files(root, "cifar100", train)]
+        return [cifar.file_record(p) for p in paths]
+    names = [n for train in (True, False) for n in mnist.idx_files("fashion_mnist", train)]
+    return [mnist.file_record(mnist.find_idx_file(root, "fashion_mnist", n)) for n in names]
 
 
 class StreamStats(torch.nn.Module):
@@ -195,6 +201,7 @@ class ContinualCifar100(Task):
         if scale == "smoke":
             self.test_examples = [ex[:SMOKE_EVAL] for ex in self.test_examples]
         self.task_lengths = [len(ex) * epochs_per_task for ex in self.task_examples]
+        self._files = split_files(dataset, root)
 
     def _split(
         self, loaded: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor
@@ -305,6 +312,12 @@ class ContinualCifar100(Task):
         out.update({f"test/accuracy_task{k}": float(finished[k]) for k in range(current + 1)})
         return out
 
+    @staticmethod
+    def fixture_overrides(tmp_path: Path) -> list[str]:
+        """Tiny CIFAR-100 files in the real pickle layout (every class in both splits) for smoke runs."""
+        cifar.write_cifar_fixture(tmp_path, "cifar100", n_train=200, n_test=100)
+        return [f"task.root={tmp_path}"]
+
     @property
     def data_source(self) -> dict[str, Any]:
         return {
@@ -312,6 +325,7 @@ class ContinualCifar100(Task):
             "label": self.spec.label,
             "substitute_for": self.spec.substitute_for,
             "root": str(self.root),
+            "files": self._files,
             "train_shape": list(self.train_x.shape),
             "test_shape": list(self.test_x.shape),
             "num_tasks": self.num_tasks,
