@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     step_rate = {n: args.steps / statistics.median(bare[n]) for n in names}
     run_rate = {n: statistics.median(runner[n]) for n in names}
     print(
-        f"device cpu, torch {torch.__version__}, {args.threads} thread(s), {args.steps} steps x {args.rounds} rounds"
+        f"device cpu, torch {torch.__version__}, {args.threads} thread(s), "
+        f"{args.steps} steps x {args.rounds} rounds"
     )
     print(
         f"{'optimizer':<14}{'step steps/s':>14}{'runner steps/s':>16}{'runner/step':>13}{'50k run (min)':>15}"
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         minutes = FULL_RUN_STEPS / run_rate[n] / 60
         print(
-            f"{n:<14}{step_rate[n]:>14.1f}{run_rate[n]:>16.1f}{run_rate[n] / step_rate[n]:>13.2f}{minutes:>15.1f}"
+            f"{n:<14}{step_rate[n]:>14.1f}{run_rate[n]:>16.1f}"
+            f"{run_rate[n] / step_rate[n]:>13.2f}{minutes:>15.1f}"
         )
     print(
         f"MetaOptimize / AdamW: step {step_rate['metaoptimize'] / step_rate['adamw']:.2f}, "
