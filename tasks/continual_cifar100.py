@@ -97,6 +97,16 @@ def split_files(dataset: str, root: str | Path) -> list[dict[str, Any]]:
     return [mnist.file_record(mnist.find_idx_file(root, "fashion_mnist", n)) for n in names]
 
 
+def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
+    """For each example, how many earlier examples share its label."""
+    order = torch.argsort(labels, stable=True)
+    sorted_labels = labels[order]
+    starts = torch.searchsorted(sorted_labels, sorted_labels, right=False)
+    rank = torch.empty_like(labels)
+    rank[order] = torch.arange(len(labels)) - starts
+    return rank
+
+
 class StreamStats(torch.nn.Module):
     """Per-task online hits and steps, test accuracy at each task's end, the current task: buffers, so
     they sit on the device and go into the runner's checkpoint with the weights."""
@@ -166,6 +176,7 @@ class ContinualCifar100(Task):
         class_order: Literal["seeded", "natural"] = "seeded",
         crop_padding: Annotated[int, Field(ge=0)] = 4,
         flip: bool = True,
+        train_per_class: Annotated[int, Field(ge=1)] | None = None,
         batch_size: Annotated[int, Field(ge=1)] = 1,
         epochs: Annotated[int, Field(ge=1)] = 1,
     ) -> None:
@@ -191,7 +202,12 @@ class ContinualCifar100(Task):
         self.class_order = order[: self.num_tasks * self.classes_per_task].tolist()
         position = torch.full((spec.num_classes,), -1, dtype=torch.int64)
         position[torch.tensor(self.class_order)] = torch.arange(len(self.class_order))
-        self.train_x, self.train_task, self.train_y = self._split(load_split(dataset, root, True), position)
+        train = load_split(dataset, root, True)
+        if train_per_class is not None:  # a shorter stream: each class's first images, in file order
+            rank = _rank_within_class(train[1])
+            train = (train[0][rank < train_per_class], train[1][rank < train_per_class])
+        self.train_per_class = train_per_class
+        self.train_x, self.train_task, self.train_y = self._split(train, position)
         self.test_x, self.test_task, self.test_y = self._split(load_split(dataset, root, False), position)
         self.task_examples = [torch.nonzero(self.train_task == k).flatten() for k in range(self.num_tasks)]
         empty = [k for k, ex in enumerate(self.task_examples) if len(ex) == 0]
@@ -331,4 +347,5 @@ class ContinualCifar100(Task):
             "num_tasks": self.num_tasks,
             "classes_per_task": self.classes_per_task,
             "class_order": self.class_order,
+            "train_per_class": self.train_per_class,
         }

@@ -139,6 +139,7 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
                     "dataset": DATASETS[dataset].label,
                     "method": spec["label"],
                     "lr": f"{lr:g} of {len(lrs)} tried" if lr is not None else "",
+                    "steps": int(runs["steps"].median()),
                     "seeds": int(runs["seed"].nunique()),
                     "diverged": int((runs["status"] == "diverged").sum()),
                     "online accuracy (%)": _mean_se(runs[FINAL_ONLINE]),

@@ -169,3 +169,14 @@ def test_smoke_caps_the_test_examples_and_labels_the_substitute(fake_data, monke
     source = task.data_source
     assert source["substitute_for"] == "cifar100" and "substitute" in source["label"]
     assert make().data_source["substitute_for"] is None
+
+
+def test_train_per_class_keeps_each_class_first_images(fake_data):
+    task = make(dataset="fashion_mnist", train_per_class=5)
+    assert task.steps_per_epoch == 5 * 2 * 5
+    x, y = cc.load_split("fashion_mnist", "unused", True)
+    first = torch.cat([torch.nonzero(y == c).flatten()[:5] for c in range(10)])
+    assert sorted(map(bytes, task.train_x.flatten(1).numpy())) == sorted(
+        map(bytes, x[first].flatten(1).numpy())
+    )
+    assert task.data_source["train_per_class"] == 5
