@@ -5,7 +5,9 @@
 
 The MO-3 stream (``configs/experiment/metaoptimize_mo3_continual.yaml``: CIFAR-100 shapes, 10 tasks of
 10 classes, SimpleCNN, crop + flip) at batch 1 is all per-step overhead. Two measurements, each a median
-over interleaved rounds (benchmarks/_timing.py), so a change in machine load hits both optimizers alike:
+over interleaved, rotating rounds (as benchmarks/_timing.py), so a change in machine load hits both
+optimizers alike, by wall clock and by this process's CPU time (on a shared machine the CPU time is
+the work; the wall clock adds the waits for a core):
 
 - ``step``: the runner's inner step alone (``task.loss``, ``zero_grad``, ``backward``, ``step``) on the
   task's own batches (``train_batches``: vectorised crop + flip per chunk, views per step);
@@ -22,9 +24,11 @@ synthetic (uniform uint8, CIFAR-100's 50000 x 3 x 32 x 32 and 10000 test images)
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -37,7 +41,6 @@ sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
 import tasks.continual_cifar100 as cc  # noqa: E402
-from benchmarks._timing import round_robin  # noqa: E402
 from runners.loggers import NoLogger  # noqa: E402
 from runners.loop import Trainer, seed_everything  # noqa: E402
 
@@ -66,12 +69,13 @@ def experiment_config(optimizer: str, steps: int, results: Path) -> dict[str, An
 
 
 def step_sampler(cfg: dict[str, Any], steps: int) -> Any:
-    """A callable that runs the next ``steps`` steps of the stream (the runner's inner step, bare)."""
+    """A callable that runs the next ``steps`` steps of the stream (the runner's inner step, bare); a new
+    pass over the stream when one ends."""
     task = cc.ContinualCifar100(seed=0, **{k: v for k, v in cfg["task"].items() if k != "name"})
     seed_everything(0)
     model = task.build_model()
     opt = optimizers.build(cfg["optimizer"], model, steps_per_epoch=task.steps_per_epoch)
-    stream = iter(task.train_batches(0))
+    stream = itertools.chain.from_iterable(task.train_batches(e) for e in itertools.count())
 
     def run() -> None:
         for _ in range(steps):
@@ -83,9 +87,23 @@ def step_sampler(cfg: dict[str, Any], steps: int) -> Any:
     return run
 
 
-def runner_rate(cfg: dict[str, Any], run_dir: Path) -> float:
-    trainer = Trainer(cfg, run_dir, NoLogger(), progress=False)
-    return float(trainer.run()["steps_per_s"])
+def runner_sampler(cfg: dict[str, Any], folder: Path) -> Any:
+    """A callable that runs a fresh ``Trainer`` for ``cfg['max_steps']`` steps (built before timing)."""
+    count = itertools.count()
+
+    def run() -> None:
+        run_dir = folder / str(next(count))
+        run_dir.mkdir(parents=True)
+        trainer = Trainer(cfg, run_dir, NoLogger(), progress=False)
+        start = _clocks()
+        trainer.run()
+        run.elapsed = tuple(b - a for a, b in zip(start, _clocks(), strict=True))  # type: ignore[attr-defined]
+
+    return run
+
+
+def _clocks() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,34 +114,50 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ("adamw", "metaoptimize")
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(cc, "load_split", synthetic_cifar100):
+    samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        mock.patch.object(cc, "load_split", synthetic_cifar100),
+        mock.patch.object(cc, "split_files", lambda dataset, root: []),
+    ):
         cfgs = {n: experiment_config(n, args.steps, Path(tmp)) for n in names}
-        samplers = {n: step_sampler(cfgs[n], args.steps * (args.rounds + 1)) for n in names}
-        # each sampler holds a stream long enough for warm-up + every round
-        bare = round_robin({n: samplers[n] for n in names}, rounds=args.rounds)
-        runner: dict[str, list[float]] = {n: [] for n in names}
-        for r in range(args.rounds):
-            for n in names if r % 2 == 0 else names[::-1]:
-                runner[n].append(runner_rate(cfgs[n], Path(tmp) / f"{n}-{r}"))
-    step_rate = {n: args.steps / statistics.median(bare[n]) for n in names}
-    run_rate = {n: statistics.median(runner[n]) for n in names}
+        candidates = {}
+        for n in names:  # each bare sampler's stream covers warm-up + every round
+            candidates[n, "step"] = step_sampler(cfgs[n], args.steps)
+            candidates[n, "runner"] = runner_sampler(cfgs[n], Path(tmp) / n)
+        keys = list(candidates)
+        for key in keys:  # warm-up
+            candidates[key]()
+        for r in range(args.rounds):  # interleaved, rotating, so load drifts hit every candidate alike
+            for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+                start = _clocks()
+                candidates[key]()
+                elapsed = getattr(candidates[key], "elapsed", None)
+                if elapsed is None:
+                    elapsed = tuple(b - a for a, b in zip(start, _clocks(), strict=True))
+                samples.setdefault(key, []).append(elapsed)
+    rate = {
+        (key, clock): args.steps / statistics.median(s[clock] for s in values)
+        for key, values in samples.items()
+        for clock in (0, 1)
+    }
     print(
         f"device cpu, torch {torch.__version__}, {args.threads} thread(s), "
-        f"{args.steps} steps x {args.rounds} rounds"
+        f"{args.steps} steps x {args.rounds} rounds; steps/s by wall clock (by this process's CPU time)"
     )
-    print(
-        f"{'optimizer':<14}{'step steps/s':>14}{'runner steps/s':>16}{'runner/step':>13}{'50k run (min)':>15}"
-    )
+    print(f"{'optimizer':<14}{'step':>20}{'runner':>20}{'runner/step':>13}{'50k run (min)':>15}")
     for n in names:
-        minutes = FULL_RUN_STEPS / run_rate[n] / 60
+        step, run = ((n, "step"), 0), ((n, "runner"), 0)
+        step_cpu, run_cpu = ((n, "step"), 1), ((n, "runner"), 1)
+        minutes = FULL_RUN_STEPS / rate[run] / 60
         print(
-            f"{n:<14}{step_rate[n]:>14.1f}{run_rate[n]:>16.1f}"
-            f"{run_rate[n] / step_rate[n]:>13.2f}{minutes:>15.1f}"
+            f"{n:<14}{rate[step]:>10.1f} ({rate[step_cpu]:>6.1f}){rate[run]:>10.1f} ({rate[run_cpu]:>6.1f})"
+            f"{rate[run] / rate[step]:>13.2f}{minutes:>15.1f}"
         )
-    print(
-        f"MetaOptimize / AdamW: step {step_rate['metaoptimize'] / step_rate['adamw']:.2f}, "
-        f"runner {run_rate['metaoptimize'] / run_rate['adamw']:.2f} (target >= 0.7)"
-    )
+    for clock, what in ((0, "wall"), (1, "cpu")):
+        step = rate[("metaoptimize", "step"), clock] / rate[("adamw", "step"), clock]
+        run = rate[("metaoptimize", "runner"), clock] / rate[("adamw", "runner"), clock]
+        print(f"MetaOptimize / AdamW ({what}): step {step:.2f}, runner {run:.2f} (target >= 0.7)")
     return 0
 
 

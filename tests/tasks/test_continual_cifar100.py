@@ -153,6 +153,24 @@ def test_online_accuracy_counts_predictions_before_each_update_and_task_ends(fak
     assert sum(hits) > len(hits) / 2  # it learns: brightness encodes the class
 
 
+def test_mid_task_evaluation_reports_online_accuracy_and_finished_tasks_only(fake_data):
+    task = make(dataset="fashion_mnist")
+    model = task.build_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for i, batch in enumerate(task.train_batches(0)):
+        if i == 30:  # 6 steps into task 1 (24 steps a task)
+            break
+        opt.zero_grad()
+        task.loss(model, batch).backward()
+        opt.step()
+    metrics = task.evaluate(model)
+    assert metrics["task"] == 1 and "test/task_accuracy" not in metrics
+    assert set(k for k in metrics if k.startswith("test/")) == {
+        "test/accuracy_task0",
+        "test/mean_task_accuracy",
+    }
+
+
 def test_counters_travel_in_the_state_dict(fake_data):
     task = make(dataset="fashion_mnist")
     model = task.build_model()

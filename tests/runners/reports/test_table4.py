@@ -61,11 +61,16 @@ def test_grid_method_keeps_its_best_lr_by_mean_online_accuracy():
 
 def test_report_from_smoke_runs_on_cifar100_fixture(tmp_path, capsys):
     torch.set_num_threads(1)
-    data = write_cifar_fixture(tmp_path / "data", "cifar100", n_train=200, n_test=100)
+    data = write_cifar_fixture(tmp_path / "data", "cifar100", n_train=100, n_test=100)
     for experiment in ("metaoptimize_mo3_continual", "metaoptimize_mo3_continual_fixed"):
         for seed in (0, 1):
-            code, _ = run_inproc(
-                tmp_path, f"experiment={experiment}", "scale=smoke", f"seed={seed}", f"task.root={data}"
+            code, _ = run_inproc(  # the whole 100-step fixture stream: every task's end is measured
+                tmp_path,
+                f"experiment={experiment}",
+                "scale=smoke",
+                "max_steps=null",
+                f"seed={seed}",
+                f"task.root={data}",
             )
             assert code == 0
     out = table4.report(tmp_path)
@@ -76,6 +81,8 @@ def test_report_from_smoke_runs_on_cifar100_fixture(tmp_path, capsys):
     assert (out["seeds"] == 2).all() and (out["dataset"] == "CIFAR-100").all()
     assert out["authors CIFAR-100 online (%)"].tolist() == [36.59, 39.05]
     assert all(" ± " in cell for cell in out["online accuracy (%)"])
+    assert all(" ± " in cell for cell in out["mean task accuracy (%)"])
+    assert (out["steps"] == 100).all()
     for name in ("online_accuracy", "task_accuracy", "step_sizes"):
         assert (tmp_path / "figures" / f"continual_{name}.png").stat().st_size > 0
     assert (tmp_path / "tables" / "table4.tex").is_file()
