@@ -24,6 +24,7 @@ synthetic (uniform uint8, CIFAR-100's 50000 x 3 x 32 x 32 and 10000 test images)
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import statistics
 import sys
@@ -48,11 +49,18 @@ EXPERIMENT = "metaoptimize_mo3_continual"
 FULL_RUN_STEPS = 50_000
 
 
-def synthetic_cifar100(_dataset: str, _root: Any, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    n = 50_000 if train else 10_000
+def synthetic_cifar100(train_images: int) -> Any:
+    """A ``load_split`` stand-in: uniform uint8 images of CIFAR-100's shape, classes in equal blocks."""
+    return functools.partial(_synthetic, train_images)
+
+
+def _synthetic(
+    train_images: int, _dataset: str, _root: Any, train: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n = train_images if train else train_images // 5
     gen = torch.Generator().manual_seed(int(train))
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
-    return x, torch.arange(100).repeat_interleave(n // 100)
+    return x, torch.arange(n) % 100
 
 
 def experiment_config(optimizer: str, steps: int, results: Path) -> dict[str, Any]:
@@ -111,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=2000, help="steps per timed sample")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (batch 1 gains nothing from more)")
+    ap.add_argument("--train-images", type=int, default=50_000, help="stream length (CIFAR-100: 50000)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ("adamw", "metaoptimize")
     samples: dict[tuple[str, str], list[tuple[float, float]]] = {}
     with (
         tempfile.TemporaryDirectory() as tmp,
-        mock.patch.object(cc, "load_split", synthetic_cifar100),
+        mock.patch.object(cc, "load_split", synthetic_cifar100(args.train_images)),
         mock.patch.object(cc, "split_files", lambda dataset, root: []),
     ):
         cfgs = {n: experiment_config(n, args.steps, Path(tmp)) for n in names}
