@@ -180,7 +180,7 @@ def overlay_authors(ax: Any, method: str, dataset: str, curve: str, color: Any =
     series = None if curves is None else (curves["alpha"] if curve.startswith("alpha") else curves).get(curve)
     if series is None:
         return False
-    name = spec["label"] if curve in ("online", "tasks") else curve
+    name = spec.get("short", spec["label"]) if curve in ("online", "tasks") else curve
     ax.plot(series.index, series.to_numpy(), ls="--", lw=1, color=color, label=f"{name} (authors' logs)")
     return True
 
@@ -195,7 +195,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
         ("online_accuracy", "cumulative online top-1 (%)", "step", "online"),
         ("task_accuracy", "test accuracy at task end (%)", "task", "tasks"),
     ):
-        fig, axes = plots.panels(len(datasets), title=f"MO-3: {ylabel}", ncols=max(2, len(datasets)))
+        fig, axes = plots.panels(len(datasets), title=f"MO-3: {ylabel}")
         for ax, dataset in zip(axes, datasets, strict=True):
             for i, (method, spec) in enumerate(methods.items()):
                 runs = df[(df["dataset"] == dataset) & (df["method"] == method)]
@@ -203,7 +203,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
                     curves = [_curve(metrics[r], ONLINE) for r in runs["run_dir"]]
                 else:
                     curves = [_task_curve(r) for _, r in runs.iterrows()]
-                plots.seed_band(ax, curves, spec["label"], plots.color(i))
+                plots.seed_band(ax, curves, spec.get("short", spec["label"]), plots.color(i))
                 if method != "adamw":  # the grid's AdamW shares the fixed baseline's authors' curve
                     overlay_authors(ax, method, dataset, authors_key, plots.color(i))
             plots.label(ax, xlabel, ylabel, title=DATASETS[dataset].label)

@@ -39,7 +39,7 @@ def test_overlay_draws_the_authors_curves_on_cifar100_panels_only():
     assert not table4.overlay_authors(ax, "metaoptimize_blocks", "fashion_mnist", "online")
     assert not table4.overlay_authors(ax, "prodigy", "cifar100", "online")  # not in the paper
     online, alpha = ax.get_lines()
-    assert online.get_label() == "MetaOptimize (AdamW, Adam) 2-block (authors' logs)"
+    assert online.get_label() == "MetaOpt 2-block (authors' logs)"
     assert online.get_ydata()[-1] == pytest.approx(39.0456) and len(alpha.get_xdata()) == 500
     plt.close(fig)
 
