@@ -170,6 +170,18 @@ def _task_curve(run: pd.Series) -> pd.Series:
     return pd.Series([run[c] for c in cols], index=[int(c[24:]) for c in cols], dtype=float).dropna()
 
 
+def _switches(run_dir: str) -> list[float]:
+    """The steps where a task ends, for the run's balanced layout (dotted lines on the curves)."""
+    summary = json.loads(Path(run_dir, "summary.json").read_text())
+    tasks = summary["provenance"]["data_source"]["num_tasks"]
+    return [k * summary["steps_per_epoch"] / tasks for k in range(1, tasks)]
+
+
+def _mark_switches(ax: Any, steps: list[float]) -> None:
+    for step in steps:
+        ax.axvline(step, color="0.6", lw=0.6, ls=":", zorder=0)
+
+
 def overlay_authors(ax: Any, method: str, dataset: str, curve: str, color: Any = None) -> bool:
     """Draw the authors' logged ``curve`` (``online``, ``tasks`` or a block's ``alpha/...``) of ``method``
     dashed on ``ax``, only on a CIFAR-100 panel (their runs are CIFAR-100's); True if drawn."""
@@ -206,6 +218,8 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 plots.seed_band(ax, curves, spec.get("short", spec["label"]), plots.color(i))
                 if method != "adamw":  # the grid's AdamW shares the fixed baseline's authors' curve
                     overlay_authors(ax, method, dataset, authors_key, plots.color(i))
+            if name == "online_accuracy":
+                _mark_switches(ax, _switches(df[df["dataset"] == dataset]["run_dir"].iloc[0]))
             plots.label(ax, xlabel, ylabel, title=DATASETS[dataset].label)
         plots.legend(fig, axes)
         paths += plots.save(fig, f"continual_{name}", out)
@@ -226,6 +240,7 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
                 curves = [_curve(metrics[r], f"opt/{scale}") for r in runs["run_dir"]]
                 plots.seed_band(ax, curves, scale, plots.color(j))
                 overlay_authors(ax, method, dataset, scale, plots.color(j))
+            _mark_switches(ax, _switches(runs["run_dir"].iloc[0]))
             title = f"{spec['label']}\n{DATASETS[dataset].label}"
             plots.label(ax, "step", "step size", title=title, logy=True)
             ax.legend(fontsize=7)
