@@ -8,6 +8,9 @@ import torchvision.transforms.v2.functional as TF
 
 import tasks.continual_cifar100 as cc
 from optimizers._metaoptimize_blocks import partition
+from tasks.base import DatasetMissingError
+from tasks.cifar import write_cifar_fixture
+from tasks.mnist import write_idx_fixture
 
 
 def fake_split(n_classes: int, per_class: int, channels: int = 3, size: int = 32, seed: int = 0):
@@ -198,3 +201,21 @@ def test_train_per_class_keeps_each_class_first_images(fake_data):
         map(bytes, x[first].flatten(1).numpy())
     )
     assert task.data_source["train_per_class"] == 5
+
+
+@pytest.mark.parametrize(
+    ("dataset", "write", "shape"),
+    [
+        ("cifar100", lambda root: write_cifar_fixture(root, "cifar100", 200, 100), (3, 32, 32)),
+        ("fashion_mnist", lambda root: write_idx_fixture(root, "fashion_mnist", 40, 20), (1, 28, 28)),
+    ],
+)
+def test_reads_the_real_file_formats_and_records_them(tmp_path, dataset, write, shape):
+    with pytest.raises(DatasetMissingError, match=str(tmp_path)):
+        cc.ContinualCifar100(seed=0, root=tmp_path, dataset=dataset)
+    write(tmp_path)
+    task = cc.ContinualCifar100(seed=0, root=tmp_path, dataset=dataset)
+    assert tuple(task.train_x.shape[1:]) == shape and task.steps_per_epoch == len(task.train_x)
+    files = task.data_source["files"]
+    assert len(files) == (2 if dataset == "cifar100" else 4)
+    assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in files)
