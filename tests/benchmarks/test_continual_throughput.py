@@ -9,4 +9,4 @@ def test_prints_both_optimizers_and_their_ratio(capsys):
     assert continual_throughput.main(["--steps", "3", "--rounds", "1", "--train-images", "500"]) == 0
     out = capsys.readouterr().out
     assert "adamw" in out and "metaoptimize" in out
-    assert "MetaOptimize / AdamW (wall): step" in out and "MetaOptimize / AdamW (cpu): step" in out
+    assert "MetaOptimize / adamw (wall): step" in out and "MetaOptimize / adamw_fused (cpu): step" in out
