@@ -44,18 +44,20 @@ def test_overlay_draws_the_authors_curves_on_cifar100_panels_only():
     plt.close(fig)
 
 
-def test_grid_method_keeps_its_best_lr_by_mean_online_accuracy():
+def test_grid_method_keeps_its_best_lr_by_mean_online_accuracy_on_common_seeds():
     df = pd.DataFrame(
         {
-            "dataset": ["fashion_mnist"] * 4 + ["fashion_mnist"],
-            "method": ["adamw"] * 4 + ["fixed"],
-            "lr": [1e-3, 1e-3, 1e-4, 1e-4, 1e-4],
-            "seed": [0, 1, 0, 1, 0],
-            table4.FINAL_ONLINE: [80.0, 84.0, 85.0, 77.0, 70.0],
+            "dataset": ["fashion_mnist"] * 6,
+            "method": ["adamw"] * 5 + ["fixed"],
+            "lr": [1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4],
+            "seed": [0, 1, 2, 0, 1, 0],
+            table4.FINAL_ONLINE: [80.0, 84.0, 60.0, 85.0, 77.0, 70.0],
         }
     )
     kept = table4.chosen(df)
-    assert sorted(kept[kept["method"] == "adamw"]["lr"]) == [1e-3, 1e-3]  # mean 82 > 81, not the best seed
+    # on seeds 0 and 1: mean 82 > 81 (not the single best seed, and seed 2, which 1e-4 lacks, left out)
+    assert sorted(kept[kept["method"] == "adamw"]["seed"]) == [0, 1, 2]
+    assert set(kept[kept["method"] == "adamw"]["lr"]) == {1e-3}
     assert len(kept[kept["method"] == "fixed"]) == 1
 
 
