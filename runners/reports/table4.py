@@ -125,8 +125,10 @@ def _authors_values(match: dict[str, Any] | None) -> tuple[float | None, float |
     return round(float(curves["online"].iloc[-1]), 2), round(float(curves["tasks"].mean()), 2)
 
 
-def table(df: pd.DataFrame) -> pd.DataFrame:
-    """Table 4: one row per (dataset, method) with runs, mean ± SE over seeds, the authors' values."""
+def table(df: pd.DataFrame, tried: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Table 4: one row per (dataset, method) of ``df`` (the chosen runs) with mean ± SE over seeds and the
+    authors' values; a grid method's row names its lr and the lrs of ``tried`` (every run, default ``df``)."""
+    tried = df if tried is None else tried
     rows = []
     methods = protocol()["methods"]
     for dataset in [d for d in protocol()["datasets"] if d in set(df["dataset"])]:
@@ -134,21 +136,23 @@ def table(df: pd.DataFrame) -> pd.DataFrame:
             runs = df[(df["dataset"] == dataset) & (df["method"] == method)]
             if runs.empty:
                 continue
-            lrs = sorted(df[(df["dataset"] == dataset) & (df["method"] == method)]["lr"].dropna().unique())
+            lrs = sorted(
+                tried[(tried["dataset"] == dataset) & (tried["method"] == method)]["lr"].dropna().unique()
+            )
             online, tasks_ = _authors_values(spec.get("authors"))
             lr = runs["lr"].iloc[0] if spec.get("grid") else None
             rows.append(
                 {
                     "dataset": DATASETS[dataset].label,
                     "method": spec["label"],
-                    "lr": f"{lr:g} of {len(lrs)} tried" if lr is not None else "",
+                    "lr": f"{lr:g} of {', '.join(f'{v:g}' for v in lrs)}" if lr is not None else "",
                     "steps": int(runs["steps"].median()),
                     "seeds": int(runs["seed"].nunique()),
                     "diverged": int((runs["status"] == "diverged").sum()),
                     "online accuracy (%)": _mean_se(runs[FINAL_ONLINE]),
                     "mean task accuracy (%)": _mean_se(runs[FINAL_TASKS]),
-                    "authors CIFAR-100 online (%)": online,
-                    "authors CIFAR-100 task (%)": tasks_,
+                    "authors CIFAR-100 online (%)": "not run" if online is None else f"{online:.2f}",
+                    "authors CIFAR-100 task (%)": "not run" if tasks_ is None else f"{tasks_:.2f}",
                 }
             )
     return pd.DataFrame(rows)
@@ -257,8 +261,9 @@ def report(results: Path, figures_too: bool = True) -> pd.DataFrame:
     if df.empty:
         print(f"no finished MO-3 runs under {results}/runs/")
         return pd.DataFrame()
-    df = chosen(df)
-    out = table(df)
+    kept = chosen(df)
+    out = table(kept, tried=df)
+    df = kept
     render(
         out,
         "table4",

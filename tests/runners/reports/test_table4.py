@@ -81,7 +81,7 @@ def test_report_from_smoke_runs_on_cifar100_fixture(tmp_path, capsys):
         "MetaOptimize (AdamW, Adam) 2-block",
     ]
     assert (out["seeds"] == 2).all() and (out["dataset"] == "CIFAR-100").all()
-    assert out["authors CIFAR-100 online (%)"].tolist() == [36.59, 39.05]
+    assert out["authors CIFAR-100 online (%)"].tolist() == ["36.59", "39.05"]
     assert all(" ± " in cell for cell in out["online accuracy (%)"])
     assert all(" ± " in cell for cell in out["mean task accuracy (%)"])
     assert (out["steps"] == 100).all()
