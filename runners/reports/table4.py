@@ -151,8 +151,8 @@ def table(df: pd.DataFrame, tried: pd.DataFrame | None = None) -> pd.DataFrame:
                     "diverged": int((runs["status"] == "diverged").sum()),
                     "online accuracy (%)": _mean_se(runs[FINAL_ONLINE]),
                     "mean task accuracy (%)": _mean_se(runs[FINAL_TASKS]),
-                    "authors CIFAR-100 online (%)": "not run" if online is None else f"{online:.2f}",
-                    "authors CIFAR-100 task (%)": "not run" if tasks_ is None else f"{tasks_:.2f}",
+                    "authors CIFAR-100 online (%)": "not in paper" if online is None else f"{online:.2f}",
+                    "authors CIFAR-100 task (%)": "not in paper" if tasks_ is None else f"{tasks_:.2f}",
                 }
             )
     return pd.DataFrame(rows)
