@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 SEEDS ?= 3
 JOBS ?= 2
 
-.PHONY: setup test lint data reproduce-table1 figures sweep sweep-status slurm-start slurm-status slurm-stop bench clean
+.PHONY: setup test lint data reproduce-table1 reproduce-table4 figures sweep sweep-status slurm-start slurm-status slurm-stop bench clean
 
 setup: $(STAMP)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from runners.reports import paper, rows, runs, table2, table3, table4, table5
+from runners.reports import paper, rows, runs, table2, table3, table5
 from scripts import report
 from tests.runners.reports.synthetic import results_folder
 
@@ -71,9 +71,7 @@ def test_table2_first_epoch_reaching() -> None:
     )
 
 
-def test_table3_lr_rows_and_table4_from_runs(
-    results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_table3_lr_rows(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "TinyStories_all_data").mkdir()  # MO-5's data present: its cells name their sweep
     monkeypatch.setenv("LRBENCH_DATA", str(tmp_path))
     df = runs.load(results)
@@ -105,12 +103,6 @@ def test_table3_lr_rows_and_table4_from_runs(
         assert rows._experiment_configs(row["experiment"]), row["id"]
         kind = "experiment" if row.get("by") == "experiment" else "optimizer"
         assert all((configs / kind / f"{key}.yaml").is_file() for key in row["optimizers"]), row["id"]
-    t4 = table4.build(df)
-    assert len(t4) == 4 and set(t4["verdict"]) == {"no paper value"}
-    meta = t4[t4["optimizer"].str.startswith("metaoptimize") & t4["setting"].str.contains("online")].iloc[0]
-    assert meta["ours"] == "46.0 ± 0.58 (n=3)" and float(meta["p vs baseline"]) < 0.01
-    empty = table4.build(df[~df["experiment"].str.startswith("metaoptimize_mo3")])
-    assert list(empty["verdict"]) == ["not run"] and "metaoptimize_mo3" in empty["note"].iloc[0]
 
 
 def test_table5_from_benchmark_records(tmp_path: Path) -> None:
