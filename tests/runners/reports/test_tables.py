@@ -142,7 +142,7 @@ def test_driver_builds_tables(results: Path, capsys: pytest.CaptureFixture[str])
         for suffix in ("md", "csv", "tex"):
             assert (results / "tables" / f"table{n}.{suffix}").stat().st_size > 0
     out = capsys.readouterr().out
-    assert "Table 4: non-stationary" in out and "Table 5: overhead" in out
+    assert "Table 4: MO-3 non-stationary" in out and "Table 5: overhead" in out
 
 
 def test_run_plan_of_a_row() -> None:
