@@ -218,7 +218,7 @@ def write_story_shards(folder: Path, shards: int = 2, stories_per_shard: int = 4
     rng = np.random.default_rng(seed)
     names = ["Lily", "Tom", "Ben", "Mia", "Sue", "Max"]
     things = ["ball", "cat", "tree", "boat", "cake", "kite", "dog", "box"]
-    verbs = ["saw", "found", "liked", "wanted", "lost", "shared", "painted", "hugged"]
+    verbs = ["saw", "found", "liked", "wanted", "lost", "packed", "painted", "hugged"]
     moods = ["happy", "sad", "big", "red", "little", "shiny", "funny", "kind"]
     folder.mkdir(parents=True, exist_ok=True)
     for shard in range(shards):

@@ -42,3 +42,14 @@ def slurm_cluster() -> Iterator[None]:
         give_up(f"scripts/slurm/cluster.sh start failed: {started.stderr.strip()[-2000:]}")
     yield
     subprocess.run([str(CLUSTER_SCRIPT), "stop"], capture_output=True, timeout=120, check=False)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads() -> Iterator[None]:
+    """Every test leaves torch's thread count as it found it: benchmarks and in-process runs set their
+    own (``torch_threads=1``), and inductor's generated CPU code depends on it (test_fused.py)."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)

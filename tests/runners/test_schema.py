@@ -78,7 +78,7 @@ BAD = [
     (["task.batch_size=16.0"], "task.batch_size: expected an int, got 16.0"),
     (["+task.foo=1"], "task.foo: unknown key; the keys are batch_size, epochs, name, objective"),
     (["task=libsvm_logreg", "task.root=[data]"], "task.root: expected a string or a path, got ['data']"),
-    (["task.name=nope"], "task.name: expected one of 'libsvm_logreg', "),
+    (["task.name=nope"], "task.name: expected one of 'bert_mlm', "),
     (["optimizer=adam", "optimizer.lr=abc"], "optimizer.lr: expected a float, got 'abc'"),
     (["optimizer=adam", "optimizer.betas=[0.9]"], "optimizer.betas: expected a list of 2 floats, got [0.9]"),
     (
