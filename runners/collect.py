@@ -68,6 +68,9 @@ def _row(summary_path: Path) -> dict[str, Any]:
         row[key] = summary.get(key)
     for key in ("git_sha", "git_dirty", "device"):
         row[key] = prov.get(key)
+    data = prov.get("data_source") or {}
+    # a substitute dataset or corpus says so in its data source; reports never judge it against the paper
+    row["substitute_for"] = data.get("substitute_for") or (data.get("corpus") or {}).get("substitute_for")
     row["run_dir"] = str(run_dir)
     return row
 

@@ -142,7 +142,9 @@ def score_row(df: pd.DataFrame, row: dict[str, Any], table: str, tolerance: floa
     """One output line per optimizer of ``row``."""
     runs = row_runs(df, row)
     scale = runs["scale"].fillna("paper") if "scale" in runs else pd.Series("paper", index=runs.index)
-    paper_runs, smoke = runs[scale == "paper"], runs[scale != "paper"]
+    substitute = runs["substitute_for"].notna() if "substitute_for" in runs else scale.eq("")
+    # smoke runs and runs on a substitute dataset are shown, never judged against the paper
+    paper_runs, smoke = runs[scale.eq("paper") & ~substitute], runs[scale.ne("paper") | substitute]
     col = f"{row.get('stat', 'final')}_{row['metric']}"
     digits = int(row.get("digits", 1))
     _, base_runs = _cell(paper_runs, col, row.get("baseline", ""), row)
@@ -180,7 +182,12 @@ def score_row(df: pd.DataFrame, row: dict[str, Any], table: str, tolerance: floa
             line["verdict"] = "not run"
             line["note"] = why_not_run(row, table, smoke_only=s_stats.n > 0, opt=opt)
             if s_stats.n:
-                line["ours"] = f"{s_stats.text(digits)} [smoke]"
+                mine = smoke[smoke[row.get("by", "optimizer")] == opt]
+                subs = mine["substitute_for"].dropna().unique() if "substitute_for" in mine else []
+                tag = f"substitute for {', '.join(map(str, subs))}" if len(subs) else "smoke"
+                line["ours"] = f"{s_stats.text(digits)} [{tag}]"
+                if len(subs):
+                    line["note"] = f"only runs on a substitute dataset ({tag}): not judged; " + line["note"]
         elif opt == row.get("baseline") and len(done):
             tried = paper_runs[paper_runs[row.get("by", "optimizer")] == opt]["lr"].nunique()
             line["note"] = f"best LR {done['lr'].iloc[0]:.3g} of {tried}"

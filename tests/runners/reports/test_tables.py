@@ -25,6 +25,16 @@ def _line(table: pd.DataFrame, row: str, optimizer: str, setting: str = "") -> p
     return hit.iloc[0]
 
 
+def test_a_substitute_dataset_is_shown_never_judged(results: Path) -> None:
+    """Runs whose data source names a substitute (Fashion-MNIST for MNIST, ...) are labelled so and kept
+    out of the verdict, as smoke runs are."""
+    df = runs.load(results)
+    df["substitute_for"] = df["experiment"].eq("mechanic_m3").map({True: "cifar10", False: None})
+    mech = _line(table2.build(df), "M-3", "mechanic_sgd", "ResNet-18, CIFAR-10")
+    assert mech["verdict"] == "not run" and mech["ours"] == "94.1 ± 0.03 (n=3) [substitute for cifar10]"
+    assert mech["note"].startswith("only runs on a substitute dataset (substitute for cifar10): not judged")
+
+
 def test_table2_every_cell_kind(results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "cifar-10-batches-py").mkdir()  # CIFAR-10 present, CIFAR-100 and ImageNet absent
     monkeypatch.setenv("LRBENCH_DATA", str(tmp_path))
