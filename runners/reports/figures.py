@@ -42,7 +42,7 @@ def _need(df: pd.DataFrame, prefix: str, what: str) -> pd.DataFrame:
 
 
 def _label(dataset: object, experiment: object, runs: pd.DataFrame | None = None) -> str:
-    text = f"{experiment}" + (f" / {dataset}" if pd.notna(dataset) and dataset else "")
+    text = f"{experiment}" + (f"\n{dataset}" if pd.notna(dataset) and dataset else "")  # 2 lines fit a panel
     smoke = runs is not None and "scale" in runs and (runs["scale"] == "smoke").all()
     subs = runs["substitute_for"].dropna().unique() if runs is not None and "substitute_for" in runs else []
     text += f" (SUBSTITUTE for {', '.join(map(str, subs))})" if len(subs) else ""

@@ -38,7 +38,7 @@ def test_every_figure_from_its_runs(results: Path, monkeypatch: pytest.MonkeyPat
     assert [line.get_label() for line in tlr.lines] == ["tensor 0", "tensor 1", "tensor 2"]
     assert "[smoke]" in saved["dadapt_d_lr"][0].get_title()  # smoke runs are labelled as such
     curves = {ax.get_title() for ax in saved["learning_curves"]}
-    assert curves == {"mechanic_m3 / cifar10", "tlr_t4 / imagenet"}  # panels with a logged curve only
+    assert curves == {"mechanic_m3\ncifar10", "tlr_t4\nimagenet"}  # panels with a logged curve only
 
 
 def test_missing_runs_are_named_with_a_command(results: Path) -> None:
