@@ -13,6 +13,7 @@ skipping and W&B see no difference; the group's checkpoint lives in ``<group>/_b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 from collections import defaultdict
@@ -282,8 +283,10 @@ class BatchedTrainer(Trainer):
         return bool(self._active())
 
     def evaluate(self) -> None:
+        """Each member's metrics, on the optimizer's averaged weights where it keeps them (as alone)."""
         self.model.eval()
-        with self.amp:
+        eval_weights = getattr(self.opt, "evaluation_weights", contextlib.nullcontext)
+        with eval_weights(), self.amp:
             per_member = self.task.evaluate_members(self.model)
         self.model.train()
         for r in self._active():

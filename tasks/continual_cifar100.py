@@ -25,13 +25,21 @@ The whole stream is one runner epoch (``epochs: 1``). Metrics (``evaluate``):
 The counters live in the model as buffers (``model.stream``): they are accumulated on the device with no
 host sync per step, and the runner's checkpoint holds them, so a resumed run keeps its metrics.
 
+Batched runs (``batchable``; runners/batched.py): R seeds, and per-member values of the optimizer's batch
+keys, as one program. Each member's task is the one its run alone builds (:meth:`for_seed`: its class
+order, stream and crop/flip draws); the models are stacked (``tasks._simple_cnn.stacked_cnn_forward``) and
+each member's counters are row r of the stacked buffers. The authors' code also abandons a run whose task
+2 ends below 20 % training accuracy, a sweep-pruning shortcut: none of their 24 logged runs stopped
+early, so it is not part of the measured protocol and not ported.
+
 ``dataset: fashion_mnist`` is a labelled substitute (CIFAR-100 cannot be fetched here): the same protocol
 on Fashion-MNIST's 10 classes, 5 tasks of 2 classes by default, 1x28x28 images (FC 1568->128).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -42,6 +50,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from tasks import cifar, mnist
+from tasks._simple_cnn import SimpleCNN, StreamStats, stacked_cnn_forward
+from tasks._stacked_modules import StackedModules
 from tasks.base import Scale, Task, register_task
 
 #: examples augmented at once (one vectorised crop+flip per chunk instead of one per step)
@@ -108,36 +118,6 @@ def _rank_within_class(labels: torch.Tensor) -> torch.Tensor:
     return rank
 
 
-class StreamStats(torch.nn.Module):
-    """Per-task online hits and steps, test accuracy at each task's end, the current task: buffers, so
-    they sit on the device and go into the runner's checkpoint with the weights."""
-
-    def __init__(self, num_tasks: int) -> None:
-        super().__init__()
-        self.register_buffer("correct", torch.zeros(num_tasks, dtype=torch.int64))
-        self.register_buffer("seen", torch.zeros(num_tasks, dtype=torch.int64))
-        self.register_buffer("test_accuracy", torch.full((num_tasks,), float("nan")))
-        self.register_buffer("current", torch.zeros((), dtype=torch.int64))
-
-
-class SimpleCNN(torch.nn.Module):
-    """The authors' ``models.py`` SimpleCNN; parameter names match the ``continual_cnn`` block preset
-    (conv1, conv2, fc1 | fc2: MetaOptimize's 2 blocks, docs/optimizers/metaoptimize.md §6)."""
-
-    def __init__(self, in_channels: int, image_size: int, num_outputs: int, num_tasks: int) -> None:
-        super().__init__()
-        self.conv1 = torch.nn.Conv2d(in_channels, 16, 3, padding=1)
-        self.conv2 = torch.nn.Conv2d(16, 32, 3, padding=1)
-        self.fc1 = torch.nn.Linear(32 * (image_size // 4) ** 2, 128)
-        self.fc2 = torch.nn.Linear(128, num_outputs)
-        self.stream = StreamStats(num_tasks)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
-        return self.fc2(F.relu(self.fc1(x.flatten(1))))
-
-
 def crop_flip(
     images: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, flip: torch.Tensor, pad: int
 ) -> torch.Tensor:
@@ -154,12 +134,15 @@ def crop_flip(
 
 
 Batch = tuple[torch.Tensor, torch.Tensor, int, int | None]
+MemberBatch = tuple[torch.Tensor, torch.Tensor, tuple[int, ...], tuple[int | None, ...]]
 
 
 @register_task("continual_cifar100")
 class ContinualCifar100(Task):
     """``task=continual_cifar100`` (``task.dataset=fashion_mnist`` for the substitute); see
     ``configs/task/continual_cifar100.yaml``."""
+
+    batchable = True
 
     def __init__(
         self,
@@ -195,30 +178,42 @@ class ContinualCifar100(Task):
         check_layout(spec.num_classes, self.num_tasks, self.classes_per_task)
         self.spec, self.dataset, self.root = spec, dataset, Path(root)
         self.epochs_per_task, self.epochs = epochs_per_task, epochs
-        self.crop_padding, self.flip = crop_padding, flip
-        if class_order == "seeded":  # the authors' np.random.seed(seed); np.random.permutation(100)
-            order = np.random.RandomState(seed).permutation(spec.num_classes)
-        else:
-            order = np.arange(spec.num_classes)
-        self.class_order = order[: self.num_tasks * self.classes_per_task].tolist()
-        position = torch.full((spec.num_classes,), -1, dtype=torch.int64)
-        position[torch.tensor(self.class_order)] = torch.arange(len(self.class_order))
+        self.crop_padding, self.flip, self.seeded_order = crop_padding, flip, class_order == "seeded"
         train = load_split(dataset, root, True)
         if train_per_class is not None:  # a shorter stream: each class's first images, in file order
             rank = _rank_within_class(train[1])
             train = (train[0][rank < train_per_class], train[1][rank < train_per_class])
         self.train_per_class = train_per_class
-        self.train_x, self.train_task, self.train_y = self._split(train, position)
-        self.test_x, self.test_task, self.test_y = self._split(load_split(dataset, root, False), position)
+        self._loaded = {
+            split: (x.to(self.device), y.to(self.device))
+            for split, (x, y) in (("train", train), ("test", load_split(dataset, root, False)))
+        }
+        self._set_layout(seed)
+        self._members: dict[int, ContinualCifar100] = {}  # batched runs: the other members' tasks
+        self._views: list[ContinualCifar100] = []
+        self._files = split_files(dataset, root)
+
+    def _set_layout(self, seed: int) -> None:
+        """The seed's class order and everything cut from it: each split's examples of the layout's
+        classes, their task and in-task label, each task's examples."""
+        if self.seeded_order:  # the authors' np.random.seed(seed); np.random.permutation(100)
+            order = np.random.RandomState(seed).permutation(self.spec.num_classes)
+        else:
+            order = np.arange(self.spec.num_classes)
+        self.class_order = order[: self.num_tasks * self.classes_per_task].tolist()
+        position = torch.full((self.spec.num_classes,), -1, dtype=torch.int64)
+        position[torch.tensor(self.class_order)] = torch.arange(len(self.class_order))
+        position = position.to(self.device)
+        self.train_x, self.train_task, self.train_y = self._split(self._loaded["train"], position)
+        self.test_x, self.test_task, self.test_y = self._split(self._loaded["test"], position)
         self.task_examples = [torch.nonzero(self.train_task == k).flatten() for k in range(self.num_tasks)]
         empty = [k for k, ex in enumerate(self.task_examples) if len(ex) == 0]
         if empty:
-            raise ValueError(f"tasks {empty} have no training examples in {self.root} ({spec.label})")
+            raise ValueError(f"tasks {empty} have no training examples in {self.root} ({self.spec.label})")
         self.test_examples = [torch.nonzero(self.test_task == k).flatten() for k in range(self.num_tasks)]
-        if scale == "smoke":
+        if self.scale == "smoke":
             self.test_examples = [ex[:SMOKE_EVAL] for ex in self.test_examples]
-        self.task_lengths = [len(ex) * epochs_per_task for ex in self.task_examples]
-        self._files = split_files(dataset, root)
+        self.task_lengths = [len(ex) * self.epochs_per_task for ex in self.task_examples]
 
     def _split(
         self, loaded: tuple[torch.Tensor, torch.Tensor], position: torch.Tensor
@@ -231,12 +226,9 @@ class ContinualCifar100(Task):
             )
         pos = position[y]
         keep = pos >= 0
-        pos = pos[keep]
-        return (
-            x[keep].to(self.device),
-            (pos // self.classes_per_task).to(self.device),
-            (pos % self.classes_per_task).to(self.device),
-        )
+        if not bool(keep.all()):  # every class in the layout (the default): the split itself, no copy
+            x, pos = x[keep], pos[keep]
+        return x, pos // self.classes_per_task, pos % self.classes_per_task
 
     # -- model and stream ---------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -267,7 +259,8 @@ class ContinualCifar100(Task):
         dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(self.device)
         dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(self.device)
         flip = (torch.rand(n, generator=gen) < 0.5).to(self.device) & self.flip
-        return crop_flip(images.float().div_(255.0), dy, dx, flip, pad)
+        # pixels in the default dtype: float32, or float64 where a test checks batched runs to 1e-10
+        return crop_flip(images.to(torch.get_default_dtype()).div_(255.0), dy, dx, flip, pad)
 
     def train_batches(self, epoch: int) -> Iterator[Batch]:
         """``(x [1,C,S,S], y [1], task, ended)``: ``ended`` is the task that finished just before this
@@ -308,7 +301,7 @@ class ContinualCifar100(Task):
         hits = torch.zeros((), dtype=torch.int64, device=self.device)
         for i in range(0, len(ex), EVAL_BATCH):
             part = ex[i : i + EVAL_BATCH]
-            logits = model(self.test_x[part].float().div_(255.0))
+            logits = model(self.test_x[part].to(torch.get_default_dtype()).div_(255.0))
             hits += (logits.argmax(dim=1) == self.test_y[part]).sum()
         return hits.float() * (100.0 / len(ex))
 
@@ -333,6 +326,60 @@ class ContinualCifar100(Task):
         if done:
             out["test/mean_task_accuracy"] = sum(done.values()) / len(done)
         return out
+
+    # -- batched runs (tasks/base.py; one member per seed) ----------------------------------------
+    def for_seed(self, seed: int) -> ContinualCifar100:
+        """This task as the run of ``seed`` alone builds it (its class order, stream and draws), sharing
+        the loaded images."""
+        if seed == self.seed:
+            return self
+        if seed not in self._members:
+            other = copy.copy(self)
+            other.seed, other._members = seed, {}
+            other._set_layout(seed)
+            self._members[seed] = other
+        return self._members[seed]
+
+    def stack_models(self, models: Sequence[torch.nn.Module]) -> torch.nn.Module:
+        return StackedModules(models, forward=stacked_cnn_forward)
+
+    def member_batches(self, seeds: Sequence[int], epoch: int) -> Iterator[MemberBatch]:
+        """Each member's step of its own stream side by side: ``(x [R,1,C,S,S], y [R,1], tasks, ended)``
+        with ``tasks``/``ended`` one entry per member (see :meth:`train_batches`)."""
+        self._views = [self.for_seed(s) for s in seeds]
+        lengths = {v.steps_per_epoch for v in self._views}
+        if len(lengths) > 1:
+            raise ValueError(f"seeds {list(seeds)} give streams of different lengths {sorted(lengths)}")
+        streams = [v.train_batches(epoch) for v in self._views]
+        for steps in zip(*streams, strict=True):
+            xs, ys, tasks, ended = zip(*steps, strict=True)
+            yield torch.stack(xs), torch.stack(ys), tasks, ended
+
+    def member_losses(self, model: torch.nn.Module, batch: MemberBatch) -> torch.Tensor:
+        """``[R]``: each member's :meth:`loss` (its online hit and end-of-task test in its own row)."""
+        x, y, tasks, ended = batch
+        stats: StreamStats = model.stream
+        for r, k in enumerate(ended):
+            if k is not None:
+                stats.test_accuracy[r, k] = self._views[r]._test_accuracy(model.member(r), k)
+        logits = model(x)  # [R, 1, classes]
+        with torch.no_grad():
+            hits = (logits.argmax(dim=2) == y).sum(1)
+            rows = torch.arange(len(tasks), device=hits.device)
+            column = torch.tensor(tasks, device=hits.device)
+            stats.correct[rows, column] += hits
+            stats.seen[rows, column] += 1
+            for r, k in enumerate(ended):
+                if k is not None:
+                    stats.current[r] = tasks[r]
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none")
+        return losses.view(len(tasks), -1).mean(1)
+
+    @torch.no_grad()
+    def evaluate_members(self, model: torch.nn.Module) -> list[dict[str, float]]:
+        if len(self._views) != model.runs:
+            raise RuntimeError("evaluate_members: member_batches names the members first")
+        return [view.evaluate(model.member(r)) for r, view in enumerate(self._views)]
 
     @staticmethod
     def fixture_overrides(tmp_path: Path) -> list[str]:

@@ -45,8 +45,9 @@ def _batched_and_alone(tmp: Path, *args: str) -> tuple[dict[str, Path], dict[str
          "schedule.milestones_epochs=[2,4]", "schedule.gamma=0.1"),
         ("task=libsvm_logreg", "task.dataset=wine", "task.source=embedded", "task.epochs=3", "optimizer=sgd",
          "optimizer.lr=1e-2,1", "seed=0,1", "optimizer.momentum=0.0"),
+        ("task=toy", "optimizer=dog", "optimizer.reps_rel=1e-6,1e-4", "seed=0,1"),  # scored on its average
     ],
-    ids=["toy-sgd", "toy-adam-multistep", "libsvm-wine"],
+    ids=["toy-sgd", "toy-adam-multistep", "libsvm-wine", "toy-dog-averaged"],
 )  # fmt: skip
 def test_members_equal_their_runs_alone(tmp_path, args):
     """Same run ids, same statuses, every logged value equal up to float32 rounding of the stacked matmul."""

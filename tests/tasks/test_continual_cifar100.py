@@ -6,8 +6,11 @@ import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
 
+import optimizers
 import tasks.continual_cifar100 as cc
 from optimizers._metaoptimize_blocks import partition
+from optimizers._runs import split_diagnostics
+from runners.loop import seed_everything
 from tasks.base import DatasetMissingError
 from tasks.cifar import write_cifar_fixture
 from tasks.mnist import write_idx_fixture
@@ -219,3 +222,90 @@ def test_reads_the_real_file_formats_and_records_them(tmp_path, dataset, write, 
     files = task.data_source["files"]
     assert len(files) == (2 if dataset == "cifar100" else 4)
     assert all(len(f["sha256"]) == 64 and f["bytes"] > 0 for f in files)
+
+
+# -- batched runs: R seeds (and hyper-parameters) as one program ---------------------------------------
+BATCHED_CASES = {
+    "adamw": ({"name": "adamw", "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.1}, "lr"),
+    "metaoptimize": (
+        {
+            "name": "metaoptimize",
+            "blocks": "continual_cnn",
+            "base": "adamw",
+            "meta": "adam",
+            "meta_lr": 1e-3,
+            "gamma": 0.999,
+            "weight_decay": 0.1,
+        },
+        "alpha0",
+    ),
+}
+
+
+@pytest.fixture
+def float64():
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(before)
+
+
+def run_alone(seed: int, opt_cfg: dict) -> tuple[list[float], list[torch.Tensor], dict, dict]:
+    """The runner's single-run path (runners.loop.Trainer): a task built for ``seed``, its model seeded
+    by ``seed``; each step's loss, the final weights, metrics and optimizer diagnostics."""
+    task = make(seed=seed, dataset="fashion_mnist", train_per_class=5)
+    seed_everything(seed)
+    model = task.build_model()
+    opt = optimizers.build(opt_cfg, model, steps_per_epoch=task.steps_per_epoch)
+    losses = []
+    for batch in task.train_batches(0):
+        loss = task.loss(model, batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    diagnostics = getattr(opt, "diagnostics", dict)()
+    return losses, [p.detach() for p in model.parameters()], task.evaluate(model), diagnostics
+
+
+@pytest.mark.parametrize("optimizer", sorted(BATCHED_CASES))
+def test_batched_members_equal_their_runs_alone(fake_data, float64, optimizer):
+    """Three seeds with three step sizes as one stacked program (runners.batched.BatchedTrainer's path):
+    each member's losses, weights, online and end-of-task accuracies and step sizes are its run alone's
+    (float64, 50 steps over 5 tasks; each seed has its own class order, stream and crop/flip draws)."""
+    base, key = BATCHED_CASES[optimizer]
+    seeds, values = [0, 1, 2], [1e-4, 1e-3, 3e-3]
+    task = make(seed=seeds[0], dataset="fashion_mnist", train_per_class=5)
+    models = []
+    for seed in seeds:
+        seed_everything(seed)
+        models.append(task.build_model())
+    stacked = task.stack_models(models)
+    assert [n for n, _ in stacked.named_parameters()] == [n for n, _ in models[0].named_parameters()]
+    opt = optimizers.build({**base, key: values}, stacked, steps_per_epoch=task.steps_per_epoch, runs=3)
+    losses = []
+    for batch in task.member_batches(seeds, 0):
+        member_losses = task.member_losses(stacked, batch)
+        opt.zero_grad(set_to_none=True)
+        member_losses.sum().backward()
+        opt.step()
+        losses.append(member_losses.tolist())
+    metrics = task.evaluate_members(stacked)
+    diagnostics = split_diagnostics(getattr(opt, "diagnostics", dict)(), 3)
+    assert len(losses) == 50 and len({tuple(make(seed=s).class_order) for s in seeds}) == 3
+    for r, seed in enumerate(seeds):
+        want_losses, want_params, want_metrics, want_diag = run_alone(seed, {**base, key: values[r]})
+        assert [step[r] for step in losses] == pytest.approx(want_losses, rel=1e-10, abs=1e-12)
+        for got, want in zip(stacked.parameters(), want_params, strict=True):
+            torch.testing.assert_close(got[r], want, rtol=1e-10, atol=1e-12)
+        assert metrics[r] == pytest.approx(want_metrics, rel=1e-10)
+        assert set(want_metrics) >= {f"test/accuracy_task{k}" for k in range(5)}
+        assert diagnostics[r] == pytest.approx(want_diag, rel=1e-10)
+
+
+def test_members_of_different_stream_lengths_are_refused(fake_data):
+    task = make(seed=0, num_tasks=3, classes_per_task=10)  # 30 of 100 classes: lengths depend on the seed
+    task.task_lengths = [1, 2, 3]
+    task.for_seed(1).task_lengths = [1, 2, 4]
+    with pytest.raises(ValueError, match=r"seeds \[0, 1\] give streams of different lengths \[6, 7\]"):
+        next(task.member_batches([0, 1], 0))
