@@ -18,8 +18,11 @@ the work; the wall clock adds the waits for a core):
 It prints steps/s for AdamW (torch's, lr 1e-3, the grid's middle; as configured, ``fused: null``, torch's
 for-loop kernel on a CPU, and with its fused kernel) and MetaOptimize (the experiment's 2-block (AdamW,
 Adam)), the ratios MetaOptimize / AdamW (target >= 0.7) and the projected time of a full 50k-step run
-(target < 3 min on a CPU). Pixel values do not change the timing, so the images are
-synthetic (uniform uint8, CIFAR-100's 50000 x 3 x 32 x 32 and 10000 test images) and no dataset is read.
+(target < 3 min on a CPU); then the ``--members`` seeds (5, the paper's) as one batched program
+(runners/batched.py; ``batched``: the inner step of the stacked models) against as many runs alone one
+after another (the ``step`` rate over the member count), and their ratio. Pixel values do not change
+the timing, so the images are synthetic (uniform uint8, CIFAR-100's 50000 x 3 x 32 x 32 and 10000 test
+images) and no dataset is read.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from runners.loggers import NoLogger  # noqa: E402
 from runners.loop import Trainer, seed_everything  # noqa: E402
 
 EXPERIMENT = "metaoptimize_mo3_continual"
+#: the optimizers timed as a batched program of ``--members`` seeds too
+BATCHED = ("adamw", "metaoptimize")
 FULL_RUN_STEPS = 50_000
 
 
@@ -105,6 +110,30 @@ def step_sampler(cfg: dict[str, Any], steps: int) -> Any:
     return run
 
 
+def batched_sampler(cfg: dict[str, Any], steps: int, members: int) -> Any:
+    """A callable that runs the next ``steps`` steps of ``members`` seeds as one batched program (the
+    inner step of runners.batched.BatchedTrainer: stacked models, ``member_losses``, one optimizer with
+    ``runs=members``)."""
+    task = cc.ContinualCifar100(seed=0, **{k: v for k, v in cfg["task"].items() if k != "name"})
+    models = []
+    for seed in range(members):
+        seed_everything(seed)
+        models.append(task.build_model())
+    model = task.stack_models(models)
+    opt = optimizers.build(cfg["optimizer"], model, steps_per_epoch=task.steps_per_epoch, runs=members)
+    seeds = list(range(members))
+    stream = itertools.chain.from_iterable(task.member_batches(seeds, e) for e in itertools.count())
+
+    def run() -> None:
+        for _ in range(steps):
+            losses = task.member_losses(model, next(stream))
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+
+    return run
+
+
 def runner_sampler(cfg: dict[str, Any], folder: Path) -> Any:
     """A callable that runs a fresh ``Trainer`` for ``cfg['max_steps']`` steps (built before timing)."""
     count = itertools.count()
@@ -130,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (batch 1 gains nothing from more)")
     ap.add_argument("--train-images", type=int, default=50_000, help="stream length (CIFAR-100: 50000)")
+    ap.add_argument("--members", type=int, default=5, help="seeds in the batched program (the paper's 5)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     names = ("adamw", "adamw_fused", "metaoptimize")
@@ -144,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:  # each bare sampler's stream covers warm-up + every round
             candidates[n, "step"] = step_sampler(cfgs[n], args.steps)
             candidates[n, "runner"] = runner_sampler(cfgs[n], Path(tmp) / n)
+        for n in BATCHED:
+            candidates[n, "batched"] = batched_sampler(cfgs[n], args.steps, args.members)
         keys = list(candidates)
         for key in keys:  # warm-up
             candidates[key]()
@@ -172,6 +204,18 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{n:<14}{rate[step]:>10.1f} ({rate[step_cpu]:>6.1f}){rate[run]:>10.1f} ({rate[run_cpu]:>6.1f})"
             f"{rate[run] / rate[step]:>13.2f}{minutes:>15.1f}"
+        )
+    print(
+        f"{args.members} seeds as one batched program against {args.members} runs alone one after another "
+        "(step; steps/s of the program, each step one step of every seed; wall clock (CPU time))"
+    )
+    print(f"{'optimizer':<14}{'batched':>20}{f'{args.members} alone':>20}{'speedup':>13}")
+    for n in BATCHED:
+        alone = [rate[(n, "step"), clock] / args.members for clock in (0, 1)]
+        batched = [rate[(n, "batched"), clock] for clock in (0, 1)]
+        print(
+            f"{n:<14}{batched[0]:>10.1f} ({batched[1]:>6.1f}){alone[0]:>10.1f} ({alone[1]:>6.1f})"
+            f"{batched[0] / alone[0]:>13.2f}"
         )
     for base in ("adamw", "adamw_fused"):
         for clock, what in ((0, "wall"), (1, "cpu")):
