@@ -4,6 +4,7 @@ table and figures.
     python scripts/reproduce_table4.py                  # 5 seeds, every method, on whatever data exists
     SEEDS=2 JOBS=2 python scripts/reproduce_table4.py --methods metaoptimize_blocks,fixed
     python scripts/reproduce_table4.py --report-only    # re-make table + figures from finished runs
+    SCALE=smoke python scripts/reproduce_table4.py      # a few steps of each run (make reproduce-table4)
 
 A thin driver of ``configs/table/table4.yaml`` (datasets, seeds, one experiment per method, AdamW's lr
 grid). CIFAR-100 runs where its files are under the data root; Fashion-MNIST (5 tasks of 2 classes) runs
@@ -53,6 +54,7 @@ def sweeps(args: argparse.Namespace, datasets: list[str]) -> list[list[str]]:
         f"results_dir={Path(args.results).resolve()}",
         *([] if data == REPO / "data" else [f"task.root={data}"]),
         f"logger={args.logger}",
+        f"scale={args.scale}",
         f"seed={','.join(str(s) for s in range(args.seeds))}",
         "torch_threads=1",
         "progress=false",
@@ -86,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--jobs", type=int, default=int(os.environ.get("JOBS", os.cpu_count() or 1)))
     ap.add_argument("--methods", default=",".join(PROTOCOL["methods"]), help="comma list (default: all)")
     ap.add_argument("--logger", default=os.environ.get("LOGGER", "none"))
+    ap.add_argument(  # make reproduce-table4 passes SCALE, as for every table
+        "--scale",
+        default=os.environ.get("SCALE", "paper"),
+        choices=["smoke", "paper"],
+        help="smoke: a few steps of each run (a pipeline check); paper: the protocol (default)",
+    )
     ap.add_argument("--results", default=os.environ.get("LRBENCH_RESULTS", "results"))
     ap.add_argument("--data", default=os.environ.get("LRBENCH_DATA", "data"))
     ap.add_argument("--report-only", action="store_true", help="skip training; table + figures only")

@@ -23,6 +23,7 @@ from omegaconf import OmegaConf
 from runners.collect import collect
 from runners.reports import plots
 from runners.reports.render import render
+from runners.reports.runs import _scale as run_scale
 from tasks.continual_cifar100 import DATASETS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +83,7 @@ def authors_curves(match: dict[str, Any]) -> dict[str, Any] | None:
 
 # -- our runs ----------------------------------------------------------------------------------
 def load_runs(results: Path) -> pd.DataFrame:
-    """One row per completed or diverged run of every method: method, dataset, lr, seed, metrics."""
+    """One row per completed or diverged run of every method: method, dataset, scale, lr, seed, metrics."""
     frames = []
     for method, spec in protocol()["methods"].items():
         df = collect(results / "runs" / spec["experiment"])
@@ -90,17 +91,18 @@ def load_runs(results: Path) -> pd.DataFrame:
             continue
         df = df[df["status"].isin(["completed", "diverged"])].copy()
         df["method"] = method
+        df["scale"] = [run_scale(d) for d in df["run_dir"]]
         frames.append(df)
     if not frames:
-        return pd.DataFrame(columns=["method", "dataset", "lr", "seed", "status", "run_dir"])
+        return pd.DataFrame(columns=["method", "dataset", "scale", "lr", "seed", "status", "run_dir"])
     return pd.concat(frames, ignore_index=True)
 
 
 def chosen(df: pd.DataFrame) -> pd.DataFrame:
-    """Per (dataset, method) the runs of one lr: a grid method's best mean final online accuracy over the
-    seeds all its lrs have."""
+    """Per (dataset, scale, method) the runs of one lr: a grid method's best mean final online accuracy
+    over the seeds all its lrs have."""
     keep = []
-    for (_, method), runs in df.groupby(["dataset", "method"], sort=False):
+    for (_, _, method), runs in df.groupby(["dataset", "scale", "method"], sort=False):
         if protocol()["methods"][method].get("grid") and runs["lr"].nunique() > 1:
             # compared on the seeds every lr has (a seed's class order sets how hard its stream is)
             common = set.intersection(*(set(g["seed"]) for _, g in runs.groupby("lr")))
@@ -131,20 +133,22 @@ def table(df: pd.DataFrame, tried: pd.DataFrame | None = None) -> pd.DataFrame:
     tried = df if tried is None else tried
     rows = []
     methods = protocol()["methods"]
-    for dataset in [d for d in protocol()["datasets"] if d in set(df["dataset"])]:
+    scales = sorted(set(df["scale"]), key=lambda s: (s != "paper", s))  # paper rows first
+    for dataset, scale in [(d, s) for d in protocol()["datasets"] for s in scales]:
         for method, spec in methods.items():
-            runs = df[(df["dataset"] == dataset) & (df["method"] == method)]
+            here = (df["dataset"] == dataset) & (df["scale"] == scale)
+            runs = df[here & (df["method"] == method)]
             if runs.empty:
                 continue
-            lrs = sorted(
-                tried[(tried["dataset"] == dataset) & (tried["method"] == method)]["lr"].dropna().unique()
-            )
+            same = (tried["dataset"] == dataset) & (tried["scale"] == scale) & (tried["method"] == method)
+            lrs = sorted(tried[same]["lr"].dropna().unique())
             online, tasks_ = _authors_values(spec.get("authors"))
             lr = runs["lr"].iloc[0] if spec.get("grid") else None
             rows.append(
                 {
                     "dataset": DATASETS[dataset].label,
                     "method": spec["label"],
+                    "scale": scale if scale == "paper" else f"{scale} (a pipeline check)",
                     "lr": f"{lr:g} of {', '.join(f'{v:g}' for v in lrs)}" if lr is not None else "",
                     "steps": int(runs["steps"].median()),
                     "seeds": int(runs["seed"].nunique()),
@@ -258,18 +262,18 @@ def figures(df: pd.DataFrame, out: Path) -> list[Path]:
 def report(results: Path, figures_too: bool = True) -> pd.DataFrame:
     """Table 4 and its figures from the results store under ``results``."""
     df = load_runs(results)
+    title = "Table 4: MO-3 non-stationary stream (final values, mean ± SE over seeds)"
     if df.empty:
         print(f"no finished MO-3 runs under {results}/runs/")
-        return pd.DataFrame()
+        none = f"no finished runs under {results}/runs/ (make reproduce-table4 SCALE=paper)"
+        out = pd.DataFrame([{"dataset": "", "method": "", "result": none}])
+        render(out, "table4", results, title=title)
+        return out
     kept = chosen(df)
     out = table(kept, tried=df)
-    df = kept
-    render(
-        out,
-        "table4",
-        results,
-        title="Table 4: MO-3 non-stationary stream (final values, mean ± SE over seeds)",
-    )
+    # figures: the paper-scale runs where there are any (smoke runs are a pipeline check)
+    df = kept[kept["scale"] == "paper"] if (kept["scale"] == "paper").any() else kept
+    render(out, "table4", results, title=title)
     if figures_too:
         for path in figures(df, results):
             if path.suffix == ".png":

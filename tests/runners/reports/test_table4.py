@@ -48,6 +48,7 @@ def test_grid_method_keeps_its_best_lr_by_mean_online_accuracy_on_common_seeds()
     df = pd.DataFrame(
         {
             "dataset": ["fashion_mnist"] * 6,
+            "scale": ["paper"] * 6,
             "method": ["adamw"] * 5 + ["fixed"],
             "lr": [1e-3, 1e-3, 1e-3, 1e-4, 1e-4, 1e-4],
             "seed": [0, 1, 2, 0, 1, 0],
@@ -84,11 +85,27 @@ def test_report_from_smoke_runs_on_cifar100_fixture(tmp_path, capsys):
     assert out["authors CIFAR-100 online (%)"].tolist() == ["36.59", "39.05"]
     assert all(" ± " in cell for cell in out["online accuracy (%)"])
     assert all(" ± " in cell for cell in out["mean task accuracy (%)"])
-    assert (out["steps"] == 100).all()
+    assert (out["steps"] == 100).all() and (out["scale"] == "smoke (a pipeline check)").all()
     for name in ("online_accuracy", "task_accuracy", "step_sizes"):
         assert (tmp_path / "figures" / f"continual_{name}.png").stat().st_size > 0
     assert (tmp_path / "tables" / "table4.tex").is_file()
     assert "Table 4" in capsys.readouterr().out
+
+
+def test_no_runs_still_writes_the_table_saying_so(tmp_path):
+    table4.report(tmp_path)
+    text = (tmp_path / "tables" / "table4.md").read_text()
+    assert f"no finished runs under {tmp_path}/runs/" in text
+    assert all((tmp_path / "tables" / f"table4.{ext}").is_file() for ext in ("csv", "tex"))
+
+
+def test_driver_honours_scale_from_the_environment(monkeypatch):
+    monkeypatch.setenv("SCALE", "smoke")
+    args = reproduce_table4.build_parser().parse_args(["--methods", "fixed"])
+    assert "scale=smoke" in reproduce_table4.sweeps(args, ["fashion_mnist"])[0]
+    monkeypatch.delenv("SCALE")
+    args = reproduce_table4.build_parser().parse_args(["--methods", "fixed"])
+    assert "scale=paper" in reproduce_table4.sweeps(args, ["fashion_mnist"])[0]
 
 
 def test_driver_plans_one_multirun_per_dataset_and_method_and_names_missing_data(tmp_path):
