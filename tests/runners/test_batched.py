@@ -12,11 +12,12 @@ import pytest
 from omegaconf import OmegaConf
 
 from runners.batched import pack, unpack
+from tasks.mnist import write_idx_fixture
 from tests.runners.helpers import cli, cli_run, resume_args
 
 
-def _runs(tmp: Path) -> dict[str, Path]:
-    return {d.name: d for d in (tmp / "results" / "runs" / "adhoc").glob("*") if d.name != "_batched"}
+def _runs(tmp: Path, experiment: str = "adhoc") -> dict[str, Path]:
+    return {d.name: d for d in (tmp / "results" / "runs" / experiment).glob("*") if d.name != "_batched"}
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -27,14 +28,16 @@ def _summary(run_dir: Path) -> dict:
     return json.loads((run_dir / "summary.json").read_text())
 
 
-def _batched_and_alone(tmp: Path, *args: str) -> tuple[dict[str, Path], dict[str, Path], str]:
+def _batched_and_alone(
+    tmp: Path, *args: str, experiment: str = "adhoc"
+) -> tuple[dict[str, Path], dict[str, Path], str]:
     (tmp / "batched").mkdir()
     (tmp / "alone").mkdir()
     code, out, err = cli_run(tmp / "batched", "-m", "logger=none", *args)
     assert code == 0, err
     code, _, err2 = cli_run(tmp / "alone", "-m", "logger=none", "batch_runs=false", *args)
     assert code == 0, err2
-    return _runs(tmp / "batched"), _runs(tmp / "alone"), out + err
+    return _runs(tmp / "batched", experiment), _runs(tmp / "alone", experiment), out + err
 
 
 @pytest.mark.parametrize(
@@ -160,3 +163,22 @@ def test_sigkill_then_the_same_command_resumes_every_member_bitwise(tmp_path):
         summary = _summary(run_dir)
         assert summary["status"] == "completed" and len(summary["resumed_from_steps"]) == 1
         assert (run_dir / "metrics.jsonl").read_bytes() == (ref_runs[run_id] / "metrics.jsonl").read_bytes()
+
+
+def test_continual_stream_members_equal_their_runs_alone(tmp_path):
+    """The non-stationary stream (every member its own class order and draws) through the runner: the
+    group of 2 seeds logs what each run alone logs, online and end-of-task accuracies included."""
+    data = tmp_path / "data"
+    write_idx_fixture(data, "fashion_mnist", 40, 20)
+    experiment = "metaoptimize_mo3_continual"
+    args = (f"experiment={experiment}", "task.dataset=fashion_mnist", f"task.root={data}", "seed=0,1",
+            "log_every_steps=5", "eval_every_steps=10")  # fmt: skip
+    batched, alone, out = _batched_and_alone(tmp_path, *args, experiment=experiment)
+    assert "Launching 1 jobs" in out and sorted(batched) == sorted(alone) and len(batched) == 2
+    for run_id, run_dir in batched.items():
+        assert _summary(run_dir)["status"] == _summary(alone[run_id])["status"] == "completed"
+        a, b = _records(run_dir), _records(alone[run_id])
+        assert [(r["step"], r["name"]) for r in a] == [(r["step"], r["name"]) for r in b]
+        assert any(r["name"] == "accuracy_task4" for r in a)
+        for ra, rb in zip(a, b, strict=True):
+            assert ra["value"] == pytest.approx(rb["value"], rel=1e-4, abs=1e-6), (run_id, ra, rb)
