@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import FuncFormatter
 from omegaconf import OmegaConf
 
 from runners.collect import collect
@@ -191,6 +192,8 @@ def _switches(run_dir: str) -> list[float]:
 def _mark_switches(ax: Any, steps: list[float]) -> None:
     for step in steps:
         ax.axvline(step, color="0.6", lw=0.6, ls=":", zorder=0)
+    # 50k-step axes: "20k", not "20000" (full tick labels run into each other on a small panel)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:g}k" if v else "0"))
 
 
 def overlay_authors(ax: Any, method: str, dataset: str, curve: str, color: Any = None) -> bool:
