@@ -88,6 +88,8 @@ def test_fine_tunes_from_a_bert_mlm_run_of_the_runner(tmp_path):
     fresh = BertForSequenceClassification(task.config).state_dict()
     assert not torch.equal(fresh[encoder[0]], trained[encoder[0]])  # the runner's steps moved the weights
     assert "classifier.weight" in state and "classifier.weight" not in trained  # the head is new
+    by_file = Glue(seed=0, dataset="sst2", data_dir=glue, checkpoint=run / "checkpoint.pt", max_length=32)
+    assert by_file.data_source["checkpoint"] == str(run / "checkpoint.pt")
 
     args = ("task=glue", "task.dataset=sst2", f"task.data_dir={glue}", f"task.checkpoint={run}")
     code, tuned = run_inproc(tmp_path / "results", *args, "task.max_length=32", *common)
