@@ -182,13 +182,6 @@ def _max(a: Any, b: Any) -> Any:
     return max(a, b)
 
 
-def _min(a: Any, b: Any) -> Any:
-    """Python's ``min(a, b)`` (``a`` unless ``b < a``), elementwise when one is a per-member array."""
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return np.where(b < a, b, a)
-    return min(a, b)
-
-
 def _sqrt(x: Any) -> Any:
     """``math.sqrt`` of a float, ``np.sqrt`` of per-member values (both the correctly rounded IEEE sqrt)."""
     return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)
@@ -550,25 +543,31 @@ class Mechanic(torch.optim.Optimizer):
         return replay
 
     def _tune(self, h: Any, ok: Any = True) -> None:
-        """Line 5: the n TUNER copies, as lists of Python floats (float64; n is ~6, so host arithmetic,
-        the same IEEE operations as a tensor form without a dozen tiny tensor ops per step). Batched, each
-        float is an array of R members' values (numpy's elementwise + - * / sqrt equal Python's), and a
-        member that skips (``ok`` False) keeps its values."""
+        """Line 5: the n TUNER copies at once, as float64 arrays on the host (n is ~6: a dozen numpy calls,
+        not a dozen tiny tensor ops per copy). numpy's elementwise + - * / sqrt are the IEEE operations of
+        Python floats, so a run alone keeps its bits; batched, each array is ``[n, R]`` and a member that
+        skips (``ok`` False) keeps its values. ``max(a, b)`` is ``np.where(b > a, b, a)``, as Python's."""
         t, n = self.state["mechanic"], len(self._betas)
+        b = np.array(self._betas) if self.runs is None else np.array(self._betas)[:, None]
+        m_prev, v_prev, r_prev, s_prev = (np.array(t[key]) for key in ("m", "v", "r", "s"))
         habs = abs(h) + self.eps if self.eps_in_m else abs(h)
-        m, v, r, s = [], [], [], []
-        for b, m_prev, v_prev, r_prev, s_prev in zip(
-            self._betas, t["m"], t["v"], t["r"], t["s"], strict=True
-        ):
-            reward_h = _min(_max(h, -m_prev), m_prev) if self.clip_h else h
-            m.append(_max(b * m_prev, habs))
-            v.append(b * b * v_prev + h * h)
-            r_new = b * r_prev - s_prev * reward_h
-            r_pos = _max(r_new, 0.0)
-            r.append(r_new if self.keep_negative_r else r_pos)
-            s.append((m[-1] * self.s_init / n + r_pos) / (_sqrt(v[-1]) + self.eps))
+        if self.clip_h:
+            high = np.where(-m_prev > h, -m_prev, h)
+            reward_h = np.where(m_prev < high, m_prev, high)
+        else:
+            reward_h = h
+        decayed = b * m_prev
+        m = np.where(habs > decayed, habs, decayed)
+        v = b * b * v_prev + h * h
+        r_new = b * r_prev - s_prev * reward_h
+        r_pos = np.where(0.0 > r_new, 0.0, r_new)
+        r = r_new if self.keep_negative_r else r_pos
+        s = (m * self.s_init / n + r_pos) / (np.sqrt(v) + self.eps)
         for key, new in (("m", m), ("v", v), ("r", r), ("s", s)):
-            t[key] = new if ok is True else [np.where(ok, a, b) for a, b in zip(new, t[key], strict=True)]
+            if self.runs is None:
+                t[key] = new.tolist()
+            else:
+                t[key] = list(new if ok is True else np.where(ok, new, np.array(t[key])))
 
     # ------------------------------------------------------------------ state and logging
     def _index(self) -> dict[int, int]:
