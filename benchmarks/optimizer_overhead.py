@@ -4,7 +4,7 @@ Issue 4, "Speed". Two tables, both measured side by side in one process, on one 
 10M parameters (1024-2048-2048-1024-1024), interleaved round-robin (``benchmarks._timing``):
 
 1. **Optimizer step alone**, on gradients drawn once and left in ``.grad`` (no backward). Each of ours
-   is compared with its memory-traffic floor (``FLOORS`` below, divided by the copy bandwidth
+   is compared with its memory-traffic floor (``benchmarks._overhead_floors``, divided by the copy bandwidth
    measured in the same rounds), with its reference package and with torch AdamW.
 2. **Full training iteration** (zero_grad, forward, cross-entropy, backward, step) at batch 256:
    overhead in percent of the torch AdamW iteration, as MetaOptimize's Table 1 reports it.
@@ -31,17 +31,15 @@ from typing import Any
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import yaml
 
 import optimizers
-from benchmarks._timing import CopyProbe, medians, round_robin
+from benchmarks._overhead_floors import FLOORS, Traffic, mechanic_base
+from benchmarks._overhead_measure import SIZES, STEPS_PER_EPOCH, impl_key, iteration_times, numel, step_times
 from optimizers.registry import torch_rule
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
-SIZES = (1024, 2048, 2048, 1024, 1024)
 BATCH = 256
-STEPS_PER_EPOCH = 100  # what ``build`` is told; sets TLR's window K = floor(p * 100) = 33 steps
 EXPECTED = (
     "mechanic",
     "lion",
@@ -64,144 +62,6 @@ ISSUE_STEP = {"mechanic/adamw": "5.2x AdamW", "mechanic/sgd": "21x SGD-m"}
 
 
 # ---------------------------------------------------------------------------------------------------
-# Memory-traffic floor
-# ---------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Traffic:
-    """Parameter-sized float32 tensors a minimal fused step must read and write (per step).
-
-    Each tensor read in a pass over memory counts once, each tensor written once. A method needs a
-    second pass when the update of this step depends on a global reduction (norm, inner product)
-    over this step's data; the second pass re-reads what it needs. Fractions amortise work done
-    once every K steps.
-    """
-
-    reads: float
-    writes: float
-    rule: str
-
-    @property
-    def tensors(self) -> float:
-        return self.reads + self.writes
-
-    def __add__(self, other: Traffic) -> Traffic:
-        return Traffic(self.reads + other.reads, self.writes + other.writes, f"{self.rule}; {other.rule}")
-
-
-def _on(cfg: Mapping[str, Any], key: str, default: Any = 0.0) -> bool:
-    value = cfg.get(key, default)
-    return bool(value) and value != 0
-
-
-def _sgd(cfg: Mapping[str, Any]) -> Traffic:
-    if _on(cfg, "momentum"):
-        return Traffic(3, 2, "g,b,x -> b,x")
-    return Traffic(2, 1, "g,x -> x")
-
-
-def _adam(cfg: Mapping[str, Any]) -> Traffic:
-    return Traffic(4, 3, "g,m,v,x -> m,v,x")
-
-
-def _lion(cfg: Mapping[str, Any]) -> Traffic:
-    return Traffic(3, 2, "g,m,x -> m,x")
-
-
-def _mechanic(cfg: Mapping[str, Any]) -> Traffic:
-    # h needs <Delta,g>, <Delta,x>, ||g||, ||x|| of this step before s, so two passes:
-    # pass 1 = base step reading Delta and writing Delta+u instead of x; pass 2 reads x_ref, Delta, writes x.
-    # (Recomputing Delta from x and x_ref instead of storing it costs one more tensor for AdamW.)
-    base_name, base_cfg = mechanic_base(cfg)
-    base = FLOORS[base_name](base_cfg)
-    return base + Traffic(3, 1, "+Delta (pass 1: r+w); pass 2: x_ref,Delta -> x")
-
-
-def _dadapt_sgd(cfg: Mapping[str, Any]) -> Traffic:
-    # One pass: the step uses d_k; numerator and ||s|| only feed d_{k+1}.
-    x = _on(cfg, "momentum") or _on(cfg, "weight_decay")
-    return Traffic(3 + x, 2, "g,s,x0" + (",x" if x else "") + " -> s,x")
-
-
-def _dadapt_adam(cfg: Mapping[str, Any]) -> Traffic:
-    return Traffic(5, 4, "g,s,m,v,x -> s,m,v,x (one pass, step uses d_k)")
-
-
-def _dadapt_adagrad(cfg: Mapping[str, Any]) -> Traffic:
-    x = _on(cfg, "momentum") or _on(cfg, "weight_decay")
-    return Traffic(4 + x, 3, "g,a,s,x0" + (",x" if x else "") + " -> a,s,x")
-
-
-def _prodigy(cfg: Mapping[str, Any]) -> Traffic:
-    # The denominator's eps term uses the new d (a reduction over this step): second pass.
-    beta1 = (cfg.get("betas") or (0.9, 0.999))[0]
-    if beta1 > 0:
-        return Traffic(9, 4, "pass 1: g,x,p0,s,m,v -> s,m,v; pass 2: m,v,x -> x")
-    return Traffic(8, 3, "pass 1: g,x,p0,s,v -> s,v; pass 2: g,v,x -> x")
-
-
-def _dog(cfg: Mapping[str, Any]) -> Traffic:
-    # eta needs ||g_t|| of this step: pass 1 reads g; pass 2 updates x and computes ||x_{t+1}-x0|| for
-    # the next step while x0 is loaded. The iterate average (averaging_gamma) rides along in pass 2.
-    wd = _on(cfg, "weight_decay")
-    avg = cfg.get("averaging_gamma") is not None
-    rule = "pass 1: g" + (",x" if wd else "") + "; pass 2: g,x,x0" + (",avg -> x,avg" if avg else " -> x")
-    return Traffic(4 + wd + avg, 1 + avg, rule)
-
-
-def _sgd_hd(cfg: Mapping[str, Any]) -> Traffic:
-    # The new lr needs <g, u_prev> of this step: pass 1 reads g, u_prev; pass 2 steps.
-    wd = _on(cfg, "weight_decay")
-    if not _on(cfg, "momentum"):
-        return Traffic(4 + wd, 2, "pass 1: g,u; pass 2: g,x -> x,u")
-    if cfg.get("nesterov", False):
-        return Traffic(5 + wd, 3, "pass 1: g,u; pass 2: g,b,x -> b,x,u")
-    return Traffic(5 + wd, 2, "pass 1: g,b (u_prev = b); pass 2: g,b,x -> b,x")
-
-
-def _adam_hd(cfg: Mapping[str, Any]) -> Traffic:
-    wd = _on(cfg, "weight_decay")
-    return Traffic(6 + wd, 3, "pass 1: g,m,v -> m,v (h from old m,v); pass 2: m,v,x -> x")
-
-
-def _tlr(cfg: Mapping[str, Any]) -> Traffic:
-    if cfg.get("mode", "sgd") == "gd":
-        return Traffic(4, 2, "pass 1: g,g_prev; pass 2: g,x -> x,g_prev")
-    epochs = cfg.get("update_every_epochs", cfg.get("p", 1 / 3))
-    k = cfg.get("update_every") or max(1, math.floor(epochs * STEPS_PER_EPOCH))
-    momentum = cfg.get("momentum")
-    per_step = _sgd({"momentum": 0.8 if momentum is None else momentum})
-    return per_step + Traffic(2 / k, 2 / k, f"every K={k} steps: x_snap,G_prev -> x_snap,G_prev")
-
-
-def _metaoptimize(cfg: Mapping[str, Any]) -> Traffic:
-    # One pass: z uses the old trace and beta_{t+1} first acts at the next step.
-    if str(cfg.get("base", "adamw")).lower() == "adamw":
-        return Traffic(5, 4, "g,h,m,v,x -> h,m,v,x")
-    return Traffic(4, 3, "g,h,s,x -> h,s,x (s = m for sgdm/lion, v for rmsprop)")
-
-
-FLOORS: dict[str, Callable[[Mapping[str, Any]], Traffic]] = {
-    "sgd": _sgd,
-    "adam": _adam,
-    "adamw": _adam,
-    "lion": _lion,
-    "mechanic": _mechanic,
-    "dadapt_sgd": _dadapt_sgd,
-    "dadapt_adam": _dadapt_adam,
-    "dadapt_adagrad": _dadapt_adagrad,
-    "prodigy": _prodigy,
-    "dog": _dog,
-    "ldog": _dog,
-    "sgd_hd": _sgd_hd,
-    "adam_hd": _adam_hd,
-    "tlr": _tlr,
-    "metaoptimize": _metaoptimize,
-}
-
-
-# ---------------------------------------------------------------------------------------------------
 # Reference implementations
 # ---------------------------------------------------------------------------------------------------
 
@@ -220,15 +80,6 @@ class _WithAverager:
     def step(self) -> None:
         self.opt.step()
         self.averager.step()
-
-
-def mechanic_base(cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    """(registered name, constructor kwargs) of the base optimizer in a Mechanic config."""
-    base = cfg.get("base", {"name": "adamw"})
-    if isinstance(base, str):
-        return base, {}
-    kwargs = dict(base)
-    return kwargs.pop("name"), kwargs
 
 
 def _accepted(fn: Callable[..., Any], cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -375,9 +226,8 @@ def discover(config_dir: Path = CONFIG_DIR) -> tuple[list[Row], list[str]]:
     if any(r.cfg["name"] == "adamw" for r in rows):
         cfg = next(r.cfg for r in rows if r.cfg["name"] == "adamw")
         fused = {k: v for k, v in cfg.items() if k not in ("name", "fused")}
-        rows.append(
-            Row("adamw (fused)", cfg, False, _adam(cfg), "torch AdamW(fused=True)", _fused_adamw(fused))
-        )
+        floor = FLOORS["adamw"](cfg)
+        rows.append(Row("adamw (fused)", cfg, False, floor, "torch AdamW(fused=True)", _fused_adamw(fused)))
     registered = {r.cfg["name"] for r in rows if r.ours}
     missing = [f"{n}: not registered or no config" for n in EXPECTED if n not in registered]
     return rows, missing + problems
@@ -403,100 +253,13 @@ def _fused_adamw(kwargs: dict[str, Any]) -> Factory:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Measurement
-# ---------------------------------------------------------------------------------------------------
-
-
-def mlp(sizes: tuple[int, ...] = SIZES, seed: int = 0) -> torch.nn.Sequential:
-    """ReLU MLP with the given layer widths, float32, fixed initialisation."""
-    torch.manual_seed(seed)
-    layers: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(sizes) - 2:
-            layers.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*layers)
-
-
-def numel(sizes: tuple[int, ...]) -> int:
-    return sum(p.numel() for p in mlp(sizes).parameters())
-
-
-def _make(row: Row, which: str, model: torch.nn.Module) -> Any:
-    if which == "ours":
-        return optimizers.build(row.cfg, model, steps_per_epoch=STEPS_PER_EPOCH)
-    assert row.ref is not None
-    return row.ref(model)
-
-
-def _impls(rows: list[Row]) -> list[tuple[Row, str]]:
-    return [
-        (r, w) for r in rows for w in ("ours", "ref") if (w == "ours" and r.ours) or (w == "ref" and r.ref)
-    ]
-
-
-def _key(row: Row, which: str) -> str:
-    return f"{which}:{row.label}"
-
-
-def step_times(
-    rows: list[Row],
-    *,
-    sizes: tuple[int, ...],
-    rounds: int,
-    inner: int,
-    copy_numel: int,
-    desc: str | None = None,
-) -> tuple[dict[str, float], float]:
-    """Median seconds per ``step()`` on fixed random grads for every implementation; copy bytes/s."""
-    template = mlp(sizes)
-    gen = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=gen) * 1e-3 for p in template.parameters()]
-    candidates: dict[str, Callable[[], object]] = {}
-    for row, which in _impls(rows):
-        model = copy.deepcopy(template)
-        for p, g in zip(model.parameters(), grads, strict=True):
-            p.grad = g  # shared by every implementation: read-only for all but coupled-wd packages
-        candidates[_key(row, which)] = _make(row, which, model).step
-    probe = CopyProbe.of_numel(copy_numel)
-    candidates["copy"] = probe
-    samples = round_robin(candidates, rounds=rounds, inner=inner, warmup=2, desc=desc)
-    times = medians(samples)
-    return times, probe.bandwidth(times.pop("copy"))
-
-
-def iteration_times(
-    rows: list[Row], *, sizes: tuple[int, ...], batch: int, rounds: int, inner: int, desc: str | None = None
-) -> dict[str, float]:
-    """Median seconds per training iteration (forward, backward, step, zero_grad) per implementation."""
-    template = mlp(sizes)
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(batch, sizes[0], generator=gen)
-    y = torch.randint(0, sizes[-1], (batch,), generator=gen)
-    candidates: dict[str, Callable[[], object]] = {}
-    for row, which in _impls(rows):
-        model = copy.deepcopy(template)
-        candidates[_key(row, which)] = _iteration(model, _make(row, which, model), x, y)
-    return medians(round_robin(candidates, rounds=rounds, inner=inner, warmup=2, desc=desc))
-
-
-def _iteration(model: torch.nn.Module, opt: Any, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    def run() -> None:
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)  # here rather than first, so idle models hold no gradients
-
-    return run
-
-
-# ---------------------------------------------------------------------------------------------------
 # Tables
 # ---------------------------------------------------------------------------------------------------
 
 
 def _adamw_key(rows: list[Row]) -> str | None:
     row = next((r for r in rows if r.cfg["name"] == "adamw" and not r.ours and r.label == "adamw"), None)
-    return _key(row, "ref") if row is not None else None
+    return impl_key(row, "ref") if row is not None else None
 
 
 def step_table(rows: list[Row], times: Mapping[str, float], bandwidth: float, n: int) -> pd.DataFrame:
@@ -504,7 +267,7 @@ def step_table(rows: list[Row], times: Mapping[str, float], bandwidth: float, n:
     adamw = times.get(_adamw_key(rows) or "", math.nan)
     out = []
     for row in rows:
-        ours = times.get(_key(row, "ours"), math.nan)
+        ours = times.get(impl_key(row, "ours"), math.nan)
         ref = times.get(row.ref_key, math.nan)
         floor = row.floor.tensors * n * 4 / bandwidth if row.floor else math.nan
         # a Mechanic reference against the reference step of its own base (row "sgd", "adamw", "lion")
@@ -556,7 +319,7 @@ def iteration_table(rows: list[Row], times: Mapping[str, float]) -> pd.DataFrame
     adamw = times.get(_adamw_key(rows) or "", math.nan)
     out = []
     for row in rows:
-        ours = times.get(_key(row, "ours"), math.nan)
+        ours = times.get(impl_key(row, "ours"), math.nan)
         ref = times.get(row.ref_key, math.nan)
         ours_pct, ref_pct = 100 * (ours / adamw - 1), 100 * (ref / adamw - 1)
         target, ok = _iter_target(row, ours_pct, ref_pct)

@@ -33,8 +33,9 @@ import torch
 import torch.nn.functional as F
 
 import optimizers
+from benchmarks._overhead_measure import STEPS_PER_EPOCH
 from benchmarks._timing import round_robin
-from benchmarks.optimizer_overhead import STEPS_PER_EPOCH, discover
+from benchmarks.optimizer_overhead import discover
 
 OUT = Path("results") / "benchmarks" / "table5_overhead.json"
 #: (batch, tokens per sequence or image side) at paper size and at the CPU size this script defaults to

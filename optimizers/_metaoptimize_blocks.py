@@ -16,14 +16,22 @@ Accepted block specifications:
   split, checked against the SimpleCNN names (conv1, conv2, fc1 | fc2);
 - a list of ints (or the string ``"[n1,n2,...]"``): contiguous counts in parameter order;
 - a list of lists of parameter names: any partition; a dict ``{block_name: [param names]}`` likewise.
+
+Each block's scalars live in ``state["metaoptimize"]`` (docs/optimizers/metaoptimize.md §2), one column
+per block: :func:`block_scalars` creates them, :func:`add_block` appends a block, :func:`block_alphas`
+reads α_k and :func:`block_z` sums z_k over a block's tensors.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
+
+from optimizers._common import foreach_dot, global_value
 
 RESNET_COUNTS = {"resnet18": [3, 12, 15, 15, 15, 2], "resnet50": [3, 30, 39, 57, 30, 2]}
 RESNET_NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
@@ -132,3 +140,54 @@ def param_groups(model: torch.nn.Module, blocks: BlockSpec) -> list[dict[str, An
     return [
         {"params": [params[n] for n in names], "name": k} for k, names in partition(model, blocks).items()
     ]
+
+
+# ------------------------------------------------------------------ the block scalars
+def block_scalars(runs: int | None, device: torch.device) -> dict[str, Any]:
+    """``state["metaoptimize"]`` with no block yet: the (K,) float64 tensors ``beta``, ``mbar``, ``vbar``,
+    ``z``, the counters and the running products of the bias corrections; batched (§11), [R, K] and the
+    counters [R]."""
+    zeros = torch.zeros((0,) if runs is None else (runs, 0), dtype=torch.float64, device=device)
+    count, one = (0, 1.0) if runs is None else (np.zeros(runs, dtype=np.int64), np.ones(runs))
+    return {
+        "beta": zeros.clone(),
+        "mbar": zeros.clone(),
+        "vbar": zeros.clone(),
+        "z": zeros.clone(),
+        "step": count,
+        "skipped_steps": count,
+        "lam_acc": one,
+        "rho_acc": one,
+        "lam_bar_acc": one,
+        "rho_bar_acc": one,
+    }
+
+
+def add_block(meta: dict[str, Any], alpha0: Any, runs: int | None) -> None:
+    """Append one block's column to the block scalars: β = log alpha0, mbar = vbar = z = 0."""
+    beta0 = math.log(alpha0) if runs is None else [[math.log(a)] for a in alpha0]
+    initial = {"beta": beta0, "mbar": 0.0, "vbar": 0.0, "z": 0.0}
+    for key, value in initial.items():  # float64 beta_0 (docs/optimizers/metaoptimize.md §10)
+        column = meta[key].new_tensor(value).expand(meta[key].shape[:-1] + (1,))
+        meta[key] = torch.cat([meta[key], column], dim=-1)
+
+
+def block_alphas(beta: torch.Tensor, runs: int | None) -> list[Any]:
+    """α_k = exp(β_k) per block, read to the host: floats, or per member ``[R]`` arrays (each member's
+    row exponentiated alone, as its run alone's ``[K]`` tensor is: a vectorised and a scalar exp need
+    not round alike)."""
+    if runs is None:
+        return beta.exp().tolist()
+    return list(np.array([row.exp().tolist() for row in beta]).T)
+
+
+def block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
+    """z_k = Σ_i <h_i, g_i> (float64; step 2): per tensor ``torch.dot``, summed over the block; batched,
+    ``[R]``, each member by the same calls on copies of its slices, so that it equals its run alone's bit
+    for bit: BLAS ``dot`` sums in an order that depends on the data's alignment, and a fresh copy is
+    aligned as the run alone's own tensors are."""
+    if runs is not None:
+        return torch.stack(
+            [block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
+        )
+    return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)

@@ -68,10 +68,17 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
     computes what its single run computes."""
     if isinstance(values, int | float):
         return float(values)
-    t = torch.as_tensor(
-        np.asarray(values, dtype=np.float64) if not isinstance(values, torch.Tensor) else values
-    )
-    return t.to(dtype=like.dtype, device=like.device).reshape((t.numel(),) + (1,) * (like.dim() - 1))
+    shape = (-1,) + (1,) * (like.dim() - 1)
+    host = _NUMPY_DTYPES.get(like.dtype)
+    if host is not None and not isinstance(values, torch.Tensor):  # numpy's cast rounds as torch's does
+        t = torch.from_numpy(np.asarray(values, dtype=np.float64).astype(host).reshape(shape))
+        return t if like.device.type == "cpu" else t.to(like.device)
+    t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values, dtype=np.float64))
+    return t.to(dtype=like.dtype, device=like.device).reshape(shape)
+
+
+#: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls)
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
 
 def member_sums(tensors: Sequence[torch.Tensor], runs: int) -> torch.Tensor:

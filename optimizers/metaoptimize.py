@@ -51,15 +51,7 @@ Semantics the suite fixes:
   ``state_dict()``.
 - Host syncs: one per step for the finite check and one to read α as Python floats.
 
-``fused=True`` (an attribute, not a hyper-parameter: checkpoints load either way) runs the same rule as
-one compiled kernel per block (``optimizers._fused``, CHUNK tensors per call; the ``FLOORS`` rule
-"g,h,m,v,x -> h,m,v,x"): per tensor it returns the share of z_k = <h, g> from the old trace and writes
-m/v, w and h once. Inductor emits the <h, g> reduction as its own loop (it does not fuse a reduction
-with the later in-place write of h), so h and g are read twice: 11 tensors of traffic instead of 9
-(AdamW base). The per-block sum of the shares, the α read and the meta update on the K scalars are the
-eager host logic. Every base, meta (``fixed`` included: a kernel without h), normalisation and
-block layout is fused; there is no eager fallback. The non-finite check is ``skip_if_nonfinite`` (one
-read of g) before any kernel, so a skipped step mutates nothing.
+``fused=True`` runs the same rule as one compiled kernel per block (``optimizers/_metaoptimize_fused.py``).
 """
 
 from __future__ import annotations
@@ -71,32 +63,26 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers import _fused, _runs
+from optimizers import _runs
 from optimizers._common import (
-    check_choice,
     check_nonnegative,
-    check_positive,
-    check_unit_interval,
     closure_loss,
     diagnostic_value,
-    foreach_dot,
-    global_value,
     skip_if_nonfinite,
 )
-from optimizers._metaoptimize_blocks import BlockSpec, param_groups
+from optimizers._metaoptimize_blocks import (
+    BlockSpec,
+    add_block,
+    block_alphas,
+    block_scalars,
+    block_z,
+    param_groups,
+)
+from optimizers._metaoptimize_config import GROUP_OVERRIDABLE, checked_defaults
+from optimizers._metaoptimize_fused import fused_block
 from optimizers.registry import register
 
-BASES = ("sgdm", "adamw", "lion", "rmsprop")
-METAS = ("adam", "lion", "rmsprop", "fixed")
-NORMALIZATIONS = ("code", "paper", "package")
-DEFAULT_MOMENTUM = {"sgdm": 0.9, "adamw": 0.9, "lion": 0.99, "rmsprop": 0.9, "adam": 0.9, "fixed": 0.9}
-DEFAULT_EPS = {"code": 1e-10, "paper": 1e-8, "package": 1e-8}
 META_KEY = "metaoptimize"
-GROUP_OVERRIDABLE = ("weight_decay",)
-
-
-def _lower(value: Any) -> Any:
-    return value.lower() if isinstance(value, str) else value
 
 
 @register("metaoptimize", sharded=True)
@@ -134,39 +120,7 @@ class MetaOptimize(torch.optim.Optimizer):
             raise ValueError("fused=True and runs: batched runs use the eager rule")
         _runs.check_runs(runs, ())  # the value itself; the parameters' run dimension once they are grouped
         self.runs = runs  # before the groups are added: add_param_group reads it
-        base, meta, normalization = _lower(base), _lower(meta), _lower(normalization)
-        check_choice("base", base, BASES)
-        check_choice("meta", meta, METAS)
-        check_choice("normalization", normalization, NORMALIZATIONS)
-        if normalization == "package" and (base, meta) != ("adamw", "lion"):
-            raise ValueError(
-                f"normalization='package' needs base='adamw', meta='lion', got {base!r}, {meta!r}"
-            )
-        momentum = DEFAULT_MOMENTUM[base] if momentum is None else momentum
-        meta_momentum = DEFAULT_MOMENTUM[meta] if meta_momentum is None else meta_momentum
-        eps = DEFAULT_EPS[normalization] if eps is None else eps
-        alpha0 = _runs.member_values("alpha0", alpha0, runs)
-        for value in np.atleast_1d(alpha0):
-            check_positive("alpha0", float(value))
-        # a tuple per member: defaults are compared with a group's values in add_param_group
-        alpha0 = float(alpha0) if runs is None else tuple(float(x) for x in np.zeros(runs) + alpha0)
-        check_positive("meta_lr", meta_lr)
-        check_nonnegative("gamma", gamma)
-        if gamma > 1:
-            raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
-        for name, value in [
-            ("momentum", momentum),
-            ("normalizer", normalizer),
-            ("lion_c", lion_c),
-            ("meta_momentum", meta_momentum),
-            ("meta_normalizer", meta_normalizer),
-            ("meta_lion_c", meta_lion_c),
-        ]:
-            check_unit_interval(name, value)
-        check_nonnegative("weight_decay", weight_decay)
-        check_nonnegative("meta_weight_decay", meta_weight_decay)
-        check_positive("eps", eps)
-        defaults = dict(
+        defaults = checked_defaults(
             base=base,
             meta=meta,
             alpha0=alpha0,
@@ -182,6 +136,7 @@ class MetaOptimize(torch.optim.Optimizer):
             meta_weight_decay=meta_weight_decay,
             normalization=normalization,
             eps=eps,
+            runs=runs,
         )
         super().__init__(params, defaults)
         self.fused = bool(fused)
@@ -212,30 +167,10 @@ class MetaOptimize(torch.optim.Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         group.setdefault("name", str(len(self.param_groups) - 1))
-        meta = self.state.get(META_KEY)
-        runs = self.runs
-        if meta is None:  # the K block scalars; batched (§11), [R, K] and the counters [R]
+        if META_KEY not in self.state:
             device = group["params"][0].device if group["params"] else torch.device("cpu")
-            zeros = torch.zeros((0,) if runs is None else (runs, 0), dtype=torch.float64, device=device)
-            count, one = (0, 1.0) if runs is None else (np.zeros(runs, dtype=np.int64), np.ones(runs))
-            meta = self.state[META_KEY] = {
-                "beta": zeros.clone(),
-                "mbar": zeros.clone(),
-                "vbar": zeros.clone(),
-                "z": zeros.clone(),
-                "step": count,
-                "skipped_steps": count,
-                "lam_acc": one,
-                "rho_acc": one,
-                "lam_bar_acc": one,
-                "rho_bar_acc": one,
-            }
-        alpha0 = self.defaults["alpha0"]
-        beta0 = math.log(alpha0) if runs is None else [[math.log(a)] for a in alpha0]
-        initial = {"beta": beta0, "mbar": 0.0, "vbar": 0.0, "z": 0.0}
-        for key, value in initial.items():  # float64 beta_0 (docs/optimizers/metaoptimize.md §10)
-            column = meta[key].new_tensor(value).expand(meta[key].shape[:-1] + (1,))
-            meta[key] = torch.cat([meta[key], column], dim=-1)
+            self.state[META_KEY] = block_scalars(self.runs, device)
+        add_block(self.state[META_KEY], self.defaults["alpha0"], self.runs)
 
     # ------------------------------------------------------------------ step
     def _init_state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -318,10 +253,10 @@ class MetaOptimize(torch.optim.Optimizer):
         return delta, None
 
     def _base_scalars(self, a: float) -> list[float]:
-        """The base rule's per-step scalars, for the eager :meth:`_displacement` and the ``KERNELS``: SGDm
-        ``[a, rho]``, Lion ``[a, c, rho]``, RMSProp ``[a scale, *v_ab, s_in, s_div, s_out]``, AdamW
-        ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA weights ``x <- x_a x + x_b g``;
-        docs/optimizers/metaoptimize.md §4.2)."""
+        """The base rule's per-step scalars, for the eager :meth:`_displacement` and the fused kernels
+        (``_metaoptimize_fused.KERNELS``): SGDm ``[a, rho]``, Lion ``[a, c, rho]``, RMSProp ``[a scale,
+        *v_ab, s_in, s_div, s_out]``, AdamW ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA
+        weights ``x <- x_a x + x_b g``; docs/optimizers/metaoptimize.md §4.2)."""
         d, meta = self.defaults, self.state[META_KEY]
         base, norm, t = d["base"], d["normalization"], meta["step"]
         rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]
@@ -345,28 +280,6 @@ class MetaOptimize(torch.optim.Optimizer):
             return [a * scale, *v_ab, *s_in_div_out]
         m_scale = scale / (1.0 - meta["rho_acc"]) if norm == "paper" else scale
         return [a, a * m_scale, *m_ab, *v_ab, *s_in_div_out]
-
-    def _fused_block(
-        self,
-        params: list[torch.Tensor],
-        grads: list[torch.Tensor],
-        states: list[dict],
-        a: float,
-        kappa: float,
-    ) -> list[torch.Tensor]:
-        """One block's step as one kernel per tensor; the tensors' shares of z_k (empty when untracked)."""
-        d = self.defaults
-        base, track = d["base"], d["meta"] != "fixed"
-        keys = {"sgdm": ["m"], "lion": ["m"], "rmsprop": ["v"], "adamw": ["m", "v"]}[base]
-        lists = [params, grads] + [[s[k] for s in states] for k in keys]
-        scalars = [a * kappa, *self._base_scalars(a)]
-        name = "adamw_package" if d["normalization"] == "package" else base
-        if not track:
-            _fused.per_tensor(KERNELS[name][1], lists, *scalars)
-            return []
-        decay = d["gamma"] * (1.0 - kappa * a)
-        lists.insert(2, [s["h"] for s in states])
-        return _fused.per_tensor(KERNELS[name][0], lists, decay, *scalars)
 
     def _meta_update(self, z: torch.Tensor) -> None:
         """β update on the K block scalars from z (docs/optimizers/metaoptimize.md §3.2); the textbook
@@ -417,15 +330,6 @@ class MetaOptimize(torch.optim.Optimizer):
         meta = self.state[META_KEY]
         return torch.as_tensor(values, dtype=torch.float64, device=meta["beta"].device).reshape(-1, 1)
 
-    def _alphas(self) -> list[Any]:
-        """α_k = exp(β_k) per block, read to the host: floats, or per member ``[R]`` arrays (each member's
-        row exponentiated alone, as its run alone's ``[K]`` tensor is: a vectorised and a scalar exp need
-        not round alike)."""
-        beta = self.state[META_KEY]["beta"]
-        if self.runs is None:
-            return beta.exp().tolist()
-        return list(np.array([row.exp().tolist() for row in beta]).T)
-
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One MetaOptimize step (docs/optimizers/metaoptimize.md §3): z from the old trace, base update,
@@ -460,7 +364,7 @@ class MetaOptimize(torch.optim.Optimizer):
         meta["step"] = meta["step"] + 1
         meta["lam_acc"] = meta["lam_acc"] * d["normalizer"]
         meta["rho_acc"] = meta["rho_acc"] * d["momentum"]
-        alphas = self._alphas()
+        alphas = block_alphas(self.state[META_KEY]["beta"], self.runs)
         track = d["meta"] != "fixed"
         zs = []
         for (group, params, grads), a in zip(blocks, alphas, strict=True):
@@ -470,13 +374,13 @@ class MetaOptimize(torch.optim.Optimizer):
             states = [self._init_state(p) for p in params]
             kappa = group["weight_decay"]
             if self.fused:
-                z = self._fused_block(params, grads, states, a, kappa)
+                z = fused_block(self, params, grads, states, a, kappa)
                 if track:
                     zs.append(torch.stack(z).sum().to(torch.float64))
                 continue
             if track:
                 h = [s["h"] for s in states]
-                zs.append(_block_z(h, grads, self.runs))
+                zs.append(block_z(h, grads, self.runs))
             delta, trace = self._displacement(params, grads, states, a, kappa)
             if track:
                 decay = d["gamma"] * (1.0 - kappa * a)
@@ -496,7 +400,7 @@ class MetaOptimize(torch.optim.Optimizer):
         z = meta["z"].tolist() if self.runs is None else list(meta["z"].T.cpu().numpy())
         names = [str(g["name"]) for g in self.param_groups]
         out: dict[str, Any] = {}
-        for key, values in (("alpha", self._alphas()), ("z", z)):
+        for key, values in (("alpha", block_alphas(self.state[META_KEY]["beta"], self.runs)), ("z", z)):
             if len(names) == 1:
                 out[key] = diagnostic_value(values[0])
             else:
@@ -514,120 +418,3 @@ def _power(x: float, t: Any) -> Any:
 def _sqrt(x: Any) -> Any:
     """The correctly rounded square root of a float or of per-member values."""
     return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)
-
-
-def _block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
-    """z_k = Σ_i <h_i, g_i> (float64; step 2): per tensor ``torch.dot``, summed over the block; batched,
-    ``[R]``, each member by the same calls on copies of its slices, so that it equals its run alone's bit
-    for bit: BLAS ``dot`` sums in an order that depends on the data's alignment, and a fresh copy is
-    aligned as the run alone's own tensors are."""
-    if runs is not None:
-        return torch.stack(
-            [_block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
-        )
-    return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)
-
-
-# ------------------------------------------------------------------ fused kernels (fused=True)
-# Each base rule returns (Δ, trace term or None) for one flattened tensor, updating its m/v in place;
-# ``_kernel_pair`` wraps it into the traced kernel (z share from the old h, then h and w) and the
-# untraced one (meta="fixed"). Same ops as ``_displacement``, contracted into one loop. In-place chains
-# with a Python-float operand (``m.mul_(r).add_(g, alpha=1 - r)``, ``addcmul_(.., value=b)``) make dynamo
-# specialise on the float's value (a recompile whenever α or a bias correction changes; torch 2.14), so
-# every update is ``t.copy_(expr)`` (test_fused_does_not_recompile_when_alpha_and_bias_corrections_change).
-Rule = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
-
-
-def _sgdm(x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, ak: float, a: float, rho: float) -> Any:
-    """SGDm: Δ = a κ w + a m with the momentum before this gradient, then m ← ρ m + (1 − ρ) g."""
-    delta = x * ak + m * a
-    m.copy_(m * rho + g * (1.0 - rho))
-    return delta, None
-
-
-def _lion(
-    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, ak: float, a: float, c: float, rho: float
-) -> Any:
-    """Lion: Δ = a κ w + a sign(c m + (1 − c) g), then m ← ρ m + (1 − ρ) g."""
-    delta = x * ak + torch.sign(m * c + g * (1.0 - c)) * a
-    m.copy_(m * rho + g * (1.0 - rho))
-    return delta, None
-
-
-def _denominator(
-    g: torch.Tensor, v: torch.Tensor, va: float, vb: float, s_in: float, s_div: float, s_out: float
-) -> torch.Tensor:
-    """v ← va v + vb g², then s = sqrt(v + s_in) / s_div + s_out (``_normalizer``, all three forms)."""
-    v_new = v * va + g * g * vb
-    v.copy_(v_new)
-    return torch.sqrt(v_new + s_in) / s_div + s_out
-
-
-def _rmsprop(
-    x: torch.Tensor, g: torch.Tensor, v: torch.Tensor, ak: float, a_scale: float, *norm: float
-) -> Any:
-    """RMSProp: Δ = a κ w + a scale g / s."""
-    return x * ak + g / _denominator(g, v, *norm) * a_scale, None
-
-
-def _adamw_parts(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    m: torch.Tensor,
-    v: torch.Tensor,
-    ak: float,
-    a_scale: float,
-    ma: float,
-    mb: float,
-    *norm: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    s = _denominator(g, v, *norm)
-    m_new = m * ma + g * mb
-    m.copy_(m_new)
-    return x * ak + m_new / s * a_scale, s
-
-
-def _adamw(
-    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ak: float, a: float, *rest: float
-) -> Any:
-    """AdamW: m ← ma m + mb g, Δ = a κ w + a scale m / s."""
-    return _adamw_parts(x, g, m, v, ak, *rest)[0], None
-
-
-def _adamw_package(
-    x: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, ak: float, a: float, *rest: float
-) -> Any:
-    """The pip package's AdamW: as ``_adamw``, and the trace term a g / s
-    (docs/optimizers/metaoptimize.md §5)."""
-    delta, s = _adamw_parts(x, g, m, v, ak, *rest)
-    return delta, g / s * a
-
-
-def _kernel_pair(rule: Rule, n_states: int) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """(traced, untraced) kernels for ``rule``: ``traced(x, g, h, *states, decay, *scalars)`` returns
-    <h, g> with the old h (docs/optimizers/metaoptimize.md §3, step 2) and sets h ← decay h − (Δ or the
-    trace term), w ← w − Δ."""
-
-    def traced(x: torch.Tensor, g: torch.Tensor, h: torch.Tensor, *args: Any) -> torch.Tensor:
-        states, decay, scalars = args[:n_states], args[n_states], args[n_states + 1 :]
-        z = (h * g).sum()
-        delta, trace = rule(x, g, *states, *scalars)
-        h.copy_(h * decay - (delta if trace is None else trace))
-        x.copy_(x - delta)
-        return z
-
-    def untraced(x: torch.Tensor, g: torch.Tensor, *args: Any) -> None:
-        x.copy_(x - rule(x, g, *args)[0])
-
-    for fn, kind in ((traced, "traced"), (untraced, "untraced")):
-        fn.__name__ = fn.__qualname__ = f"metaoptimize{rule.__name__}_{kind}"
-    return _fused.kernel(traced), _fused.kernel(untraced)
-
-
-KERNELS = {
-    "sgdm": _kernel_pair(_sgdm, 1),
-    "lion": _kernel_pair(_lion, 1),
-    "rmsprop": _kernel_pair(_rmsprop, 1),
-    "adamw": _kernel_pair(_adamw, 2),
-    "adamw_package": _kernel_pair(_adamw_package, 2),
-}

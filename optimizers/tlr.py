@@ -8,9 +8,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.distributed.tensor import DTensor
 
-from optimizers import _fused, _runs
+from optimizers import _runs
 from optimizers._common import (
     check_choice,
     check_nonnegative,
@@ -19,30 +18,13 @@ from optimizers._common import (
     closure_loss,
     copy_all,
     diagnostic_value,
-    foreach_dot,
-    host_floats,
     skip_if_nonfinite,
 )
-from optimizers._dadapt_common import skip_if_reduction_nonfinite
+from optimizers._tlr_fused import fused_step
+from optimizers._tlr_runs import dots, host_value, prepare_members, scale_, total
 from optimizers.registry import register
 
 MODES = ("sgd", "gd")
-
-
-def _dots(a: list[torch.Tensor], b: list[torch.Tensor], runs: int | None = None) -> list[torch.Tensor]:
-    """Per-tensor inner products <a_i, b_i> in one foreach call (row vector @ column vector); batched, each
-    an ``[R]`` tensor of the members' inner products (docs/optimizers/README.md §6), by the same call on
-    every member's slices, so that a member's value is its run alone's bit for bit."""
-    if not a:
-        return []
-    if runs is not None:
-        dots = _dots([x[r] for x in a for r in range(runs)], [y[r] for y in b for r in range(runs)])
-        return [torch.stack(dots[i : i + runs]) for i in range(0, len(dots), runs)]
-    if isinstance(a[0], DTensor):  # FSDP shards: no foreach mm rule; the sums are the ranks' partial sums
-        return foreach_dot([_acc(x) for x in a], [_acc(y) for y in b])
-    rows = [_acc(x).reshape(1, -1) for x in a]  # 16-bit tensors accumulate in float32
-    cols = [_acc(y).reshape(-1, 1) for y in b]
-    return [m.reshape(()) for m in torch._foreach_mm(rows, cols)]
 
 
 def _ratio(rho: torch.Tensor, sq: torch.Tensor, c: float) -> torch.Tensor:
@@ -55,27 +37,6 @@ def _ratio(rho: torch.Tensor, sq: torch.Tensor, c: float) -> torch.Tensor:
     safe = torch.where(a > 0, a, torch.ones_like(a))
     newton = torch.clamp(rho / safe, max=c)
     return torch.where(a > 0, newton, torch.where(rho > 0, torch.full_like(rho, c), torch.zeros_like(rho)))
-
-
-def _total(rows: torch.Tensor) -> torch.Tensor:
-    """The sum over tensors of ``[T]`` per-tensor values (a run alone) or per member of ``[T, R]`` values,
-    each member's row summed by the same contiguous reduction as the run alone's."""
-    return rows.sum() if rows.dim() == 1 else rows.T.contiguous().sum(-1)
-
-
-def _host(values: torch.Tensor) -> Any:
-    """A float (0-dim, a run alone) or a float64 array (per member, batched), exactly."""
-    return values.item() if values.dim() == 0 else values.detach().to(torch.float64).cpu().numpy()
-
-
-def _scale_(op: Callable[..., Any], xs: list[torch.Tensor], scales: list[Any]) -> None:
-    """``x <- op(x, s)`` per tensor (``op`` ``torch.Tensor.div_``, ...): one foreach call with Python floats
-    (a run alone), or per tensor with :func:`_runs.per_member` scales (batched)."""
-    if all(isinstance(v, float) for v in scales):
-        getattr(torch, f"_foreach_{op.__name__}")(xs, scales)
-        return
-    for x, v in zip(xs, scales, strict=True):
-        op(x, _runs.per_member(v, x))
 
 
 @register("tlr", sharded=True)
@@ -129,16 +90,7 @@ class TLR(torch.optim.Optimizer):
     order across groups plus ``alpha`` = their parameter-count-weighted mean (the mean rate a coordinate
     sees); ``skipped_steps``.
 
-    ``fused=True`` (an attribute, not a group option: checkpoints load either way) runs the same rule with
-    compiled kernels (``optimizers._fused``), one compiled call per chunk of ``_fused.CHUNK`` tensors of a
-    group (the step kernels) or of the windowed tensors (the window kernel), the rates passed as
-    one-element tensors (``-alpha`` per tensor, repeated when global): ``sgd`` mode, after the
-    non-finite check (one read of the gradients), one kernel per step (``d = grad + wd x``, the buffer,
-    ``x <- x - alpha b``) and at a window's end one kernel (``G_j = (x_start - x) / alpha_j``, its
-    ``||G_j||^2`` and ``<G_j, G_{j-1}>``, the next window's start ``<- x``); ``gd`` mode a read-only kernel
-    (``||g_t||^2``, ``<g_t, g_{t-1}>``, whose finiteness doubles as the non-finite check), then one
-    kernel for the step and ``g_{t-1} <- g_t``. A missing momentum buffer or ``g_{t-1}`` starts as zeros
-    (``mu 0 + d = d``), which equals the eager first step for finite values.
+    ``fused=True`` runs the same rule with compiled kernels (``optimizers/_tlr_fused.py``).
 
     Distributed (docs/optimizers/README.md §4): under DDP (replicated parameters, reduced gradients) every
     rank computes the same alpha, no extra communication. Sharded parameters (FSDP/ZeRO) are not supported:
@@ -268,9 +220,9 @@ class TLR(torch.optim.Optimizer):
             for k, r in zip(index, ratios, strict=True):
                 g, i = flat[k]
                 g["tensor_lrs"] = list(g["tensor_lrs"])  # replaced, not written in place (state_dict copies)
-                g["tensor_lrs"][i] = g["tensor_lrs"][i] * (1.0 + _host(r))
+                g["tensor_lrs"][i] = g["tensor_lrs"][i] * (1.0 + host_value(r))
         else:
-            r = _host(_ratio(_total(rho_t), _total(sq_t), head["c"]))
+            r = host_value(_ratio(total(rho_t), total(sq_t), head["c"]))
             alpha = head["lr"] * (1.0 + r)
             for g in self.param_groups:
                 g["lr"] = alpha
@@ -297,33 +249,15 @@ class TLR(torch.optim.Optimizer):
             todo.append((group, idx, ps, gs))
         grads = [g for *_, gs in todo for g in gs]
         if self.fused:
-            self._fused_step(todo)
+            fused_step(self, todo)
         elif self.runs is None:
             if not skip_if_nonfinite(grads, head):
                 self._eager_step(todo)
         else:
             _runs.step_finite_members(
-                grads, self.runs, head, lambda: self._prepare(todo), lambda: self._eager_step(todo)
+                grads, self.runs, head, lambda: prepare_members(self, todo), lambda: self._eager_step(todo)
             )
         return loss
-
-    def _prepare(self, todo: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        """Batched (:func:`_runs.step_finite_members`): every buffer the step may write, created before a
-        member's skip is recorded, a missing one as the value the rule reads for it (a momentum buffer
-        or ``g_{t-1}``/``G_{j-1}`` of zeros: ``mu 0 + d = d``, ``<g, 0> = 0``; a window opened at ``x``)."""
-        gd = self.param_groups[0]["mode"] == "gd"
-        for group, _, ps, _ in todo:
-            for p in ps:
-                st = self.state[p]
-                if group["momentum"] != 0:
-                    st.setdefault("momentum_buffer", torch.zeros_like(p))
-                for key in ("prev_grad",) if gd else ("prev_window",):
-                    st.setdefault(key, torch.zeros_like(p))
-            if not gd:
-                self._open_windows(ps)
-        params = [p for g in self.param_groups for p in g["params"]]
-        states = [self.state[p] for p in params]
-        return params + _runs.member_state_tensors(states, self.runs), list(self.param_groups)
 
     def _eager_step(self, todo: list) -> None:
         """One step of the rule (class docstring), for a run alone or, member-wise, for R runs."""
@@ -363,9 +297,9 @@ class TLR(torch.optim.Optimizer):
         d = [t for group_d in ds for t in group_d]
         has_prev = [i for i, p in enumerate(ps) if "prev_grad" in self.state[p]]
         prevs = [self.state[ps[i]]["prev_grad"] for i in has_prev]
-        sq = _dots(d, d, self.runs)
+        sq = dots(d, d, self.runs)
         rho = [torch.zeros_like(s) for s in sq]
-        for i, r in zip(has_prev, _dots([d[i] for i in has_prev], prevs, self.runs), strict=True):
+        for i, r in zip(has_prev, dots([d[i] for i in has_prev], prevs, self.runs), strict=True):
             rho[i] = r
         self._update_alphas(idx, rho, sq)
         if prevs:
@@ -430,12 +364,12 @@ class TLR(torch.optim.Optimizer):
             return
         starts = [self.state[p]["window_start"] for p in ps]
         g_now = torch._foreach_sub(starts, ps)
-        _scale_(torch.Tensor.div_, g_now, [alphas[k] for k in idx])
+        scale_(torch.Tensor.div_, g_now, [alphas[k] for k in idx])
         has_prev = [i for i, p in enumerate(ps) if "prev_window" in self.state[p]]
-        sq = _dots(g_now, g_now, self.runs)
+        sq = dots(g_now, g_now, self.runs)
         rho = [torch.zeros_like(s) for s in sq]
         prevs = [self.state[ps[i]]["prev_window"] for i in has_prev]
-        for i, r in zip(has_prev, _dots([g_now[i] for i in has_prev], prevs, self.runs), strict=True):
+        for i, r in zip(has_prev, dots([g_now[i] for i in has_prev], prevs, self.runs), strict=True):
             rho[i] = r
         self._update_alphas(idx, rho, sq)
         # written in place, buffers never swapped: a batched member whose window goes on gets its slices
@@ -445,96 +379,6 @@ class TLR(torch.optim.Optimizer):
         for p, g in zip(ps, g_now, strict=True):
             self.state[p].setdefault("prev_window", g)
         copy_all(starts, ps)
-
-    # ----------------------------------------------------------------------------------- fused
-    def _buffers(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """The momentum buffers of ``ps`` (zeros where missing: ``mu 0 + d = d``), None for momentum 0."""
-        if group["momentum"] == 0:
-            return None
-        for p in ps:
-            if "momentum_buffer" not in self.state[p]:
-                self.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        return [self.state[p]["momentum_buffer"] for p in ps]
-
-    def _fused_step(
-        self, todo: list[tuple[dict[str, Any], list[int], list[torch.Tensor], list[torch.Tensor]]]
-    ) -> None:
-        """``step()`` with compiled kernels (class docstring): same rule, state and counters."""
-        head = self.param_groups[0]
-        grads = [g for *_, gs in todo for g in gs]
-        if head["mode"] == "gd":
-            self._fused_gd(todo, grads)
-            return
-        if skip_if_nonfinite(grads, head):
-            return
-        for group, _, ps, gs in todo:
-            self._open_windows(ps)
-            if not ps:
-                continue
-            bufs = self._buffers(group, ps)
-            wd, neg_lrs = group["weight_decay"], self._neg_lrs(group, ps)
-            if bufs is None:
-                _fused.per_tensor(_fused.sgd_step, [ps, gs, neg_lrs], wd)
-            else:
-                _fused.per_tensor(_tlr_sgdm, [ps, gs, bufs, neg_lrs], group["momentum"], wd)
-        head["step"] += 1
-        if head["step"] % head["update_every"] == 0:
-            self._fused_window_end()
-
-    def _fused_gd(self, todo: list, grads: list[torch.Tensor]) -> None:
-        """Algorithm 2 fused: read-only probe of ``(g_t, g_{t-1})``, alpha, then step and store ``g_t``."""
-        head = self.param_groups[0]
-        prevs, sums = [], []  # prevs: per group, g_{t-1} of each tensor with a gradient (g_{-1} = 0)
-        for group, _, ps, gs in todo:
-            wd = group["weight_decay"]
-            prevs.append(self._state_or_zeros(ps, "prev_grad"))
-            if wd == 0:  # Algorithm 2 verbatim: x is not read
-                sums += _fused.per_tensor(_tlr_gd_probe_g, [gs, prevs[-1]])
-            else:
-                sums += _fused.per_tensor(_tlr_gd_probe, [gs, ps, prevs[-1]], wd)
-        sq, rho = [s[0] for s in sums], [s[1] for s in sums]
-        if skip_if_reduction_nonfinite(host_floats(sq), grads, head):
-            return
-        self._update_alphas([i for _, idx, *_ in todo for i in idx], rho, sq)
-        for (group, _, ps, gs), prev in zip(todo, prevs, strict=True):
-            if not ps:
-                continue
-            bufs = self._buffers(group, ps)
-            for p, q in zip(ps, prev, strict=True):
-                self.state[p]["prev_grad"] = q
-            wd, neg_lrs = group["weight_decay"], self._neg_lrs(group, ps)
-            if bufs is None:
-                _fused.per_tensor(_tlr_gd_step, [ps, gs, prev, neg_lrs], wd)
-            else:
-                _fused.per_tensor(_tlr_gd_step_m, [ps, gs, prev, bufs, neg_lrs], group["momentum"], wd)
-        self._forget_missing_grads()
-        head["step"] += 1
-
-    def _fused_window_end(self) -> None:
-        """:meth:`_window_end` in one kernel (a call per chunk of tensors): ``G_j`` into the start buffer,
-        its reductions, and the previous ``G`` buffer (zeros at the first window) becomes the next start
-        ``<- x``. Every tensor's ``alpha_j`` is a one-element tensor."""
-        alphas = self._alphas()
-        idx, ps = self._windowed()
-        if not ps:
-            return
-        starts = [self.state[p]["window_start"] for p in ps]
-        prevs = self._state_or_zeros(ps, "prev_window")
-        alpha_t = _fused.per_tensor_scalars([alphas[k] for k in idx], ps)
-        sums = _fused.per_tensor(_tlr_window, [starts, ps, prevs, alpha_t])
-        for p, start, prev in zip(ps, starts, prevs, strict=True):
-            self.state[p]["prev_window"], self.state[p]["window_start"] = start, prev
-        self._update_alphas(idx, [s[1] for s in sums], [s[0] for s in sums])
-
-    def _state_or_zeros(self, ps: list[torch.Tensor], key: str) -> list[torch.Tensor]:
-        """``state[p][key]`` of each of ``ps``, a new tensor of zeros where missing (the kernels' stand-in
-        for ``g_{-1} = 0`` / ``G_{-1} = 0``; an aliased argument would compile another variant)."""
-        return [self.state[p][key] if key in self.state[p] else torch.zeros_like(p) for p in ps]
-
-    def _neg_lrs(self, group: dict[str, Any], ps: list[torch.Tensor]) -> list[torch.Tensor]:
-        """``-alpha`` of each of ``ps`` as one-element tensors (:func:`_fused.per_tensor_scalars`; the
-        same value repeated when ``per_tensor=False``): one code path, one call per chunk either way."""
-        return _fused.per_tensor_scalars([-lr for lr in self._group_lrs(group, ps)], ps)
 
     # ----------------------------------------------------------------------------- diagnostics
     def diagnostics(self) -> dict[str, float]:
@@ -554,69 +398,3 @@ class TLR(torch.optim.Optimizer):
             out["alpha"] = diagnostic_value(head["lr"])
         out["skipped_steps"] = diagnostic_value(head["skipped_steps"])
         return out
-
-
-def _acc(t: torch.Tensor) -> torch.Tensor:
-    """16-bit tensors in float32 for reductions (as :func:`_dots`)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
-
-
-@_fused.kernel
-def _tlr_sgdm(
-    x: torch.Tensor, g: torch.Tensor, b: torch.Tensor, neg_lr: torch.Tensor, mu: float, wd: float
-) -> None:
-    """Heavy ball, torch semantics: ``b <- mu b + (g + wd x)``, ``x <- x - alpha b``."""
-    b.mul_(mu).add_(g + x * wd)
-    x.add_(b * neg_lr)
-
-
-@_fused.kernel
-def _tlr_window(start: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, alpha: torch.Tensor) -> tuple:
-    """Eq. 10: ``start <- G_j = (start - x) / alpha_j`` (``alpha``: one element); returns ``||G_j||^2``,
-    ``<G_j, G_{j-1}>`` (``prev``); then ``prev <- x`` (the next window's start)."""
-    start.sub_(x).div_(alpha)
-    gj = _acc(start)
-    out = (gj * gj).sum(), (gj * _acc(prev)).sum()
-    prev.copy_(x)
-    return out
-
-
-@_fused.kernel
-def _tlr_gd_probe(g: torch.Tensor, x: torch.Tensor, prev: torch.Tensor, wd: float) -> tuple:
-    """Algorithm 2 line 5, read-only: ``||g_t||^2`` and ``<g_t, g_{t-1}>`` with ``g_t = g + wd x``."""
-    d = _acc(g + x * wd)
-    return (d * d).sum(), (d * _acc(prev)).sum()
-
-
-@_fused.kernel
-def _tlr_gd_probe_g(g: torch.Tensor, prev: torch.Tensor) -> tuple:
-    """:func:`_tlr_gd_probe` without weight decay (``g_t = grad``): reads only ``g`` and ``g_{t-1}``."""
-    d = _acc(g)
-    return (d * d).sum(), (d * _acc(prev)).sum()
-
-
-@_fused.kernel
-def _tlr_gd_step(
-    x: torch.Tensor, g: torch.Tensor, prev: torch.Tensor, neg_lr: torch.Tensor, wd: float
-) -> None:
-    """Algorithm 2 lines 6-7: ``x <- x - alpha g_t``, ``prev <- g_t``."""
-    d = g + x * wd
-    prev.copy_(d)
-    x.add_(d * neg_lr)
-
-
-@_fused.kernel
-def _tlr_gd_step_m(
-    x: torch.Tensor,
-    g: torch.Tensor,
-    prev: torch.Tensor,
-    b: torch.Tensor,
-    neg_lr: torch.Tensor,
-    mu: float,
-    wd: float,
-) -> None:
-    """Lines 6-7 with the heavy-ball buffer: ``b <- mu b + g_t``, ``x <- x - alpha b``, ``prev <- g_t``."""
-    d = g + x * wd
-    prev.copy_(d)
-    b.mul_(mu).add_(d)
-    x.add_(b * neg_lr)

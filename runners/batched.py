@@ -108,9 +108,8 @@ def _why_not(cfg: DictConfig, members: list[dict[str, str]], swept: list[str]) -
     """None where these runs can be one batched program, else why not (one line)."""
     if cfg.get("launcher") is not None and OmegaConf.select(cfg, "launcher.nproc_per_node") is not None:
         return "launcher=torchrun runs one run on several processes"
-    tasks.load_all()
     task = str(cfg.task.name)
-    if not getattr(tasks.TASKS.get(task), "batchable", False):
+    if not getattr(tasks.task_class(task), "batchable", False):
         return f"task {task} has no batched runs"
     name = str(cfg.optimizer.name)
     keys = optimizers.batch_keys(name) if name in optimizers.OPTIMIZERS else None

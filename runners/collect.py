@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
+
+from runners import store
 
 ID_COLUMNS = ["experiment", "run_id", "task", "dataset", "optimizer", "lr", "seed", "status"]
 
@@ -47,8 +48,7 @@ def base_lr(optimizer_cfg: dict[str, Any]) -> float | None:
 def _row(summary_path: Path) -> dict[str, Any]:
     run_dir = summary_path.parent
     summary = json.loads(summary_path.read_text())
-    cfg_path = run_dir / "config.yaml"
-    cfg = yaml.safe_load(cfg_path.read_text()) if cfg_path.exists() else {}
+    cfg = store.read_config(run_dir)
     prov = summary.get("provenance", {})
     row: dict[str, Any] = {
         "experiment": summary.get("group", run_dir.parent.name),

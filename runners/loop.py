@@ -53,15 +53,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_task(cfg: dict[str, Any], world: distributed.World) -> tasks.Task:
-    tasks.load_all()
     kwargs = dict(cfg["task"])
     name = kwargs.pop("name")
-    if name not in tasks.TASKS:
+    task_cls = tasks.task_class(name)
+    if task_cls is None:
         raise ConfigError(
             "task.name", f"{name!r} is not a registered task; registered: {sorted(tasks.TASKS)}"
         )
     try:
-        return tasks.TASKS[name](
+        return task_cls(
             seed=cfg["seed"],
             device=world.device,
             rank=world.rank,

@@ -185,7 +185,8 @@ def validate(cfg: Mapping[str, Any]) -> None:
     _check("schedule", schedule, cfg["schedule"], _dataclass_hints(schedule))
     logger = LOGGERS[_named("logger", cfg["logger"], LOGGERS)]
     _check("logger", logger, cfg["logger"], _dataclass_hints(logger))
-    tasks.load_all()
+    if isinstance(cfg["task"], Mapping):
+        tasks.task_class(cfg["task"].get("name"))  # registers it (or every task, for the error's list)
     task = _named("task", cfg["task"], tasks.TASKS)
     schema, hints = _task_schema(task)
     _check("task", schema, cfg["task"], hints)

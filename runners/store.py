@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
+import yaml
 
 #: top-level config keys that do not change what is computed, so they stay out of the run id hash
 NON_RESULT_KEYS = (
@@ -131,6 +132,15 @@ def truncate_records(path: Path, keep: int) -> None:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def read_config(run_dir: Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` ({} when it has none), through libyaml's C parser where PyYAML has it: a
+    report reads hundreds of them, and the pure-Python parser is most of its time."""
+    path = run_dir / "config.yaml"
+    if not path.exists():
+        return {}
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or {}
 
 
 def read_summary(run_dir: Path) -> dict[str, Any] | None:

@@ -11,8 +11,10 @@ Corpus layouts read from a local path:
 A ``source.json`` beside the shards (written by ``scripts/download_data.py`` for a substitute corpus) is
 copied into the data source, so a substitute stays labelled as one in every run record.
 
-Tokenizer: a Hugging Face ``tokenizer.json`` from a local path, or a byte-level BPE trained with
-``tokenizers`` on the training split (llama2.c's custom-vocabulary route, ``train_vocab.py``). Every story
+Tokenizer: a Hugging Face ``tokenizer.json`` or a SentencePiece ``tokenizer.model`` (Llama 2's, as llama2.c
+reads it) from a local path, or a byte-level BPE trained with ``tokenizers`` on the training split (llama2.c's
+custom-vocabulary route, ``train_vocab.py``). A SentencePiece model is converted to a ``tokenizers`` BPE by
+transformers' ``SpmConverter``, which encodes as ``SentencePieceProcessor.encode`` does. Every story
 starts with the BOS token ``<s>`` (llama2.c: ``enc.encode(text, bos=True, eos=False)``). The token files
 and the trained tokenizer are cached under ``cache_dir/<key>``, the key being a hash of the corpus files'
 names, sizes and mtimes and of the tokenizer, so a second run reads the cache.
@@ -113,13 +115,35 @@ def train_bpe(texts: Iterator[list[str]], vocab_size: int) -> Tokenizer:
     return tok
 
 
-def load_tokenizer(path: Path) -> Tokenizer:
-    file = path / "tokenizer.json" if path.is_dir() else path
+def load_tokenizer(path: Path) -> tuple[Tokenizer, Path]:
+    """(tokenizer, file read): a ``tokenizer.json`` or SentencePiece ``*.model``, or a folder with one."""
+    file = path
+    if path.is_dir():
+        file = next((path / n for n in ("tokenizer.json", "tokenizer.model") if (path / n).is_file()), path)
     if not file.is_file():
         raise DatasetMissingError(
-            "tokenizer (a Hugging Face tokenizer.json)", str(file), "set task.tokenizer=null to train a BPE"
+            "tokenizer (a Hugging Face tokenizer.json or a SentencePiece tokenizer.model)",
+            str(file),
+            "set task.tokenizer=null to train a BPE",
         )
-    return Tokenizer.from_file(str(file))
+    if file.suffix == ".model":
+        return sentencepiece_tokenizer(file), file
+    return Tokenizer.from_file(str(file)), file
+
+
+def sentencepiece_tokenizer(file: Path) -> Tokenizer:
+    """The SentencePiece model ``file`` (e.g. Llama 2's) as a ``tokenizers`` BPE giving the same ids."""
+    from transformers.convert_slow_tokenizer import SentencePieceExtractor, SpmConverter
+
+    try:
+        proto = SentencePieceExtractor(str(file)).proto
+    except Exception as err:  # sentencepiece raises RuntimeError/DecodeError on a file that is not a model
+        raise ValueError(f"{file}: not a SentencePiece model ({err})") from err
+    if proto.trainer_spec.model_type != proto.trainer_spec.BPE:
+        raise ValueError(f"{file}: a SentencePiece BPE model is needed (Llama's); this one is not BPE")
+    vocab = {piece.piece: i for i, piece in enumerate(proto.pieces)}
+    # its default (legacy) prefix scheme puts the dummy "▁" before the text, as SentencePieceProcessor.encode
+    return SpmConverter.build_tokenizer_from_spm_proto(proto, vocab)
 
 
 def _encode(tok: Tokenizer, texts: Iterator[list[str]], bos: int) -> np.ndarray:
@@ -141,9 +165,10 @@ def pretokenise(
     data_dir = Path(data_dir)
     layout, files = corpus_files(data_dir, fetch)
     if tokenizer is not None:
-        tok = load_tokenizer(Path(tokenizer))
+        tok, file = load_tokenizer(Path(tokenizer))
         tok_id = hashlib.sha256(tok.to_str().encode()).hexdigest()
-        tok_kind = {"kind": "file", "path": str(tokenizer), "sha256": tok_id}
+        kind = "sentencepiece" if file.suffix == ".model" else "file"
+        tok_kind = {"kind": kind, "path": str(file), "sha256": _file_record(file)["sha256"]}
     else:
         tok, tok_id = None, f"bpe{vocab_size}"
         tok_kind = {"kind": "trained_bpe", "vocab_size": vocab_size}

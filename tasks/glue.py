@@ -94,6 +94,8 @@ class Glue(Task):
                 "task.checkpoint is required: a bert_mlm run folder (results/runs/<experiment>/<run_id>)"
             )
         run_dir = Path(checkpoint)
+        if run_dir.is_file():  # the run's checkpoint.pt named instead of its folder
+            run_dir = run_dir.parent
         for name in ("config.yaml", "summary.json", "checkpoint.pt"):
             if not (run_dir / name).is_file():
                 raise DatasetMissingError(

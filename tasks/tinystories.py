@@ -182,11 +182,18 @@ class TinyStories(Task):
 
     @staticmethod
     def fixture_overrides(tmp_path: Path) -> list[str]:
-        """Two tiny TinyStories-style JSON shards and the smoke overrides (tests/runners/test_experiments)."""
+        """Two tiny TinyStories-style JSON shards and the smoke overrides (tests/runners/test_experiments).
+
+        The model keeps its class and layout but is narrowed, as bert_mlm's fixture takes its tiny BERT: two
+        steps of D-7's 85M-parameter GPT (forward, Adam, checkpoint) took ~40 s of CPU, the test seconds.
+        The 15M llama2.c model's shape is checked in tests/tasks/test_tinystories.py."""
         data = write_story_shards(tmp_path / "TinyStories_all_data", stories_per_shard=40)
         return [
             f"task.data_dir={data}",
             f"task.cache_dir={tmp_path / 'cache'}",
             "task.vocab_size=320",
-            "task.seq_len=64",  # the fixture's 80 stories; D-7's 512-token GPT would take minutes a step
+            "task.seq_len=64",  # the fixture's 80 stories hold few 512-token blocks
+            "task.dim=64",
+            "task.n_layers=2",
+            "task.n_heads=4",
         ]

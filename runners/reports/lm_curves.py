@@ -16,10 +16,10 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from runners.reports import plots, runs
 from runners.reports.render import render
+from runners.store import read_config
 
 
 def corpus_label(run_dir: str | Path) -> str:
@@ -34,7 +34,7 @@ def corpus_label(run_dir: str | Path) -> str:
 
 def run_label(run_dir: str | Path, optimizer: str, lr: float | None) -> str:
     """The optimizer choice, with its base/meta for MetaOptimize and its LR where it has a fixed one."""
-    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())["optimizer"]
+    cfg = read_config(Path(run_dir))["optimizer"]
     if cfg.get("name") == "metaoptimize":
         return f"MetaOptimize {cfg['base']}/{cfg['meta']}"
     if optimizer in ("adamw", "adam", "lion", "sgd"):

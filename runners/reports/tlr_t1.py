@@ -28,7 +28,7 @@ import yaml
 
 from runners.reports import plots, render
 from runners.reports.runs import load, metric_curve
-from runners.store import read_summary
+from runners.store import read_config, read_summary
 
 EXPERIMENTS = ("tlr_t1", "tlr_t1_sgd_mstep", "tlr_t1_adam")
 #: row order and names: the paper's names for its baselines and TLR, ours for the LR-free methods
@@ -74,7 +74,7 @@ def runs(results: str | Path) -> pd.DataFrame:
         return df
     extra = []
     for run_dir, experiment, choice in zip(df["run_dir"], df["experiment"], df["optimizer"], strict=True):
-        cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text())
+        cfg = read_config(Path(run_dir))
         source = (read_summary(Path(run_dir)) or {}).get("provenance", {}).get("data_source", {})
         extra.append(
             {

@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from benchmarks import optimizer_overhead as bench
+from benchmarks._overhead_floors import FLOORS
+from benchmarks._overhead_measure import iteration_times, numel, step_times
 from benchmarks._timing import CopyProbe, copy_bandwidth, medians, round_robin
 
 SIZES = (8, 16, 4)
@@ -59,7 +61,7 @@ def test_discovery_covers_every_config_and_names_the_missing(discovered):
     registered = {r.cfg["name"] for r in rows if r.ours}
     for name in bench.EXPECTED:
         assert (name in registered) != any(m.startswith(f"{name}:") for m in missing), name
-    assert all(r.floor is not None and r.floor.tensors > 0 for r in rows if r.cfg["name"] in bench.FLOORS)
+    assert all(r.floor is not None and r.floor.tensors > 0 for r in rows if r.cfg["name"] in FLOORS)
     for row in rows:  # every optimizer of ours that takes fused=True is timed again with it
         if row.ours and not row.label.endswith("(fused)") and bench.takes_fused(row.cfg["name"]):
             twin = next(r for r in rows if r.label == f"{row.label} (fused)")
@@ -74,21 +76,21 @@ def test_fused_config_fuses_mechanics_base_when_it_can():
 
 
 def test_floor_counts_follow_the_update_rules():
-    assert bench.FLOORS["adamw"]({}).tensors == 7
-    assert bench.FLOORS["sgd"]({"momentum": 0.9}).tensors == 5
-    mech = bench.FLOORS["mechanic"]
+    assert FLOORS["adamw"]({}).tensors == 7
+    assert FLOORS["sgd"]({"momentum": 0.9}).tensors == 5
+    mech = FLOORS["mechanic"]
     assert mech({"base": {"name": "adamw"}}).tensors == 11
     assert mech({"base": {"name": "sgd", "momentum": 0.9}}).tensors == 9
-    assert bench.FLOORS["prodigy"]({}).tensors == 13
-    assert bench.FLOORS["dadapt_adam"]({}).tensors == 9
-    assert bench.FLOORS["metaoptimize"]({"base": "adamw"}).tensors == 9
-    assert bench.FLOORS["tlr"]({"update_every": 4}).tensors == 5 + 1
+    assert FLOORS["prodigy"]({}).tensors == 13
+    assert FLOORS["dadapt_adam"]({}).tensors == 9
+    assert FLOORS["metaoptimize"]({"base": "adamw"}).tensors == 9
+    assert FLOORS["tlr"]({"update_every": 4}).tensors == 5 + 1
 
 
 def test_tables_have_every_row_and_positive_finite_times(discovered):
     rows, _ = discovered
-    n = bench.numel(SIZES)
-    times, bandwidth = bench.step_times(rows, sizes=SIZES, rounds=2, inner=1, copy_numel=1 << 16)
+    n = numel(SIZES)
+    times, bandwidth = step_times(rows, sizes=SIZES, rounds=2, inner=1, copy_numel=1 << 16)
     assert math.isfinite(bandwidth) and bandwidth > 0
     step = bench.step_table(rows, times, bandwidth, n)
     assert list(step["optimizer"]) == [r.label for r in rows]
@@ -108,7 +110,7 @@ def test_tables_have_every_row_and_positive_finite_times(discovered):
         assert set(step.loc[ours & has_floor, "result"]) <= {"pass", "MISS"}
     assert step.loc[~ours, "ours ms"].isna().all()
 
-    iters = bench.iteration_times(rows, sizes=SIZES, batch=8, rounds=2, inner=1)
+    iters = iteration_times(rows, sizes=SIZES, batch=8, rounds=2, inner=1)
     table = bench.iteration_table(rows, iters)
     assert list(table["optimizer"]) == [r.label for r in rows]
     assert list(table.columns) == [

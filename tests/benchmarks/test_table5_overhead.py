@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 import optimizers
 from benchmarks import table5_overhead as t5
-from benchmarks.optimizer_overhead import STEPS_PER_EPOCH, mlp
+from benchmarks._overhead_measure import STEPS_PER_EPOCH, mlp
 
 
 def _after_one_step(cfg: dict) -> tuple[object, torch.nn.Module]:

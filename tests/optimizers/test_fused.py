@@ -7,9 +7,9 @@ import torch
 from torch._inductor.utils import run_and_get_code
 
 from optimizers import _fused
+from optimizers._mechanic_fused import _sums_recomputed
 from optimizers.dadapt_adagrad import _step as adagrad_step
 from optimizers.dadapt_sgd import _accumulate
-from optimizers.mechanic import _sums_recomputed
 
 
 def cpu_loops(kernel: _fused.Kernel, tensors: list[torch.Tensor], *scalars: float) -> int:

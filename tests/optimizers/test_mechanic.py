@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from optimizers import _fused
+from optimizers._mechanic_fused import fuses_base
 from optimizers.lion import Lion
 from optimizers.mechanic import Mechanic
 from tests.optimizers.equivalence import (
@@ -403,7 +404,7 @@ def test_fused_with_the_base_step_inside_matches_eager(base, n_groups, task):
     calls = _fused.calls()
     assert_fused_matches_eager(make, our_s, task=task)
     fused = [o for o in opts if o.fused]
-    assert fused and all(o._fuses_base() and "_work" not in o.__dict__ for o in fused)
+    assert fused and all(fuses_base(o) and "_work" not in o.__dict__ for o in fused)
     steps = sum(o.state["mechanic"]["step"] for o in fused)
     assert _fused.calls() - calls == steps * (1 + n_groups)
 
@@ -416,7 +417,7 @@ def test_a_fused_base_stays_outside_when_the_rule_needs_its_step_first(kw):
     model = mlp(0)
     opt = fusable_mechanic("lion", 1, **kw)(model, True)
     _train(opt, model, minibatches(2))
-    assert not opt._fuses_base() and "_work" in opt.__dict__
+    assert not fuses_base(opt) and "_work" in opt.__dict__
 
 
 def test_fused_with_the_base_step_inside_skips_a_non_finite_step():

@@ -134,3 +134,69 @@ def test_gpt2_architecture_for_d7(tmp_path, shards):
     assert type(model).__name__ == "GPT2LMHeadModel" and model.config.n_inner == 4 * 16
     assert model.config._attn_implementation == "sdpa"
     assert task.loss(model, next(iter(task.train_batches(0)))).isfinite()
+
+
+def train_sentencepiece(shards, folder, vocab_size=400):
+    """A real SentencePiece ``tokenizer.model`` with llama2.c's train_vocab.py options, on the train shard."""
+    import sentencepiece as spm
+
+    texts = [row["story"] for row in json.loads((shards / "data01.json").read_text())]
+    folder.mkdir(parents=True, exist_ok=True)
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts),
+        model_prefix=str(folder / "tokenizer"),
+        model_type="bpe",
+        vocab_size=vocab_size,
+        self_test_sample_size=0,
+        character_coverage=1.0,
+        split_digits=True,
+        allow_whitespace_only_pieces=True,
+        byte_fallback=True,
+        unk_surface=r" \342\201\207 ",
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    return folder / "tokenizer.model", spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+
+
+def test_sentencepiece_model_tokenises_as_sentencepiece_does(tmp_path, shards):
+    model, sp = train_sentencepiece(shards, tmp_path / "sp")
+    task = make(tmp_path, tokenizer=str(model), vocab_size=400)
+    src = task.data_source["tokenizer"]
+    assert src["kind"] == "sentencepiece" and src["path"] == str(model)
+    val = [row["story"] for row in json.loads((shards / "data00.json").read_text())]
+    expected = [i for story in val for i in (sp.bos_id(), *sp.encode(story))]  # llama2.c: bos=True, eos=False
+    assert task.data.tokens["val"].tolist() == expected
+    text = "Héllo  wörld 1234 ✓"  # byte fallback, repeated spaces, split digits
+    assert task.data.tokenizer.encode(text, add_special_tokens=False).ids == sp.encode(text)
+    assert make(tmp_path, tokenizer=str(model.parent), vocab_size=400).data_source["tokenizer"] == src
+
+
+def test_sentencepiece_model_with_another_vocabulary_is_refused_with_both_sizes(tmp_path, shards):
+    model, _ = train_sentencepiece(shards, tmp_path / "sp")
+    with pytest.raises(ValueError, match=r"400 tokens.*vocab_size=32000"):
+        make(tmp_path, tokenizer=str(model), vocab_size=32000)
+    bad = tmp_path / "bad" / "tokenizer.model"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(ValueError, match="not a SentencePiece model"):
+        make(tmp_path, tokenizer=str(bad), vocab_size=400)
+
+
+def test_smoke_run_with_a_sentencepiece_model(tmp_path, shards):
+    from tests.runners.helpers import run_inproc
+
+    model, _ = train_sentencepiece(shards, tmp_path / "sp")
+    overrides = TinyStories.fixture_overrides(tmp_path / "fixture")
+    tok = (
+        f"task.tokenizer={model}",
+        "task.vocab_size=400",
+        "task.dim=16",
+        "task.n_heads=2",
+        "task.n_layers=1",
+    )
+    code, run = run_inproc(tmp_path / "results", "task=tinystories", "scale=smoke", *overrides, *tok)
+    assert code == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["provenance"]["data_source"]["tokenizer"]["kind"] == "sentencepiece"
