@@ -71,14 +71,16 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
     shape = (-1,) + (1,) * (like.dim() - 1)
     host = _NUMPY_DTYPES.get(like.dtype)
     if host is not None and not isinstance(values, torch.Tensor):  # numpy's cast rounds as torch's does
-        t = torch.from_numpy(np.asarray(values, dtype=np.float64).astype(host).reshape(shape))
+        with np.errstate(over="ignore"):  # beyond float32's range: inf, silently, as torch's cast
+            t = torch.from_numpy(np.asarray(values, dtype=np.float64).astype(host).reshape(shape))
         return t if like.device.type == "cpu" else t.to(like.device)
     t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values, dtype=np.float64))
     return t.to(dtype=like.dtype, device=like.device).reshape(shape)
 
 
-#: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls)
-_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+#: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls);
+#: both casts are C's double -> float, as torch's (half is left to torch, which may round via float)
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
 
 
 def member_sums(tensors: Sequence[torch.Tensor], runs: int) -> torch.Tensor:

@@ -16,6 +16,7 @@ from optimizers._runs import (
     member_scalars,
     members_step,
     only_members,
+    per_member,
     scalar_text,
     select,
     smaller,
@@ -112,3 +113,17 @@ def test_members_step_holds_non_finite_and_not_moving_members():
     with members_step(alone, [alone.p.grad]):  # alone: the caller applied the policy
         alone.p.add_(1.0)
     assert alone.p.eq(1.0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_per_member_rounds_as_torch_casts_a_float64(dtype):
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(2000) * 10.0 ** rng.integers(-40, 40, 2000)
+    values[:3] = [np.nan, np.inf, 1.0 + 2.0**-24]  # 1 + 2^-24 is a float32 rounding tie
+    like = torch.zeros(2000, 3, 2, dtype=dtype)
+    out = per_member(values, like)
+    assert out.shape == (2000, 1, 1) and out.dtype == dtype
+    expected = torch.tensor(values, dtype=torch.float64).to(dtype)
+    assert torch.equal(out.flatten().isnan(), expected.isnan())
+    assert torch.equal(out.flatten().nan_to_num(), expected.nan_to_num())
+    assert per_member(0.5, like) == 0.5  # a shared scalar stays a Python float
