@@ -51,22 +51,41 @@ def host_sums(pairs: SumPairs, runs: int | None) -> list[Any]:
     if runs is None:
         parts = [torch._foreach_powsum(a, 2) if b is None else _dots(a, b) for a, b in pairs]
         return _sums(host_floats([q for part in parts for q in part]), n)
-    dots = [member_dots(a, a if b is None else b, runs) for a, b in pairs]
-    rows = host_rows(torch.cat(dots))
-    return [sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)]
+    if runs == 1 or len(pairs) == 1:  # one row: torch reduces it across threads (another order)
+        dots = [member_dots(a, a if b is None else b, runs) for a, b in pairs]
+        rows = host_rows(torch.cat(dots))
+        return [sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)]
+    per_tensor = host_rows(torch.stack([_pair_dots(pairs, i, runs) for i in range(n)]))  # [T, P, R]
+    acc = np.zeros(per_tensor.shape[1:])
+    for row in per_tensor:  # in tensor order, as ``sequential_sum``
+        acc = acc + row
+    return list(acc)
+
+
+def _pair_dots(pairs: SumPairs, i: int, runs: int) -> torch.Tensor:
+    """``[P, R]``: every pair's inner product within each member on the i-th tensors, in one product
+    and one sum: ``linalg.vecdot``'s own two ops (``x * y``, then ``sum(-1)``) on stacked rows. Each
+    row is summed whole by one thread, as vecdot's is when it has R > 1 rows, so the bits are its own."""
+    left = torch.stack([a[i] for a, _ in pairs])
+    right = torch.stack([(a if b is None else b)[i] for a, b in pairs])
+    return (left * right).view(len(pairs), runs, -1).sum(-1)
 
 
 def tensor_scalars(values: Any, tensors: list[torch.Tensor], runs: int | None) -> Any:
     """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members'
-    values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is)."""
+    values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is): one cast per
+    dtype and device, a view of it per rank."""
     if runs is None:
         return values
-    made: dict[tuple, torch.Tensor] = {}  # one host-to-device copy per dtype, device and rank
+    made: dict[tuple, torch.Tensor] = {}
+    out = []
     for t in tensors:
         key = (t.dtype, t.device, t.dim())
         if key not in made:
-            made[key] = per_member(values, t)
-    return [made[(t.dtype, t.device, t.dim())] for t in tensors]
+            cast = next((v for k, v in made.items() if k[:2] == key[:2]), None)
+            made[key] = per_member(values, t) if cast is None else cast.view(-1, *(1,) * (t.dim() - 1))
+        out.append(made[key])
+    return out
 
 
 class SkippedMembers:

@@ -266,7 +266,7 @@ class Mechanic(torch.optim.Optimizer):
         self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
             values += host_sums([(params, None), (deltas, params)], self.runs)  # host sync 2
-        if self.runs is not None:  # a member that skips may have NaN sums: its tuner result is dropped
+        if ok is not True and not ok.all():  # a member that skips may have NaN sums: its result is dropped
             values = [np.where(ok, v, 0.0) for v in values]
         self._tune(self._h(s_sum, *values), ok)
         # line 3: Delta_{t+1} = Delta_t + u_t, with u_t = x'_t - x_t (sign flipped twice: exact)
@@ -366,11 +366,12 @@ class Mechanic(torch.optim.Optimizer):
         r_pos = np.where(0.0 > r_new, 0.0, r_new)
         r = r_new if self.keep_negative_r else r_pos
         s = (m * self.s_init / n + r_pos) / (np.sqrt(v) + self.eps)
+        every = ok is True or ok.all()
         for key, new in (("m", m), ("v", v), ("r", r), ("s", s)):
             if self.runs is None:
                 t[key] = new.tolist()
             else:
-                t[key] = list(new if ok is True else np.where(ok, new, np.array(t[key])))
+                t[key] = list(new if every else np.where(ok, new, np.array(t[key])))
 
     # ------------------------------------------------------------------ state and logging
     def state_dict(self) -> dict[str, Any]:
