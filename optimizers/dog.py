@@ -151,8 +151,11 @@ class DoG(torch.optim.Optimizer):
 
     def _first(self, group: dict[str, Any]) -> bool | np.ndarray:
         """Whether this is the group's first step (docs/optimizers/dog.md §2.1 step 2); batched, per member
-        (a member that skipped every step so far has not started)."""
-        return "rbar" not in group if self.runs is None else group["steps"] == 0
+        (a member that skipped every step so far has not started), or one bool when all members agree."""
+        if self.runs is None:
+            return "rbar" not in group
+        first = group["steps"] == 0
+        return bool(first[0]) if (first == first[0]).all() else first
 
     def _lr(self, group: dict[str, Any], like: torch.Tensor) -> Any:
         """The group's lr, times each member's when they differ (as broadcasting factors over ``like``)."""
