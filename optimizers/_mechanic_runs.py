@@ -52,7 +52,9 @@ def host_sums(pairs: SumPairs, runs: int | None) -> list[float] | np.ndarray:
     if runs is None:
         parts = [torch._foreach_powsum(a, 2) if b is None else _dots(a, b) for a, b in pairs]
         return _sums(host_floats([q for part in parts for q in part]), n)
-    if runs == 1 or len(pairs) == 1:  # one row: torch reduces it across threads (another order)
+    if runs == 1 or len(pairs) == 1 or pairs[0][0][0].device.type != "cpu":
+        # per pair: one row, which torch reduces across threads (another order), or an accelerator, whose
+        # reduction kernels are configured by the number of rows
         dots = [member_dots(a, a if b is None else b, runs) for a, b in pairs]
         rows = host_rows(torch.cat(dots))
         return np.stack([sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)])
@@ -66,7 +68,7 @@ def host_sums(pairs: SumPairs, runs: int | None) -> list[float] | np.ndarray:
 def _pair_dots(pairs: SumPairs, i: int, runs: int) -> torch.Tensor:
     """``[P, R]``: every pair's inner product within each member on the i-th tensors, in one product
     and one sum: ``linalg.vecdot``'s own two ops (``x * y``, then ``sum(-1)``) on stacked rows. Each
-    row is summed whole by one thread, as vecdot's is when it has R > 1 rows, so the bits are its own."""
+    row is summed whole by one CPU thread, as vecdot's is when it has R > 1 rows: the bits are its own."""
     left = torch.stack([a[i] for a, _ in pairs])
     right = torch.stack([(a if b is None else b)[i] for a, b in pairs])
     return (left * right).view(len(pairs), runs, -1).sum(-1)
