@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from runners import store
-from runners.loop import build_scheduler
+from runners.build import build_scheduler
 from runners.train import CONFIG_DIR
 from tests.runners.helpers import run_inproc
 
