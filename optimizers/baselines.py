@@ -192,9 +192,9 @@ class _AdamRule(_Batched):
         for p, t in zip(ps, counts, strict=True):
             key = (*t, p.dtype, p.device)
             if key not in scalars:  # the parameters of a group almost always share counts and dtype
-                k = np.asarray(t, dtype=np.float64)
-                size = (lr / host_map(lambda n: 1 - beta1**n, k)) * -1
-                bc2 = host_map(lambda n: (1 - beta2**n) ** 0.5, k)
+                k = np.asarray(t if min(t) < max(t) else t[:1], dtype=np.float64)  # one count: once
+                size = np.broadcast_to((lr / host_map(lambda n: 1 - beta1**n, k)) * -1, (self.runs,))
+                bc2 = np.broadcast_to(host_map(lambda n: (1 - beta2**n) ** 0.5, k), (self.runs,))
                 scalars[key] = (per_member(size, p).reshape(-1), per_member(bc2, p).reshape(-1))
             shape = (-1,) + (1,) * (p.dim() - 1)
             step_sizes.append(scalars[key][0].view(shape))
