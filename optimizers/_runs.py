@@ -79,6 +79,30 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
     return t.to(dtype=like.dtype, device=like.device).reshape(shape)
 
 
+def member_tensors(values: Floats, like: Sequence[torch.Tensor]) -> list[torch.Tensor | float]:
+    """:func:`per_member` for every tensor of ``like``, the same numbers, made once per dtype and device
+    and viewed for each tensor's rank: a small step pays for every cast and copy it makes."""
+    if isinstance(values, int | float):
+        return [float(values)] * len(like)
+    flat: dict[tuple[torch.dtype, torch.device], np.ndarray | torch.Tensor] = {}
+    out: list[torch.Tensor | float] = []
+    for x in like:
+        key = (x.dtype, x.device)
+        host = _NUMPY_DTYPES.get(x.dtype) if x.device.type == "cpu" else None
+        if key not in flat:
+            if host is not None and not isinstance(values, torch.Tensor):  # per_member's host cast
+                with np.errstate(over="ignore"):
+                    flat[key] = np.asarray(values, dtype=np.float64).astype(host)
+            else:
+                flat[key] = per_member(values, x).reshape(-1)  # type: ignore[union-attr]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        made = flat[key]
+        out.append(
+            torch.from_numpy(made.reshape(shape)) if isinstance(made, np.ndarray) else made.view(shape)
+        )
+    return out
+
+
 #: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls);
 #: both casts are C's double -> float, as torch's (half is left to torch, which may round via float)
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32}
@@ -219,12 +243,7 @@ def add_scaled_(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: f
     if isinstance(alpha, int | float):
         torch._foreach_add_(list(ys), list(xs), alpha=alpha)
         return
-    scales: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # one host-to-device copy each
-    for x in xs:
-        if (x.dtype, x.device) not in scales:
-            scales[x.dtype, x.device] = per_member(alpha, x).reshape(-1)
-    shaped = [scales[x.dtype, x.device].reshape((-1,) + (1,) * (x.dim() - 1)) for x in xs]
-    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), shaped))
+    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), member_tensors(alpha, xs)))
 
 
 def select(cond: bool | np.ndarray, a: Any, b: Any) -> Any:
