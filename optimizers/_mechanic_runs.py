@@ -19,7 +19,7 @@ from optimizers._runs import (
     host_rows,
     member_dots,
     member_state_tensors,
-    per_member,
+    member_tensors,
     sequential_sum,
 )
 
@@ -74,33 +74,10 @@ def _pair_dots(pairs: SumPairs, i: int, runs: int) -> torch.Tensor:
     return (left * right).view(len(pairs), runs, -1).sum(-1)
 
 
-#: dtypes whose per-member scalars ``per_member`` casts on the host (numpy's cast rounds as torch's)
-_HOST_CASTS = {torch.float64: np.float64, torch.float32: np.float32}
-
-
 def tensor_scalars(values: Any, tensors: list[torch.Tensor], runs: int | None) -> Any:
-    """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members'
-    values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is): on the CPU
-    ``per_member``'s host cast once per dtype, a view of it per rank."""
-    if runs is None:
-        return values
-    casts: dict[torch.dtype, np.ndarray] = {}
-    made: dict[tuple, torch.Tensor] = {}
-    out = []
-    for t in tensors:
-        device = t.device
-        key = (t.dtype, device, t.dim())
-        if key not in made:
-            host = _HOST_CASTS.get(t.dtype) if device.type == "cpu" else None
-            if host is None:  # another device or dtype: per_member's cast there
-                made[key] = per_member(values, t)
-            else:
-                if t.dtype not in casts:
-                    with np.errstate(over="ignore"):  # beyond float32's range: inf, as per_member's
-                        casts[t.dtype] = np.asarray(values, dtype=np.float64).astype(host)
-                made[key] = torch.from_numpy(casts[t.dtype].reshape((-1,) + (1,) * (t.dim() - 1)))
-        out.append(made[key])
-    return out
+    """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members' values
+    as a ``per_member`` tensor (``_runs.member_tensors``: cast once per dtype, viewed per rank)."""
+    return values if runs is None else member_tensors(values, tensors)
 
 
 class SkippedMembers:

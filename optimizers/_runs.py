@@ -85,22 +85,21 @@ def member_tensors(values: Floats, like: Sequence[torch.Tensor]) -> list[torch.T
     if isinstance(values, int | float):
         return [float(values)] * len(like)
     flat: dict[tuple[torch.dtype, torch.device], np.ndarray | torch.Tensor] = {}
-    out: list[torch.Tensor | float] = []
+    shaped: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
     for x in like:
         key = (x.dtype, x.device)
-        host = _NUMPY_DTYPES.get(x.dtype) if x.device.type == "cpu" else None
         if key not in flat:
+            host = _NUMPY_DTYPES.get(x.dtype) if x.device.type == "cpu" else None
             if host is not None and not isinstance(values, torch.Tensor):  # per_member's host cast
                 with np.errstate(over="ignore"):
                     flat[key] = np.asarray(values, dtype=np.float64).astype(host)
             else:
                 flat[key] = per_member(values, x).reshape(-1)  # type: ignore[union-attr]
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        made = flat[key]
-        out.append(
-            torch.from_numpy(made.reshape(shape)) if isinstance(made, np.ndarray) else made.view(shape)
-        )
-    return out
+        if (*key, x.dim()) not in shaped:
+            shape, made = (-1,) + (1,) * (x.dim() - 1), flat[key]
+            view = torch.from_numpy(made.reshape(shape)) if isinstance(made, np.ndarray) else made.view(shape)
+            shaped[(*key, x.dim())] = view
+    return [shaped[x.dtype, x.device, x.dim()] for x in like]
 
 
 #: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls);
