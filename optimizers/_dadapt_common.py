@@ -66,6 +66,7 @@ __all__ = [
     "host_floats",
     "max_lr",
     "moment_updates",
+    "scratch",
     "scratch_like",
     "shared_lr",
     "skip_if_reduction_nonfinite",
@@ -207,16 +208,24 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
 
 
 def scratch_like(
-    tensors: Sequence[torch.Tensor], cache: dict[Any, torch.Tensor] | None = None, tag: str = ""
+    tensors: Sequence[torch.Tensor],
+    cache: dict[Any, torch.Tensor] | None = None,
+    tag: str = "",
+    views: dict[Any, list[torch.Tensor]] | None = None,
 ) -> list[torch.Tensor]:
     """Views shaped like each tensor into ONE buffer per (device, dtype, tag), as large as the largest.
 
     The views alias one another: finish with one tensor's temporary before using the next view. With
     ``cache`` (a workspace dict the optimizer keeps outside its state) the buffer is reused across
-    steps, so it is not page-faulted in again each step; its contents never outlive a step.
+    steps, so it is not page-faulted in again each step; its contents never outlive a step. With
+    ``views`` too, the views themselves are kept per list of shapes (a small step pays for every slice
+    and view it makes); growing a buffer drops them.
     """
     if any(isinstance(t, DTensor) for t in tensors):  # FSDP shards: no flat buffer to view them in
         return [torch.empty_like(t) for t in tensors]
+    shapes = (tag, *((t.device, t.dtype, t.shape) for t in tensors))
+    if views is not None and shapes in views:
+        return views[shapes]
     sizes: dict[tuple[torch.device, torch.dtype, str], int] = {}
     for t in tensors:
         key = (t.device, t.dtype, tag)
@@ -225,7 +234,17 @@ def scratch_like(
     for key, n in sizes.items():
         if key not in bufs or bufs[key].numel() < n:
             bufs[key] = torch.empty(n, device=key[0], dtype=key[1])
-    return [bufs[(t.device, t.dtype, tag)][: t.numel()].view(t.shape) for t in tensors]
+            if views is not None:
+                views.clear()  # views of the smaller buffer would keep it alive
+    out = [bufs[(t.device, t.dtype, tag)][: t.numel()].view(t.shape) for t in tensors]
+    if views is not None and cache is not None:
+        views[shapes] = out
+    return out
+
+
+def scratch(opt: torch.optim.Optimizer, tensors: Sequence[torch.Tensor], tag: str = "") -> list[torch.Tensor]:
+    """``scratch_like(tensors)`` in ``opt``'s workspace, the views kept across steps too."""
+    return scratch_like(tensors, workspace(opt), tag, opt.__dict__.setdefault("_scratch_views", {}))
 
 
 def can_fuse_check(

@@ -30,10 +30,9 @@ from optimizers._dadapt_common import (
     grads_or_skip,
     max_lr,
     moment_updates,
-    scratch_like,
+    scratch,
     shared_lr,
     uses_fsdp,
-    workspace,
 )
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
 from optimizers._runs import dots as _dots
@@ -191,7 +190,7 @@ class DAdaptAdam(AdamForm):
         scratch (docs/optimizers/dadaptation.md §2.2)."""
         eps, dots = group["eps"], []
         ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
-        for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
+        for g, s_, v, t in zip(gs, ss, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)
             torch.div(s_, t, out=t)
@@ -210,7 +209,7 @@ class DAdaptAdam(AdamForm):
         states = [self.state[p] for p in ps]
         ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
         coefs = self._coefs(sc, group["layer_scale"])
-        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)), self.runs)
+        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch(self, ss), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot and l1 terms: its ``layer_scale`` r
@@ -267,7 +266,7 @@ class DAdaptAdam(AdamForm):
         eps = group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
-        for p, st, v, t in zip(ps, states, vs, scratch_like(vs, workspace(self)), strict=True):
+        for p, st, v, t in zip(ps, states, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)
             p.addcdiv_(st["exp_avg"], t, value=-1)

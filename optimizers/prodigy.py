@@ -36,10 +36,9 @@ from optimizers._dadapt_common import (
     grads_or_skip,
     max_lr,
     moment_updates,
-    scratch_like,
+    scratch,
     shared_lr,
     uses_fsdp,
-    workspace,
 )
 from optimizers._runs import check_runs, dots, larger, member_scalars, member_values, select, smaller
 from optimizers._runs import per_member as _per_member
@@ -228,7 +227,7 @@ class Prodigy(AdamForm):
         where p0 - xs = -xs broadcasts (docs/optimizers/prodigy.md §2)."""
         slice_p, runs, out = group["slice_p"], self.runs, []
         xsl = [_sliced(p, slice_p, runs) for p in ps]
-        ts = scratch_like(xsl, workspace(self))
+        ts = scratch(self, xsl)
         for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
             torch.sub(self.state[p]["p0"], x, out=t)
             out += dots([_sliced(g, slice_p, runs)], [t], runs)
@@ -249,7 +248,7 @@ class Prodigy(AdamForm):
         vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
         gsl = [_sliced(g, group["slice_p"], self.runs) for g in gs]
         coefs = self._coefs(sc, group)
-        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)), self.runs)
+        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch(self, ss), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot terms: ``d / d0`` with the group's d0
@@ -304,7 +303,7 @@ class Prodigy(AdamForm):
         d, eps = update["d"], group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
-        ts = scratch_like(vs, workspace(self))
+        ts = scratch(self, vs)
         step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
         for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
             torch.sqrt(v, out=t)
