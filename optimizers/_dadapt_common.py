@@ -41,6 +41,7 @@ from optimizers._common import (
 )
 from optimizers._runs import (
     add_scaled_,
+    dots,
     host_map,
     host_values,
     member_values,
@@ -58,6 +59,7 @@ __all__ = [
     "can_fuse_check",
     "check_growth_rate",
     "d_diagnostics",
+    "dot_into",
     "finish_step",
     "first_device",
     "foreach_dot",
@@ -144,12 +146,13 @@ def finish_step(
     """The bookkeeping of a step that moved: ``scalars`` (the new d and its sums) into every group, each
     parameter's ``step`` and every group's ``k`` (from group 0's ``k`` at the start) + 1; in a batched
     run only for the members in the mask ``moved`` (the others took the early return)."""
-    inc = 1 if moved is True else torch.as_tensor(moved)
+    every = moved is True or moved.all()  # adding 1 to every member skips a host-to-tensor copy
+    inc = 1 if every else torch.as_tensor(moved)
     for group, (ps, _) in zip(opt.param_groups, pgs, strict=True):
         group.update(scalars)
         for p in ps:
             opt.state[p]["step"] += inc
-        group["k"] = k + (1 if moved is True else moved)
+        group["k"] = k + (1 if every else moved)
 
 
 def batched_lr(lr: Any, d0: Any, runs: int | None, fused: bool, fsdp: bool) -> tuple[float, Any, Any]:
@@ -284,6 +287,15 @@ def grads_or_skip(
     return pgs, grads, check_later
 
 
+def dot_into(g: torch.Tensor, t: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """``<g, t>`` with ``t`` a scratch temporary: alone ``optimizers._runs.dots``' 0-dim ``torch.dot``;
+    batched ``t <- g t`` in place, summed within each member (length R): ``linalg.vecdot``'s own ops, so
+    the same bits, without its temporary and reshapes."""
+    if runs is None:
+        return dots([g], [t], None)[0]
+    return total(t.mul_(g), runs)
+
+
 def workspace(opt: torch.optim.Optimizer) -> dict[Any, torch.Tensor]:
     """``opt``'s scratch buffers for :func:`scratch_like`, reused across steps (dead between steps, so
     not state: ``state_dict`` never holds them)."""
@@ -411,7 +423,8 @@ class AdamForm(torch.optim.Optimizer):
             add_coupled_decay(group, ps, gs, sc.decouple)
             if group["lr"] > 0.0 and ps:
                 dots += self._dots(group, ps, gs)
-        dot_values = host_values(dots, self.runs)
+        # the dots go to the host now only when the non-finite check rides on them; else with the l1s
+        dot_values = host_values(dots, self.runs) if check_later else None
         if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
             return
 
@@ -421,7 +434,12 @@ class AdamForm(torch.optim.Optimizer):
             if group["lr"] > 0.0 and ps:
                 l1s += self._moments(group, ps, gs, sc)
                 weights += [self._weight(group, sc)] * len(ps)
-        update = self._host_update(sc, pgs, weights, dot_values, host_values(l1s, self.runs))
+        if dot_values is None:
+            values = host_values(dots + l1s, self.runs)  # one host sync
+            dot_values, l1_values = values[: len(dots)], values[len(dots) :]
+        else:
+            l1_values = host_values(l1s, self.runs)
+        update = self._host_update(sc, pgs, weights, dot_values, l1_values)
         if update is None:
             return
         moved = update.pop("moved", True)

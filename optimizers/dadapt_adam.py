@@ -25,6 +25,7 @@ from optimizers._dadapt_common import (
     bias_correction,
     check_growth_rate,
     d_diagnostics,
+    dot_into,
     finish_step,
     first_device,
     grads_or_skip,
@@ -35,7 +36,6 @@ from optimizers._dadapt_common import (
     uses_fsdp,
 )
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
-from optimizers._runs import dots as _dots
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -194,7 +194,7 @@ class DAdaptAdam(AdamForm):
             torch.sqrt(v, out=t)
             t.add_(eps)
             torch.div(s_, t, out=t)
-            dots += _dots([g], [t], self.runs)
+            dots.append(dot_into(g, t, self.runs))
         return dots
 
     @staticmethod

@@ -31,6 +31,7 @@ from optimizers._dadapt_common import (
     bias_correction,
     check_growth_rate,
     d_diagnostics,
+    dot_into,
     finish_step,
     first_device,
     grads_or_skip,
@@ -40,7 +41,7 @@ from optimizers._dadapt_common import (
     shared_lr,
     uses_fsdp,
 )
-from optimizers._runs import check_runs, dots, larger, member_scalars, member_values, select, smaller
+from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
 from optimizers._runs import per_member as _per_member
 from optimizers.registry import register
 
@@ -230,7 +231,7 @@ class Prodigy(AdamForm):
         ts = scratch(self, xsl)
         for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
             torch.sub(self.state[p]["p0"], x, out=t)
-            out += dots([_sliced(g, slice_p, runs)], [t], runs)
+            out.append(dot_into(_sliced(g, slice_p, runs), t, runs))
         return out
 
     @staticmethod
