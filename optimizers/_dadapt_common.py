@@ -47,12 +47,14 @@ from optimizers._runs import (
     member_values,
     members_step,
     only_members,
+    per_member,
     total,
 )
 
 __all__ = [
     "AdamForm",
     "add_coupled_decay",
+    "add_scaled",
     "all_reduce_sum",
     "batched_lr",
     "bias_correction",
@@ -67,6 +69,7 @@ __all__ = [
     "grads_or_skip",
     "host_floats",
     "max_lr",
+    "member_scales",
     "moment_updates",
     "scratch",
     "scratch_like",
@@ -296,6 +299,37 @@ def dot_into(g: torch.Tensor, t: torch.Tensor, runs: int | None) -> torch.Tensor
     return total(t.mul_(g), runs)
 
 
+_HOST_CASTS = {torch.float32: np.float32, torch.float64: np.float64}  # as ``per_member``'s host casts
+
+
+def member_scales(values: Any, like: Sequence[torch.Tensor]) -> list[Any]:
+    """``optimizers._runs.per_member(values, x)`` for each ``x`` in ``like``, the same numbers, with one
+    host cast per dtype for the whole list (a small step pays for every cast and reshape it makes)."""
+    if not isinstance(values, np.ndarray):
+        return [per_member(values, x) for x in like]
+    casts: dict[Any, np.ndarray] = {}
+    out = []
+    for x in like:
+        host = _HOST_CASTS.get(x.dtype) if x.device.type == "cpu" else None
+        if host is None:
+            out.append(per_member(values, x))
+            continue
+        if host not in casts:
+            with np.errstate(over="ignore"):  # beyond float32's range: inf, silently, as torch's cast
+                casts[host] = np.asarray(values, dtype=np.float64).astype(host)
+        out.append(torch.from_numpy(casts[host].reshape((-1,) + (1,) * (x.dim() - 1))))
+    return out
+
+
+def add_scaled(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: Any) -> None:
+    """``optimizers._runs.add_scaled_`` (the same ops, so the same bits), its per-member scales cast once
+    (``member_scales``)."""
+    if isinstance(alpha, int | float):
+        add_scaled_(ys, xs, alpha)
+        return
+    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), member_scales(alpha, xs)))
+
+
 def workspace(opt: torch.optim.Optimizer) -> dict[Any, torch.Tensor]:
     """``opt``'s scratch buffers for :func:`scratch_like`, reused across steps (dead between steps, so
     not state: ``state_dict`` never holds them)."""
@@ -334,21 +368,21 @@ def moment_updates(
     ``.sum()`` over the whole tensor.
 
     Batched runs (``runs``, docs/optimizers/README.md §6): ``a1``, ``a2`` and ``a3`` may be R values
-    (``add_scaled_``), the sums are per member, and no tensor is chunked (a chunk would cut members).
+    (``add_scaled``), the sums are per member, and no tensor is chunked (a chunk would cut members).
     """
     (b1, a1), (b2, a2), (b3, a3) = coefs
 
     def update(m: list[torch.Tensor], v: list[torch.Tensor], s: list[torch.Tensor], g, gsl) -> None:
         if ms is not None:
             torch._foreach_mul_(m, b1)
-            add_scaled_(m, g, a1)
+            add_scaled(m, g, a1)
         torch._foreach_mul_(v, b2)
         if isinstance(a2, np.ndarray):  # Prodigy's d^2 (1 - beta2), per member
-            add_scaled_(v, torch._foreach_mul(g, g), a2)
+            add_scaled(v, torch._foreach_mul(g, g), a2)
         else:
             torch._foreach_addcmul_(v, g, g, value=a2)
         torch._foreach_mul_(s, b3)
-        add_scaled_(s, gsl, a3)
+        add_scaled(s, gsl, a3)
 
     lists = [vs, ss, gs, gss, scratch] + ([ms] if ms is not None else [])
     big = [
@@ -447,7 +481,7 @@ class AdamForm(torch.optim.Optimizer):
             if ps:
                 with only_members(moved, ps):
                     if group["weight_decay"] != 0 and sc.decouple:
-                        add_scaled_(ps, ps, -group["weight_decay"] * sc.dlr)
+                        add_scaled(ps, ps, -group["weight_decay"] * sc.dlr)
                     self._move(group, ps, gs, sc, update)
         finish_step(self, pgs, sc.k, update, moved)
 

@@ -24,6 +24,7 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
+    add_scaled,
     all_reduce_sum,
     batched_lr,
     can_fuse_check,
@@ -39,7 +40,6 @@ from optimizers._dadapt_common import (
     uses_fsdp,
 )
 from optimizers._runs import (
-    add_scaled_,
     check_runs,
     dots,
     host_values,
@@ -202,7 +202,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
-                add_scaled_(ss, gs, host.dlr)
+                add_scaled(ss, gs, host.dlr)
                 sqs += dots(ss, ss, runs)
         moved = self._update_d(host, dot_values, _sum(host_values(sqs, runs)))
         if not np.any(moved):

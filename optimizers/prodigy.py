@@ -36,13 +36,13 @@ from optimizers._dadapt_common import (
     first_device,
     grads_or_skip,
     max_lr,
+    member_scales,
     moment_updates,
     scratch,
     shared_lr,
     uses_fsdp,
 )
 from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
-from optimizers._runs import per_member as _per_member
 from optimizers.registry import register
 
 
@@ -306,11 +306,11 @@ class Prodigy(AdamForm):
         vs = [st["exp_avg_sq"] for st in states]
         ts = scratch(self, vs)
         step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
-        for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
+        d_eps, scales = member_scales(d * eps, ts), member_scales(step, ps)  # the new d
+        for p, g, st, v, t, de, scale in zip(ps, gs, states, vs, ts, d_eps, scales, strict=True):
             torch.sqrt(v, out=t)
-            t.add_(_per_member(d * eps, t))  # the new d
+            t.add_(de)
             u = st["exp_avg"] if sc.beta1 > 0 else g
-            scale = _per_member(step, p)
             if isinstance(scale, float):
                 p.addcdiv_(u, t, value=scale)
             else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
