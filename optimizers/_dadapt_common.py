@@ -61,6 +61,7 @@ __all__ = [
     "can_fuse_check",
     "check_growth_rate",
     "d_diagnostics",
+    "every_member",
     "dot_into",
     "finish_step",
     "first_device",
@@ -68,6 +69,7 @@ __all__ = [
     "group_grads",
     "grads_or_skip",
     "host_floats",
+    "host_values_after",
     "max_lr",
     "member_scales",
     "moment_updates",
@@ -290,6 +292,23 @@ def grads_or_skip(
     return pgs, grads, check_later
 
 
+def host_values_after(
+    first: Sequence[torch.Tensor], first_values: Any, second: Sequence[torch.Tensor], runs: int | None
+) -> tuple[Any, Any]:
+    """The host values (``host_values``) of two lists of per-tensor reductions, with one sync for both
+    unless ``first``'s are already there (``first_values`` not None: the non-finite check needed them)."""
+    if first_values is not None:
+        return first_values, host_values(second, runs)
+    values = host_values([*first, *second], runs)
+    return values[: len(first)], values[len(first) :]
+
+
+def every_member(moved: Any) -> Any:
+    """``moved`` (True, or a batched run's mask of the members that move), or True when the mask holds
+    every member: the common step then takes a run alone's paths, with no member to put back."""
+    return True if isinstance(moved, np.ndarray) and moved.all() else moved
+
+
 def dot_into(g: torch.Tensor, t: torch.Tensor, runs: int | None) -> torch.Tensor:
     """``<g, t>`` with ``t`` a scratch temporary: alone ``optimizers._runs.dots``' 0-dim ``torch.dot``;
     batched ``t <- g t`` in place, summed within each member (length R): ``linalg.vecdot``'s own ops, so
@@ -468,15 +487,11 @@ class AdamForm(torch.optim.Optimizer):
             if group["lr"] > 0.0 and ps:
                 l1s += self._moments(group, ps, gs, sc)
                 weights += [self._weight(group, sc)] * len(ps)
-        if dot_values is None:
-            values = host_values(dots + l1s, self.runs)  # one host sync
-            dot_values, l1_values = values[: len(dots)], values[len(dots) :]
-        else:
-            l1_values = host_values(l1s, self.runs)
+        dot_values, l1_values = host_values_after(dots, dot_values, l1s, self.runs)
         update = self._host_update(sc, pgs, weights, dot_values, l1_values)
         if update is None:
             return
-        moved = update.pop("moved", True)
+        moved = every_member(update.pop("moved", True))
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if ps:
                 with only_members(moved, ps):

@@ -31,9 +31,11 @@ from optimizers._dadapt_common import (
     check_growth_rate,
     coupled_decay,
     d_diagnostics,
+    every_member,
     first_device,
     group_grads,
     host_floats,
+    host_values_after,
     max_lr,
     shared_lr,
     skip_if_reduction_nonfinite,
@@ -194,7 +196,7 @@ class DAdaptSGD(torch.optim.Optimizer):
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
                 sums += dots(gs, [self.state[p]["s"] for p in ps], runs)  # <g_k, s_k>, s before the update
-        dot_values = host_values(sums, runs)
+        dot_values = host_values(sums, runs) if check_later else None  # else with the ||s||^2 terms
         if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
             return
 
@@ -204,7 +206,8 @@ class DAdaptSGD(torch.optim.Optimizer):
                 ss = [self.state[p]["s"] for p in ps]
                 add_scaled(ss, gs, host.dlr)
                 sqs += dots(ss, ss, runs)
-        moved = self._update_d(host, dot_values, _sum(host_values(sqs, runs)))
+        dot_values, sq_values = host_values_after(sums, dot_values, sqs, runs)
+        moved = every_member(self._update_d(host, dot_values, _sum(sq_values)))
         if not np.any(moved):
             return
 
