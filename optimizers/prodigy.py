@@ -401,7 +401,8 @@ def _sliced(t: torch.Tensor, slice_p: int, runs: int | None) -> torch.Tensor:
         if slice_p != 1:  # every slice_p-th element of the whole tensor is no rank-local slice
             raise ValueError(f"slice_p={slice_p} on FSDP-sharded parameters: only slice_p=1 is exact there")
         return t
-    return t.reshape(-1)[::slice_p] if runs is None else t.reshape(runs, -1)[:, ::slice_p]
+    flat = t.reshape(-1) if runs is None else t.reshape(runs, -1)
+    return flat if slice_p == 1 else flat[..., ::slice_p]  # every element: no slice to make
 
 
 def _ratio(num: Any, den: Any) -> Any:
