@@ -78,6 +78,7 @@ __all__ = [
     "shared_lr",
     "skip_if_reduction_nonfinite",
     "uses_fsdp",
+    "whole_list",
     "workspace",
 ]
 
@@ -364,6 +365,13 @@ def skip_if_reduction_nonfinite(
 
 
 CHUNK = 1 << 20  # elements per chunk (4 MB in float32): the arrays of one chunk stay in cache
+
+
+def whole_list(tensors: Sequence[torch.Tensor]) -> bool:
+    """Whether ``tensors`` are small (under ``CHUNK`` elements in all, no FSDP shard): then whole-list
+    ``_foreach`` ops with allocated temporaries, since a small model's step costs calls, not the page
+    faults of the module docstring; else one tensor at a time in scratch. Same ops, so the same bits."""
+    return sum(t.numel() for t in tensors) < CHUNK and not any(isinstance(t, DTensor) for t in tensors)
 
 
 def moment_updates(

@@ -34,8 +34,10 @@ from optimizers._dadapt_common import (
     scratch,
     shared_lr,
     uses_fsdp,
+    whole_list,
 )
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
+from optimizers._runs import dots as _dots
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -186,10 +188,14 @@ class DAdaptAdam(AdamForm):
         return pgs, grads, check_later, sc
 
     def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
-        """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, one tensor at a time in
-        scratch (docs/optimizers/dadaptation.md §2.2)."""
+        """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, whole-list or one tensor
+        at a time in scratch (``whole_list``; docs/optimizers/dadaptation.md §2.2)."""
         eps, dots = group["eps"], []
         ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, eps)
+            return _dots(gs, torch._foreach_div(ss, ts), self.runs)
         for g, s_, v, t in zip(gs, ss, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)
@@ -266,6 +272,11 @@ class DAdaptAdam(AdamForm):
         eps = group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, eps)
+            torch._foreach_addcdiv_(ps, [st["exp_avg"] for st in states], ts, value=-1)
+            return
         for p, st, v, t in zip(ps, states, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)

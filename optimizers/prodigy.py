@@ -41,6 +41,7 @@ from optimizers._dadapt_common import (
     scratch,
     shared_lr,
     uses_fsdp,
+    whole_list,
 )
 from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
 from optimizers.registry import register
@@ -304,9 +305,20 @@ class Prodigy(AdamForm):
         d, eps = update["d"], group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
-        ts = scratch(self, vs)
         step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
-        d_eps, scales = member_scales(d * eps, ts), member_scales(step, ps)  # the new d
+        d_eps, scales = member_scales(d * eps, vs), member_scales(step, ps)  # the new d
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, d_eps)
+            us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
+            if isinstance(scales[0], float):
+                torch._foreach_addcdiv_(ps, us, ts, scales)
+            else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
+                steps = torch._foreach_mul(us, scales)
+                torch._foreach_div_(steps, ts)
+                torch._foreach_add_(ps, steps)
+            return
+        ts = scratch(self, vs)
         for p, g, st, v, t, de, scale in zip(ps, gs, states, vs, ts, d_eps, scales, strict=True):
             torch.sqrt(v, out=t)
             t.add_(de)
