@@ -28,9 +28,9 @@ from optimizers._dadapt_common import (
     d_diagnostics,
     group_grads,
     host_floats,
-    scratch,
     skip_if_reduction_nonfinite,
 )
+from optimizers._dadapt_ops import scratch
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)

@@ -25,17 +25,14 @@ from optimizers._dadapt_common import (
     bias_correction,
     check_growth_rate,
     d_diagnostics,
-    dot_into,
     finish_step,
     first_device,
     grads_or_skip,
     max_lr,
-    moment_updates,
-    scratch,
     shared_lr,
     uses_fsdp,
-    whole_list,
 )
+from optimizers._dadapt_ops import dot_into, moment_updates, scratch, whole_list
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
 from optimizers._runs import dots as _dots
 from optimizers.registry import register

@@ -24,23 +24,21 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._dadapt_common import (
-    add_scaled,
     all_reduce_sum,
     batched_lr,
     can_fuse_check,
     check_growth_rate,
     coupled_decay,
     d_diagnostics,
-    every_member,
     first_device,
     group_grads,
     host_floats,
-    host_values_after,
     max_lr,
     shared_lr,
     skip_if_reduction_nonfinite,
     uses_fsdp,
 )
+from optimizers._dadapt_ops import add_scaled, every_member, host_values_after
 from optimizers._runs import (
     check_runs,
     dots,

@@ -31,18 +31,14 @@ from optimizers._dadapt_common import (
     bias_correction,
     check_growth_rate,
     d_diagnostics,
-    dot_into,
     finish_step,
     first_device,
     grads_or_skip,
     max_lr,
-    member_scales,
-    moment_updates,
-    scratch,
     shared_lr,
     uses_fsdp,
-    whole_list,
 )
+from optimizers._dadapt_ops import dot_into, member_scales, moment_updates, scratch, whole_list
 from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
 from optimizers.registry import register
 
