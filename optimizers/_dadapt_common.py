@@ -58,6 +58,7 @@ __all__ = [
     "foreach_dot",
     "group_grads",
     "grads_or_skip",
+    "grads_to_check",
     "host_floats",
     "max_lr",
     "scratch_like",
@@ -224,17 +225,25 @@ def grads_or_skip(
     """The start of a step under the non-finite policy: the gradients per group (``group_grads``), all of
     them, and whether the check is left to the step's reductions (``can_fuse_check`` with ``key`` and
     ``covers``; the step then calls ``skip_if_reduction_nonfinite``); otherwise the exact check runs here,
-    and None means the step is skipped (counted in every group). A batched run (``opt.runs``) leaves the
-    check to ``members_step``."""
+    and None means the step is skipped (counted in every group). A batched run (``opt.runs``) applies the
+    policy per member in ``members_step``, which need not read the gradients when such reductions, taken
+    before it, are finite (``grads_to_check``)."""
     groups = opt.param_groups
     pgs = group_grads(groups)
     grads = [g for _, gs in pgs for g in gs]
-    if getattr(opt, "runs", None) is not None:
-        return pgs, grads, False  # the policy applies per member, in ``members_step``
     check_later = can_fuse_check(pgs, groups, opt.state, key, covers)
+    if getattr(opt, "runs", None) is not None:
+        return pgs, grads, check_later
     if not check_later and skip_if_nonfinite(grads, *groups):
         return None
     return pgs, grads, check_later
+
+
+def grads_to_check(grads: list[torch.Tensor], early: tuple[Any, np.ndarray] | None) -> list[torch.Tensor]:
+    """The gradients ``members_step`` must check in a batched step: none when ``early``'s host values, of
+    reductions over every gradient element taken before any change (``can_fuse_check``), are all finite,
+    since a NaN or an infinity in a member's gradient makes its sums NaN or infinite; else all of them."""
+    return [] if early is not None and np.isfinite(early[1]).all() else grads
 
 
 def skip_if_reduction_nonfinite(
@@ -277,26 +286,43 @@ class AdamForm(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         start = self._begin()
-        if start is not None:
-            with members_step(self, start[1]):
-                (self._fused_step if self._use_fused() else self._eager_step)(*start)
+        if start is None:
+            return loss
+        pgs, grads, check_later, sc = start
+        if self._use_fused():
+            self._fused_step(*start)
+            return loss
+        # batched, dots that cover every gradient are taken first: finite, members_step skips its check
+        early = self._all_dots(pgs, sc, True) if self.runs is not None and check_later else None
+        with members_step(self, grads_to_check(grads, early)):
+            self._eager_step(pgs, grads, check_later, sc, early)
         return loss
 
     def _use_fused(self) -> bool:
         return self.fused
 
-    def _eager_step(self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any) -> None:
-        """Steps 2-5 of the class docstring."""
-        groups = self.param_groups
+    def _all_dots(self, pgs: GroupGrads, sc: Any, to_host: bool) -> tuple[Tensors, Any]:
+        """Step 2 of the class docstring: the coupled decay and every group's dots, and (``to_host``)
+        their host values."""
         dots: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
+        for group, (ps, gs) in zip(self.param_groups, pgs, strict=True):
             add_coupled_decay(group, ps, gs, sc.decouple)
             if group["lr"] > 0.0 and ps:
                 dots += self._dots(group, ps, gs)
-        # the dots go to the host now only when the non-finite check rides on them; else with the l1s
-        dot_values = host_values(dots, self.runs) if check_later else None
-        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return
+        return dots, host_values(dots, self.runs) if to_host else None
+
+    def _eager_step(
+        self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any, early: Any = None
+    ) -> None:
+        """Steps 2-5 of the class docstring; ``early``: step 2 taken already (a batched step's)."""
+        groups = self.param_groups
+        if early is None:
+            # the dots go to the host now only when the non-finite check rides on them; else with the l1s
+            dots, dot_values = self._all_dots(pgs, sc, check_later)
+            if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+                return
+        else:
+            dots, dot_values = early
 
         l1s: list[torch.Tensor] = []
         weights: list[float] = []  # of each tensor's dot and l1 terms

@@ -31,6 +31,7 @@ from optimizers._dadapt_common import (
     coupled_decay,
     d_diagnostics,
     first_device,
+    grads_to_check,
     group_grads,
     host_floats,
     max_lr,
@@ -173,30 +174,44 @@ class DAdaptSGD(torch.optim.Optimizer):
         grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
         # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper); a
-        # batched run applies it per member (``members_step``).
+        # batched run applies it per member (``members_step``), after those dots when every member starts.
         no_decay, alone = g0["weight_decay"] == 0, self.runs is None
-        fused = alone and can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
-        if alone and not fused and skip_if_nonfinite(grads, *groups):
+        covered = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
+        if alone and not covered and skip_if_nonfinite(grads, *groups):
             return loss
         host = self._begin(pgs)
-        if host is not None:
-            with members_step(self, grads, host.started):
-                self._eager_step(pgs, grads, host, fused)
+        if host is None:
+            return loss
+        first = not alone and covered and every_member(host.started) is True
+        early = self._all_dots(pgs, True) if first else None
+        with members_step(self, grads_to_check(grads, early), host.started):
+            self._eager_step(pgs, grads, host, covered and alone, early)
         return loss
 
-    def _eager_step(self, pgs: list, grads: list[torch.Tensor], host: _Host, check_later: bool) -> None:
-        """docs/optimizers/dadaptation.md §2.1 steps 2-7, a run alone or every member of a batched one."""
-        groups, runs = self.param_groups, self.runs
-        decay, ck = groups[0]["weight_decay"], 1 - groups[0]["momentum"]
-        sums: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
+    def _all_dots(self, pgs: list, to_host: bool) -> tuple[list[torch.Tensor], Any]:
+        """The coupled decay written into ``p.grad`` and ``<g_k, s_k>`` per tensor at lr > 0 (s before the
+        update), with their host values when ``to_host``."""
+        decay, sums = self.param_groups[0]["weight_decay"], []
+        for group, (ps, gs) in zip(self.param_groups, pgs, strict=True):
             if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
-                sums += dots(gs, [self.state[p]["s"] for p in ps], runs)  # <g_k, s_k>, s before the update
-        dot_values = host_values(sums, runs) if check_later else None  # else with the ||s||^2 terms
-        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return
+                sums += dots(gs, [self.state[p]["s"] for p in ps], self.runs)
+        return sums, host_values(sums, self.runs) if to_host else None
+
+    def _eager_step(
+        self, pgs: list, grads: list[torch.Tensor], host: _Host, check_later: bool, early: Any = None
+    ) -> None:
+        """docs/optimizers/dadaptation.md §2.1 steps 2-7, a run alone or every member of a batched one;
+        ``early``: step 2's ``_all_dots`` taken already (a batched step's)."""
+        groups, runs = self.param_groups, self.runs
+        ck = 1 - groups[0]["momentum"]
+        if early is None:
+            sums, dot_values = self._all_dots(pgs, check_later)  # else with the ||s||^2 terms
+            if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+                return
+        else:
+            sums, dot_values = early
 
         sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
