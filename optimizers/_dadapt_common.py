@@ -42,12 +42,14 @@ from optimizers._runs import (
     member_values,
     members_step,
     only_members,
+    select,
 )
 
 __all__ = [
     "AdamForm",
     "add_coupled_decay",
     "all_reduce_sum",
+    "any_member",
     "batched_lr",
     "bias_correction",
     "can_fuse_check",
@@ -61,6 +63,7 @@ __all__ = [
     "grads_to_check",
     "host_floats",
     "max_lr",
+    "moved_values",
     "scratch_like",
     "shared_lr",
     "skip_if_reduction_nonfinite",
@@ -144,6 +147,20 @@ def finish_step(
         for p in ps:
             opt.state[p]["step"] += inc
         group["k"] = k + (1 if every else moved)
+
+
+def any_member(mask: Any) -> bool:
+    """``np.any(mask)`` for a run alone's bool or a batched run's mask, without ``np.any``'s dispatch."""
+    return bool(mask.any()) if isinstance(mask, np.ndarray) else bool(mask)
+
+
+def moved_values(moved: Any, new: Any, old: Any) -> Any:
+    """``select(moved, new, old)``: the new scalars of the members that moved, the old ones of the others;
+    ``new`` itself when every member moved (group scalars are replaced, never written in place)."""
+    if isinstance(new, np.ndarray) and isinstance(moved, np.ndarray) and new.shape == moved.shape:
+        if new.dtype == np.result_type(new, old) and moved.all():
+            return new
+    return select(moved, new, old)
 
 
 def batched_lr(lr: Any, d0: Any, runs: int | None, fused: bool, fsdp: bool) -> tuple[float, Any, Any]:

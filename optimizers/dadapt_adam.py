@@ -21,6 +21,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    any_member,
     batched_lr,
     bias_correction,
     check_growth_rate,
@@ -29,6 +30,7 @@ from optimizers._dadapt_common import (
     first_device,
     grads_or_skip,
     max_lr,
+    moved_values,
     shared_lr,
     uses_fsdp,
 )
@@ -248,10 +250,10 @@ class DAdaptAdam(AdamForm):
         else:
             global_numerator = numerator
         moved = sk_l1 != 0
-        if not np.any(moved):
+        if not any_member(moved):
             return None
         d_hat = d
-        if np.any(sc.lr > 0.0):
+        if any_member(sc.lr > 0.0):
             d_hat = select(sc.lr > 0.0, global_numerator / ((1 - sqrt_beta2) * sk_l1), d)
             d = larger(d, smaller(d_hat, d * growth_rate))
 
@@ -260,7 +262,10 @@ class DAdaptAdam(AdamForm):
                 f"lr: {sc.lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={scalar_text(sk_l1, '1.1e')} "
                 f"numerator_weighted={scalar_text(global_numerator, '1.1e')}"
             )
-        update = {"numerator_weighted": select(moved, numerator, sc.numerator), "d": select(moved, d, sc.d)}
+        update = {
+            "numerator_weighted": moved_values(moved, numerator, sc.numerator),
+            "d": moved_values(moved, d, sc.d),
+        }
         return update if self.runs is None else {**update, "moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:

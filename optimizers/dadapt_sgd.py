@@ -25,6 +25,7 @@ from optimizers._common import (
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
+    any_member,
     batched_lr,
     can_fuse_check,
     check_growth_rate,
@@ -35,6 +36,7 @@ from optimizers._dadapt_common import (
     group_grads,
     host_floats,
     max_lr,
+    moved_values,
     shared_lr,
     skip_if_reduction_nonfinite,
     uses_fsdp,
@@ -221,7 +223,7 @@ class DAdaptSGD(torch.optim.Optimizer):
                 sqs += dots(ss, ss, runs)
         dot_values, sq_values = host_values_after(sums, dot_values, sqs, runs)
         moved = every_member(self._update_d(host, dot_values, _sum(sq_values)))
-        if not np.any(moved):
+        if not any_member(moved):
             return
 
         for ps, _ in pgs:
@@ -246,9 +248,11 @@ class DAdaptSGD(torch.optim.Optimizer):
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         device = first_device(pgs)
         first = g0["k"] == 0
-        g0_norm = select(first, self._g0_norm(pgs, fsdp, device) if np.any(first) else 0.0, g0.get("g0_norm"))
+        g0_norm = select(
+            first, self._g0_norm(pgs, fsdp, device) if any_member(first) else 0.0, g0.get("g0_norm")
+        )
         started = g0_norm != 0
-        if not np.any(started):
+        if not any_member(started):
             return None
         for ps, _ in pgs:
             for p in ps:
@@ -280,9 +284,9 @@ class DAdaptSGD(torch.optim.Optimizer):
         else:
             global_numerator = numerator
         moved = sk_sq != 0
-        if not np.any(moved):
+        if not any_member(moved):
             return False
-        if np.any(host.lr > 0.0):
+        if any_member(host.lr > 0.0):
             d_hat = select(host.lr > 0.0, 2 * global_numerator / _sqrt(sk_sq), d)
             d = larger(d, smaller(d_hat, d * g0["growth_rate"]))
 
@@ -293,7 +297,8 @@ class DAdaptSGD(torch.optim.Optimizer):
                 f"numerator_weighted={global_numerator} g0_norm={host.g0_norm}"
             )
         new = [
-            select(moved, value, was) for value, was in zip((numerator, d, host.g0_norm), old, strict=True)
+            moved_values(moved, value, was)
+            for value, was in zip((numerator, d, host.g0_norm), old, strict=True)
         ]
         for group in self.param_groups:
             group["numerator_weighted"], group["d"], group["g0_norm"] = new

@@ -27,6 +27,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    any_member,
     batched_lr,
     bias_correction,
     check_growth_rate,
@@ -35,6 +36,7 @@ from optimizers._dadapt_common import (
     first_device,
     grads_or_skip,
     max_lr,
+    moved_values,
     shared_lr,
     uses_fsdp,
 )
@@ -275,7 +277,7 @@ class Prodigy(AdamForm):
         d_denom = sum(l1_values)  # batched: the rows in tensor order, as a run alone's sum
 
         moved = (d_denom != 0) | sc.fsdp
-        if not np.any(moved):
+        if not any_member(moved):
             return None
         if sc.fsdp:
             delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
@@ -293,7 +295,7 @@ class Prodigy(AdamForm):
         update = {"d_numerator": d_numerator, "d_denom": d_denom, "d": d, "d_max": d_max, "d_hat": d_hat}
         if self.runs is None:
             return update
-        return {k: select(moved, v, g0[k]) for k, v in update.items()} | {"moved": moved}
+        return {k: moved_values(moved, v, g0[k]) for k, v in update.items()} | {"moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
         """After the decoupled decay (``AdamForm``): ``x <- x - dlr m / (sqrt(v) + d eps)`` with the new d
