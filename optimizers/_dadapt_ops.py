@@ -32,7 +32,9 @@ __all__ = [
     "dot_into",
     "every_member",
     "host_values_after",
+    "member_dots",
     "member_scales",
+    "member_total",
     "moment_updates",
     "scratch",
     "scratch_like",
@@ -98,13 +100,30 @@ def every_member(moved: Any) -> Any:
     return True if isinstance(moved, np.ndarray) and moved.all() else moved
 
 
+def member_total(t: torch.Tensor, runs: int | None) -> torch.Tensor:
+    """``optimizers._runs.total``: ``t.sum()`` alone, each member's sum batched; a contiguous tensor is
+    summed over its trailing dims in place of the flattened member rows, the same reduction (the dims
+    coalesce into those rows), one call fewer."""
+    if runs is None or t.dim() < 2 or not t.is_contiguous():
+        return total(t, runs)
+    return t.sum(tuple(range(1, t.dim())))
+
+
+def member_dots(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], runs: int | None) -> list[torch.Tensor]:
+    """``optimizers._runs.dots``: alone its ``torch.dot``; batched ``linalg.vecdot``'s ops, the products
+    (one whole-list call) each summed within its members (``member_total``)."""
+    if runs is None:
+        return dots(a, b, None)
+    return [member_total(t, runs) for t in torch._foreach_mul(list(a), list(b))]
+
+
 def dot_into(g: torch.Tensor, t: torch.Tensor, runs: int | None) -> torch.Tensor:
     """``<g, t>`` with ``t`` a scratch temporary: alone ``optimizers._runs.dots``' 0-dim ``torch.dot``;
     batched ``t <- g t`` in place, summed within each member (length R): ``linalg.vecdot``'s own ops, so
     the same bits, without its temporary and reshapes."""
     if runs is None:
         return dots([g], [t], None)[0]
-    return total(t.mul_(g), runs)
+    return member_total(t.mul_(g), runs)
 
 
 _HOST_CASTS = {torch.float32: np.float32, torch.float64: np.float64}  # as ``per_member``'s host casts
@@ -205,7 +224,7 @@ def moment_updates(
         pick = [[t[i] for i in small] for t in lists]
         update(pick[5] if ms is not None else [], *pick[:4])
         for i, s, t in zip(small, pick[1], pick[4], strict=True):
-            out[i] = total(torch.abs(s, out=t), runs)
+            out[i] = member_total(torch.abs(s, out=t), runs)
     for i in big:
         flats = [t[i].view(-1) for t in lists]
         for a in range(0, flats[0].numel(), CHUNK):

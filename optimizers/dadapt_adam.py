@@ -34,9 +34,8 @@ from optimizers._dadapt_common import (
     shared_lr,
     uses_fsdp,
 )
-from optimizers._dadapt_ops import dot_into, moment_updates, scratch, whole_list
+from optimizers._dadapt_ops import dot_into, member_dots, moment_updates, scratch, whole_list
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
-from optimizers._runs import dots as _dots
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -194,7 +193,7 @@ class DAdaptAdam(AdamForm):
         if whole_list(vs):
             ts = torch._foreach_sqrt(vs)
             torch._foreach_add_(ts, eps)
-            return _dots(gs, torch._foreach_div(ss, ts), self.runs)
+            return member_dots(gs, torch._foreach_div(ss, ts), self.runs)
         for g, s_, v, t in zip(gs, ss, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)

@@ -41,10 +41,9 @@ from optimizers._dadapt_common import (
     skip_if_reduction_nonfinite,
     uses_fsdp,
 )
-from optimizers._dadapt_ops import add_scaled, every_member, host_values_after
+from optimizers._dadapt_ops import add_scaled, every_member, host_values_after, member_dots
 from optimizers._runs import (
     check_runs,
-    dots,
     host_values,
     larger,
     member_scalars,
@@ -198,7 +197,7 @@ class DAdaptSGD(torch.optim.Optimizer):
             if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
-                sums += dots(gs, [self.state[p]["s"] for p in ps], self.runs)
+                sums += member_dots(gs, [self.state[p]["s"] for p in ps], self.runs)
         return sums, host_values(sums, self.runs) if to_host else None
 
     def _eager_step(
@@ -220,7 +219,7 @@ class DAdaptSGD(torch.optim.Optimizer):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
                 add_scaled(ss, gs, host.dlr)
-                sqs += dots(ss, ss, runs)
+                sqs += member_dots(ss, ss, runs)
         dot_values, sq_values = host_values_after(sums, dot_values, sqs, runs)
         moved = every_member(self._update_d(host, dot_values, _sum(sq_values)))
         if not any_member(moved):
@@ -309,7 +308,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         """``||g_0||`` over groups with lr > 0, before weight decay (the package's add is not in place)."""
         runs = self.runs
         gs = [g for (_, gs), grp in zip(pgs, self.param_groups, strict=True) if grp["lr"] > 0 for g in gs]
-        g_sq = _sum(host_values(dots(gs, gs, runs), runs))
+        g_sq = _sum(host_values(member_dots(gs, gs, runs), runs))
         if fsdp:
             (g_sq,) = all_reduce_sum([g_sq], device)
         return _sqrt(g_sq)

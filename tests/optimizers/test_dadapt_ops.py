@@ -12,11 +12,13 @@ from optimizers._dadapt_ops import (
     CHUNK,
     add_scaled,
     host_values_after,
+    member_dots,
     member_scales,
+    member_total,
     scratch,
     whole_list,
 )
-from optimizers._runs import add_scaled_, host_values, per_member
+from optimizers._runs import add_scaled_, dots, host_values, per_member, total
 from optimizers.dadapt_adam import DAdaptAdam
 from optimizers.prodigy import Prodigy
 
@@ -64,6 +66,21 @@ def test_host_values_after_is_two_host_values(runs: int | None) -> None:
     for given in (None, want[0]):
         got = host_values_after(first, given, second, runs)
         assert all(np.array_equal(np.asarray(g), np.asarray(w)) for g, w in zip(got, want, strict=True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(3,), (3, 26), (3, 26, 16), (4, 33, 65, 3), (2, 5000, 7)])
+def test_member_sums_and_dots_are_the_runs_helpers_bit_for_bit(shape: tuple, dtype: torch.dtype) -> None:
+    g = torch.Generator().manual_seed(2)
+    x, y = (torch.randn(shape, generator=g, dtype=dtype) * 1e3 for _ in range(2))
+    runs = shape[0]
+    assert torch.equal(member_total(x, runs), total(x, runs))
+    assert torch.equal(member_total(x, None), total(x, None))
+    if x.dim() > 2:  # a non-contiguous tensor takes total itself
+        xt = x.transpose(1, 2)
+        assert torch.equal(member_total(xt, runs), total(xt, runs))
+    for got, want in zip(member_dots([x, y], [y, y], runs), dots([x, y], [y, y], runs), strict=True):
+        assert torch.equal(got, want)
 
 
 def test_whole_list_is_small_unsharded_lists() -> None:
