@@ -247,9 +247,9 @@ class DAdaptSGD(torch.optim.Optimizer):
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         device = first_device(pgs)
         first = g0["k"] == 0
-        g0_norm = select(
-            first, self._g0_norm(pgs, fsdp, device) if any_member(first) else 0.0, g0.get("g0_norm")
-        )
+        g0_norm = g0.get("g0_norm")  # no member's first step: the stored norms themselves
+        if any_member(first):
+            g0_norm = select(first, self._g0_norm(pgs, fsdp, device), g0_norm)
         started = g0_norm != 0
         if not any_member(started):
             return None
