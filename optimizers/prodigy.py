@@ -6,7 +6,7 @@ Exact rule: docs/optimizers/prodigy.md §2.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -41,6 +41,7 @@ from optimizers._dadapt_common import (
     uses_fsdp,
 )
 from optimizers._dadapt_ops import dot_into, member_scales, moment_updates, scratch, whole_list
+from optimizers._prodigy_fused import PRODIGY_MOVE, SUMS, UPDATE
 from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
 from optimizers.registry import register
 
@@ -356,8 +357,8 @@ class Prodigy(AdamForm):
             zero = [i for i, p0 in enumerate(p0s) if p0.dim() == 0]
             out: list[Any] = [None] * len(ps)
             for idx, kern, tl in (
-                (full, _SUMS[coupled, False], [gs, ps, p0s, ss]),
-                (zero, _SUMS[coupled, True], [gs, ps, ss]),
+                (full, SUMS[coupled, False], [gs, ps, p0s, ss]),
+                (zero, SUMS[coupled, True], [gs, ps, ss]),
             ):
                 scalars = (group["weight_decay"], sc.beta3, alpha)
                 res = _fused.per_tensor(kern, [[t[i] for i in idx] for t in tl], *scalars)
@@ -376,14 +377,14 @@ class Prodigy(AdamForm):
             (b1, a1), (b2, a2), (b3, alpha) = self._coefs(sc, group)
             x_decay = -decay * sc.dlr if sc.decouple else 0.0
             scalars = (b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d * group["eps"])
-            _fused.per_tensor(_UPDATE[coupled, sc.beta1 > 0], lists, *scalars)
+            _fused.per_tensor(UPDATE[coupled, sc.beta1 > 0], lists, *scalars)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if ps and group["lr"] == 0.0:  # the move alone, with the old moments (g with beta1 = 0)
                 states = [self.state[p] for p in ps]
                 us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
                 vs = [st["exp_avg_sq"] for st in states]
                 x_decay = -group["weight_decay"] * sc.dlr if sc.decouple else 0.0
-                _fused.per_tensor(_prodigy_move, [ps, us, vs], x_decay, step, d * group["eps"])
+                _fused.per_tensor(PRODIGY_MOVE, [ps, us, vs], x_decay, step, d * group["eps"])
         finish_step(self, pgs, sc.k, update)
 
 
@@ -426,63 +427,3 @@ def _ratio(num: Any, den: Any) -> Any:
 def _contiguous(p: torch.Tensor) -> bool:
     """Whether ``p`` and its gradient (if any) are contiguous (the fused kernels take flat views)."""
     return p.is_contiguous() and (p.grad is None or p.grad.is_contiguous())
-
-
-# Scalars enter as ``tensor * float`` products: an ``alpha=``/``value=`` keyword would specialise the
-# float (a recompilation whenever d changes). Each variant (coupled decay, beta1 > 0, scalar p0) is a
-# kernel of its own: a bool argument would make compiled variants of one kernel, and dynamo allows few.
-
-
-def _sums_rule(coupled: bool, zero_p0: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """Pass 1, read-only: ``<g, p0 - x>`` and ``||b3 s + alpha g||_1`` (the new s), with ``g + decay x``
-    when ``coupled``; ``zero_p0``: the tensor's p0 is the scalar 0 (no p0 argument)."""
-
-    def rule(g: torch.Tensor, x: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if zero_p0:
-            s, decay, b3, alpha = rest
-            diff = 0.0 - x  # as the eager ``torch.sub(p0, x)`` with a 0-dim p0 = 0
-        else:
-            p0, s, decay, b3, alpha = rest
-            diff = p0 - x
-        if coupled:
-            g = g + x * decay
-        return (g * diff).sum(), (s * b3 + g * alpha).abs().sum()
-
-    rule.__name__ = rule.__qualname__ = (
-        f"prodigy_sums{'_coupled' if coupled else ''}{'_zero_p0' if zero_p0 else ''}"
-    )
-    return rule
-
-
-def _move(
-    x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, x_decay: float, step: float, d_eps: float
-) -> None:
-    """``x <- x + x_decay x - step u / (sqrt(v) + d eps)`` in place (u = m, or g when beta1 = 0)."""
-    x.add_(x * x_decay).sub_(u / (v.sqrt() + d_eps) * step)
-
-
-def _update_rule(coupled: bool, with_m: bool) -> Callable[..., None]:
-    """Pass 2 on ``g, x, s, v[, m]``: coupled decay into g (``p.grad``, as the eager path),
-    ``m <- b1 m + a1 g``, ``v <- b2 v + a2 g^2``, ``s <- b3 s + alpha g``, then the move along m (g
-    when beta1 = 0) with the updated v."""
-
-    def rule(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, v: torch.Tensor, *rest: Any) -> None:
-        m, rest = (rest[0], rest[1:]) if with_m else (None, rest)
-        b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d_eps = rest
-        if coupled:
-            g.add_(x * decay)
-        if m is not None:
-            m.mul_(b1).add_(g * a1)
-        v.mul_(b2).add_(g * g * a2)
-        s.mul_(b3).add_(g * alpha)
-        _move(x, m if m is not None else g, v, x_decay, step, d_eps)
-
-    rule.__name__ = rule.__qualname__ = (
-        f"prodigy_update{'_coupled' if coupled else ''}{'_m' if with_m else ''}"
-    )
-    return rule
-
-
-_SUMS = {(c, z): _fused.kernel(_sums_rule(c, z)) for c in (False, True) for z in (False, True)}
-_UPDATE = {(c, m): _fused.kernel(_update_rule(c, m)) for c in (False, True) for m in (False, True)}
-_prodigy_move = _fused.kernel(_move)
