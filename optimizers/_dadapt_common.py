@@ -292,8 +292,10 @@ class AdamForm(torch.optim.Optimizer):
 
     Batched runs (``runs``, docs/optimizers/README.md §6) take these same eager steps: host values are
     ``[T, R]`` rows and the scalars R values (``optimizers._runs``), ``members_step`` applies the
-    non-finite policy per member, and ``_host_update`` may add ``"moved"``, the mask of the members that
-    move (the others took the package's early return: their parameters are put back).
+    non-finite policy per member (where the dots cover every gradient, step 2 runs before it, and it
+    reads the gradients only when they are not finite: ``grads_to_check``), and ``_host_update`` may add
+    ``"moved"``, the mask of the members that move (the others took the package's early return: their
+    parameters are put back).
     """
 
     fused: bool
