@@ -56,8 +56,9 @@ def host_map(fn: Callable[..., float], *args: float | np.ndarray) -> np.ndarray:
     For anything beyond + - * / and sqrt: numpy's float64 ``power``, ``exp`` and ``log`` may take SIMD
     paths (SVML) that differ from the C library's by an ulp, so ``beta ** k`` per member goes through
     here, not through ``np.power``."""
-    arrays = [np.broadcast_to(np.asarray(a, dtype=np.float64), np.broadcast(*args).shape) for a in args]
-    return np.array([fn(*(float(x) for x in xs)) for xs in zip(*arrays, strict=True)], dtype=np.float64)
+    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    columns = [np.broadcast_to(np.asarray(a, dtype=np.float64), shape).tolist() for a in args]
+    return np.array([fn(*xs) for xs in zip(*columns, strict=True)], dtype=np.float64)
 
 
 def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
