@@ -157,9 +157,9 @@ def any_member(mask: Any) -> bool:
 def moved_values(moved: Any, new: Any, old: Any) -> Any:
     """``select(moved, new, old)``: the new scalars of the members that moved, the old ones of the others;
     ``new`` itself when every member moved (group scalars are replaced, never written in place)."""
-    if isinstance(new, np.ndarray) and isinstance(moved, np.ndarray) and new.shape == moved.shape:
-        if new.dtype == np.result_type(new, old) and moved.all():
-            return new
+    if isinstance(new, np.ndarray) and isinstance(moved, np.ndarray) and isinstance(old, np.ndarray):
+        if new.shape == moved.shape and new.dtype == old.dtype and moved.all():
+            return new  # what ``np.where`` would return, without the copy
     return select(moved, new, old)
 
 
