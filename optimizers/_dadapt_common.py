@@ -3,21 +3,16 @@
 ``AdamForm``, the step of D-Adapt Adam and Prodigy (eager skeleton and the host part of the fused one),
 the non-finite start of a step (``grads_or_skip``), coupled decay, the end-of-step bookkeeping, the
 growth-rate check, the shared-lr rule, the Adam-style bias correction, the sharded-training all-reduce
-(docs/optimizers/README.md §4), the ``d`` / ``d_lr`` diagnostics (docs/optimizers/README.md §2), a fast
-form of the non-finite check and a shared scratch buffer. The rules: docs/optimizers/dadaptation.md and
-docs/optimizers/prodigy.md.
+(docs/optimizers/README.md §4), the ``d`` / ``d_lr`` diagnostics (docs/optimizers/README.md §2) and a
+fast form of the non-finite check; the per-tensor operations of the eager steps (scratch buffers, the
+moment updates, per-member scales) are in ``optimizers._dadapt_ops``. The rules:
+docs/optimizers/dadaptation.md and docs/optimizers/prodigy.md.
 
-Speed notes (issue 4): on CPU, every out-of-place ``torch._foreach_*`` op allocates a parameter-sized
-temporary for *every* tensor at once; glibc hands such a >32 MB block back to the kernel when it is
-freed (``M_TRIM_THRESHOLD``), so the next step page-faults it in again (about 25k faults and half the
-step time on a 9.4M-parameter MLP). The modules therefore compute their temporaries one tensor at a
-time into ``scratch_like`` views (``out=``) of one buffer kept across steps (a workspace, not state),
-and keep the state updates as in-place ``_foreach_*`` ops, which allocate nothing. The non-finite
-check (``optimizers._common``'s policy, unchanged) costs no pass of its own once the state exists: it
-reads the first per-tensor reduction over the gradients that the step computes anyway, before any
-change (``can_fuse_check``), and falls back to the exact inf-norm check only when that reduction is not
-finite; elsewhere it is ``optimizers._common.skip_if_nonfinite`` (its own pass over the gradients). Every
-elementwise op and every reduction keeps the packages' kernels and order (l1 norms as ``abs().sum()``).
+The non-finite check (``optimizers._common``'s policy, unchanged) costs no pass of its own once the
+state exists: it reads the first per-tensor reduction over the gradients that the step computes anyway,
+before any change (``can_fuse_check``), and falls back to the exact inf-norm check only when that
+reduction is not finite; elsewhere it is ``optimizers._common.skip_if_nonfinite`` (its own pass over the
+gradients).
 """
 
 from __future__ import annotations
@@ -39,20 +34,22 @@ from optimizers._common import (
     host_floats,
     skip_if_nonfinite,
 )
+from optimizers._dadapt_ops import add_scaled, every_member, host_values_after
+from optimizers._dadapt_ops import scratch_like as scratch_like  # re-exported: the tests' import
 from optimizers._runs import (
-    add_scaled_,
     host_map,
     host_values,
     member_values,
     members_step,
     only_members,
-    total,
+    select,
 )
 
 __all__ = [
     "AdamForm",
     "add_coupled_decay",
     "all_reduce_sum",
+    "any_member",
     "batched_lr",
     "bias_correction",
     "can_fuse_check",
@@ -63,14 +60,14 @@ __all__ = [
     "foreach_dot",
     "group_grads",
     "grads_or_skip",
+    "grads_to_check",
     "host_floats",
     "max_lr",
-    "moment_updates",
+    "moved_values",
     "scratch_like",
     "shared_lr",
     "skip_if_reduction_nonfinite",
     "uses_fsdp",
-    "workspace",
 ]
 
 GroupGrads = list[tuple[list[torch.Tensor], list[torch.Tensor]]]
@@ -143,12 +140,27 @@ def finish_step(
     """The bookkeeping of a step that moved: ``scalars`` (the new d and its sums) into every group, each
     parameter's ``step`` and every group's ``k`` (from group 0's ``k`` at the start) + 1; in a batched
     run only for the members in the mask ``moved`` (the others took the early return)."""
-    inc = 1 if moved is True else torch.as_tensor(moved)
+    every = moved is True or moved.all()  # adding 1 to every member skips a host-to-tensor copy
+    inc = 1 if every else torch.as_tensor(moved)
     for group, (ps, _) in zip(opt.param_groups, pgs, strict=True):
         group.update(scalars)
         for p in ps:
             opt.state[p]["step"] += inc
-        group["k"] = k + (1 if moved is True else moved)
+        group["k"] = k + (1 if every else moved)
+
+
+def any_member(mask: Any) -> bool:
+    """``np.any(mask)`` for a run alone's bool or a batched run's mask, without ``np.any``'s dispatch."""
+    return bool(mask.any()) if isinstance(mask, np.ndarray) else bool(mask)
+
+
+def moved_values(moved: Any, new: Any, old: Any) -> Any:
+    """``select(moved, new, old)``: the new scalars of the members that moved, the old ones of the others;
+    ``new`` itself when every member moved (group scalars are replaced, never written in place)."""
+    if isinstance(new, np.ndarray) and isinstance(moved, np.ndarray) and isinstance(old, np.ndarray):
+        if new.shape == moved.shape and new.dtype == old.dtype and moved.all():
+            return new  # what ``np.where`` would return, without the copy
+    return select(moved, new, old)
 
 
 def batched_lr(lr: Any, d0: Any, runs: int | None, fused: bool, fsdp: bool) -> tuple[float, Any, Any]:
@@ -206,28 +218,6 @@ def all_reduce_sum(values: Sequence[float], device: torch.device) -> list[float]
     return buf.tolist()
 
 
-def scratch_like(
-    tensors: Sequence[torch.Tensor], cache: dict[Any, torch.Tensor] | None = None, tag: str = ""
-) -> list[torch.Tensor]:
-    """Views shaped like each tensor into ONE buffer per (device, dtype, tag), as large as the largest.
-
-    The views alias one another: finish with one tensor's temporary before using the next view. With
-    ``cache`` (a workspace dict the optimizer keeps outside its state) the buffer is reused across
-    steps, so it is not page-faulted in again each step; its contents never outlive a step.
-    """
-    if any(isinstance(t, DTensor) for t in tensors):  # FSDP shards: no flat buffer to view them in
-        return [torch.empty_like(t) for t in tensors]
-    sizes: dict[tuple[torch.device, torch.dtype, str], int] = {}
-    for t in tensors:
-        key = (t.device, t.dtype, tag)
-        sizes[key] = max(sizes.get(key, 0), t.numel())
-    bufs = {} if cache is None else cache
-    for key, n in sizes.items():
-        if key not in bufs or bufs[key].numel() < n:
-            bufs[key] = torch.empty(n, device=key[0], dtype=key[1])
-    return [bufs[(t.device, t.dtype, tag)][: t.numel()].view(t.shape) for t in tensors]
-
-
 def can_fuse_check(
     pgs: GroupGrads, groups: Sequence[dict[str, Any]], state: Any, key: str, covers: Callable[[dict], bool]
 ) -> bool:
@@ -252,23 +242,25 @@ def grads_or_skip(
     """The start of a step under the non-finite policy: the gradients per group (``group_grads``), all of
     them, and whether the check is left to the step's reductions (``can_fuse_check`` with ``key`` and
     ``covers``; the step then calls ``skip_if_reduction_nonfinite``); otherwise the exact check runs here,
-    and None means the step is skipped (counted in every group). A batched run (``opt.runs``) leaves the
-    check to ``members_step``."""
+    and None means the step is skipped (counted in every group). A batched run (``opt.runs``) applies the
+    policy per member in ``members_step``, which need not read the gradients when such reductions, taken
+    before it, are finite (``grads_to_check``)."""
     groups = opt.param_groups
     pgs = group_grads(groups)
     grads = [g for _, gs in pgs for g in gs]
-    if getattr(opt, "runs", None) is not None:
-        return pgs, grads, False  # the policy applies per member, in ``members_step``
     check_later = can_fuse_check(pgs, groups, opt.state, key, covers)
+    if getattr(opt, "runs", None) is not None:
+        return pgs, grads, check_later
     if not check_later and skip_if_nonfinite(grads, *groups):
         return None
     return pgs, grads, check_later
 
 
-def workspace(opt: torch.optim.Optimizer) -> dict[Any, torch.Tensor]:
-    """``opt``'s scratch buffers for :func:`scratch_like`, reused across steps (dead between steps, so
-    not state: ``state_dict`` never holds them)."""
-    return opt.__dict__.setdefault("_scratch", {})
+def grads_to_check(grads: list[torch.Tensor], early: tuple[Any, np.ndarray] | None) -> list[torch.Tensor]:
+    """The gradients ``members_step`` must check in a batched step: none when ``early``'s host values, of
+    reductions over every gradient element taken before any change (``can_fuse_check``), are all finite,
+    since a NaN or an infinity in a member's gradient makes its sums NaN or infinite; else all of them."""
+    return [] if early is not None and np.isfinite(early[1]).all() else grads
 
 
 def skip_if_reduction_nonfinite(
@@ -277,71 +269,6 @@ def skip_if_reduction_nonfinite(
     """The non-finite policy given host values of reductions over every gradient (``can_fuse_check``):
     False when they are all finite; otherwise the exact check decides (and counts a skip)."""
     return not all(math.isfinite(v) for v in values) and skip_if_nonfinite(grads, *counters)
-
-
-CHUNK = 1 << 20  # elements per chunk (4 MB in float32): the arrays of one chunk stay in cache
-
-
-def moment_updates(
-    ms: Sequence[torch.Tensor] | None,
-    vs: Sequence[torch.Tensor],
-    ss: Sequence[torch.Tensor],
-    gs: Sequence[torch.Tensor],
-    gss: Sequence[torch.Tensor],
-    coefs: tuple[tuple[Any, Any], tuple[Any, Any], tuple[Any, Any]],
-    scratch: Sequence[torch.Tensor],
-    runs: int | None = None,
-) -> list[torch.Tensor]:
-    """In place, with ``coefs = ((b1, a1), (b2, a2), (b3, a3))``: ``m <- m b1 + a1 g`` (skipped when
-    ``ms`` is None), ``v <- v b2 + a2 g g`` (``addcmul_``), ``s <- s b3 + a3 gs``, as the packages'
-    ``mul_(b).add_(g, alpha=a)`` (the same kernels, so the same bits); returns ``s.abs().sum()`` per
-    tensor, ``abs`` written into ``scratch`` (``scratch_like(ss)``).
-
-    Small tensors are updated together with ``_foreach_*`` ops; a large contiguous tensor (all its
-    arrays the same size) chunk by chunk, all six ops on one chunk while it is in cache, which saves
-    memory traffic. Elementwise ops give the same bits in any order; each sum is still one
-    ``.sum()`` over the whole tensor.
-
-    Batched runs (``runs``, docs/optimizers/README.md §6): ``a1``, ``a2`` and ``a3`` may be R values
-    (``add_scaled_``), the sums are per member, and no tensor is chunked (a chunk would cut members).
-    """
-    (b1, a1), (b2, a2), (b3, a3) = coefs
-
-    def update(m: list[torch.Tensor], v: list[torch.Tensor], s: list[torch.Tensor], g, gsl) -> None:
-        if ms is not None:
-            torch._foreach_mul_(m, b1)
-            add_scaled_(m, g, a1)
-        torch._foreach_mul_(v, b2)
-        if isinstance(a2, np.ndarray):  # Prodigy's d^2 (1 - beta2), per member
-            add_scaled_(v, torch._foreach_mul(g, g), a2)
-        else:
-            torch._foreach_addcmul_(v, g, g, value=a2)
-        torch._foreach_mul_(s, b3)
-        add_scaled_(s, gsl, a3)
-
-    lists = [vs, ss, gs, gss, scratch] + ([ms] if ms is not None else [])
-    big = [
-        i
-        for i in range(len(vs))
-        if runs is None
-        and vs[i].numel() >= 2 * CHUNK
-        and all(t[i].is_contiguous() and t[i].numel() == vs[i].numel() for t in lists)
-    ]
-    small = [i for i in range(len(vs)) if i not in set(big)]
-    out: list[torch.Tensor | None] = [None] * len(vs)
-    if small:
-        pick = [[t[i] for i in small] for t in lists]
-        update(pick[5] if ms is not None else [], *pick[:4])
-        for i, s, t in zip(small, pick[1], pick[4], strict=True):
-            out[i] = total(torch.abs(s, out=t), runs)
-    for i in big:
-        flats = [t[i].view(-1) for t in lists]
-        for a in range(0, flats[0].numel(), CHUNK):
-            v, s, g, gsl, t, *m = (f[a : a + CHUNK] for f in flats)
-            update(m, [v], [s], [g], [gsl])
-            torch.abs(s, out=t)
-        out[i] = scratch[i].sum()
-    return [t for t in out if t is not None]
 
 
 class AdamForm(torch.optim.Optimizer):
@@ -365,8 +292,10 @@ class AdamForm(torch.optim.Optimizer):
 
     Batched runs (``runs``, docs/optimizers/README.md §6) take these same eager steps: host values are
     ``[T, R]`` rows and the scalars R values (``optimizers._runs``), ``members_step`` applies the
-    non-finite policy per member, and ``_host_update`` may add ``"moved"``, the mask of the members that
-    move (the others took the package's early return: their parameters are put back).
+    non-finite policy per member (where the dots cover every gradient, step 2 runs before it, and it
+    reads the gradients only when they are not finite: ``grads_to_check``), and ``_host_update`` may add
+    ``"moved"``, the mask of the members that move (the others took the package's early return: their
+    parameters are put back).
     """
 
     fused: bool
@@ -376,25 +305,43 @@ class AdamForm(torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         start = self._begin()
-        if start is not None:
-            with members_step(self, start[1]):
-                (self._fused_step if self._use_fused() else self._eager_step)(*start)
+        if start is None:
+            return loss
+        pgs, grads, check_later, sc = start
+        if self._use_fused():
+            self._fused_step(*start)
+            return loss
+        # batched, dots that cover every gradient are taken first: finite, members_step skips its check
+        early = self._all_dots(pgs, sc, True) if self.runs is not None and check_later else None
+        with members_step(self, grads_to_check(grads, early)):
+            self._eager_step(pgs, grads, check_later, sc, early)
         return loss
 
     def _use_fused(self) -> bool:
         return self.fused
 
-    def _eager_step(self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any) -> None:
-        """Steps 2-5 of the class docstring."""
-        groups = self.param_groups
+    def _all_dots(self, pgs: GroupGrads, sc: Any, to_host: bool) -> tuple[Tensors, Any]:
+        """Step 2 of the class docstring: the coupled decay and every group's dots, and (``to_host``)
+        their host values."""
         dots: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
+        for group, (ps, gs) in zip(self.param_groups, pgs, strict=True):
             add_coupled_decay(group, ps, gs, sc.decouple)
             if group["lr"] > 0.0 and ps:
                 dots += self._dots(group, ps, gs)
-        dot_values = host_values(dots, self.runs)
-        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return
+        return dots, host_values(dots, self.runs) if to_host else None
+
+    def _eager_step(
+        self, pgs: GroupGrads, grads: list[torch.Tensor], check_later: bool, sc: Any, early: Any = None
+    ) -> None:
+        """Steps 2-5 of the class docstring; ``early``: step 2 taken already (a batched step's)."""
+        groups = self.param_groups
+        if early is None:
+            # the dots go to the host now only when the non-finite check rides on them; else with the l1s
+            dots, dot_values = self._all_dots(pgs, sc, check_later)
+            if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+                return
+        else:
+            dots, dot_values = early
 
         l1s: list[torch.Tensor] = []
         weights: list[float] = []  # of each tensor's dot and l1 terms
@@ -402,15 +349,16 @@ class AdamForm(torch.optim.Optimizer):
             if group["lr"] > 0.0 and ps:
                 l1s += self._moments(group, ps, gs, sc)
                 weights += [self._weight(group, sc)] * len(ps)
-        update = self._host_update(sc, pgs, weights, dot_values, host_values(l1s, self.runs))
+        dot_values, l1_values = host_values_after(dots, dot_values, l1s, self.runs)
+        update = self._host_update(sc, pgs, weights, dot_values, l1_values)
         if update is None:
             return
-        moved = update.pop("moved", True)
+        moved = every_member(update.pop("moved", True))
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if ps:
                 with only_members(moved, ps):
                     if group["weight_decay"] != 0 and sc.decouple:
-                        add_scaled_(ps, ps, -group["weight_decay"] * sc.dlr)
+                        add_scaled(ps, ps, -group["weight_decay"] * sc.dlr)
                     self._move(group, ps, gs, sc, update)
         finish_step(self, pgs, sc.k, update, moved)
 

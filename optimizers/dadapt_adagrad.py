@@ -28,10 +28,9 @@ from optimizers._dadapt_common import (
     d_diagnostics,
     group_grads,
     host_floats,
-    scratch_like,
     skip_if_reduction_nonfinite,
-    workspace,
 )
+from optimizers._dadapt_ops import scratch
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -170,7 +169,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
                 continue
             states = [self.state[p] for p in dense]
             alphas = [st["alphak"] for st in states]
-            ts = scratch_like(alphas, workspace(self))
+            ts = scratch(self, alphas)
             for p, a, st, t in zip(dense, alphas, states, ts, strict=True):
                 torch.sqrt(a, out=t)
                 t.add_(eps)
@@ -195,7 +194,7 @@ class DAdaptAdaGrad(torch.optim.Optimizer):
         for st in states:
             _forget_last_sksq(st)  # the fused path's, stale once a and s change
         alphas, sks = [st["alphak"] for st in states], [st["sk"] for st in states]
-        t1s, t2s = scratch_like(sks, workspace(self)), scratch_like(sks, workspace(self), "terms")
+        t1s, t2s = scratch(self, sks), scratch(self, sks, "terms")
         rows = []
         for g, a, sk, t1, t2 in zip(dgs, alphas, sks, t1s, t2s, strict=True):
             torch.sqrt(a, out=t1)

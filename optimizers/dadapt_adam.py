@@ -21,6 +21,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    any_member,
     batched_lr,
     bias_correction,
     check_growth_rate,
@@ -29,14 +30,12 @@ from optimizers._dadapt_common import (
     first_device,
     grads_or_skip,
     max_lr,
-    moment_updates,
-    scratch_like,
+    moved_values,
     shared_lr,
     uses_fsdp,
-    workspace,
 )
+from optimizers._dadapt_ops import dot_into, member_dots, moment_updates, scratch, whole_list
 from optimizers._runs import check_runs, larger, member_scalars, scalar_text, select, smaller
-from optimizers._runs import dots as _dots
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)
@@ -187,15 +186,19 @@ class DAdaptAdam(AdamForm):
         return pgs, grads, check_later, sc
 
     def _dots(self, group: Group, ps: Tensors, gs: Tensors) -> Tensors:
-        """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, one tensor at a time in
-        scratch (docs/optimizers/dadaptation.md §2.2)."""
+        """``<g, s / (sqrt(v) + eps)>`` per tensor with s_k, v_k before the update, whole-list or one tensor
+        at a time in scratch (``whole_list``; docs/optimizers/dadaptation.md §2.2)."""
         eps, dots = group["eps"], []
         ss, vs = ([self.state[p][key] for p in ps] for key in ("s", "exp_avg_sq"))
-        for g, s_, v, t in zip(gs, ss, vs, scratch_like(vs, workspace(self)), strict=True):
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, eps)
+            return member_dots(gs, torch._foreach_div(ss, ts), self.runs)
+        for g, s_, v, t in zip(gs, ss, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)
             torch.div(s_, t, out=t)
-            dots += _dots([g], [t], self.runs)
+            dots.append(dot_into(g, t, self.runs))
         return dots
 
     @staticmethod
@@ -210,7 +213,7 @@ class DAdaptAdam(AdamForm):
         states = [self.state[p] for p in ps]
         ss, ms, vs = ([st[key] for st in states] for key in ("s", "exp_avg", "exp_avg_sq"))
         coefs = self._coefs(sc, group["layer_scale"])
-        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch_like(ss, workspace(self)), self.runs)
+        return moment_updates(ms, vs, ss, gs, gs, coefs, scratch(self, ss), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot and l1 terms: its ``layer_scale`` r
@@ -246,10 +249,10 @@ class DAdaptAdam(AdamForm):
         else:
             global_numerator = numerator
         moved = sk_l1 != 0
-        if not np.any(moved):
+        if not any_member(moved):
             return None
         d_hat = d
-        if np.any(sc.lr > 0.0):
+        if any_member(sc.lr > 0.0):
             d_hat = select(sc.lr > 0.0, global_numerator / ((1 - sqrt_beta2) * sk_l1), d)
             d = larger(d, smaller(d_hat, d * growth_rate))
 
@@ -258,7 +261,10 @@ class DAdaptAdam(AdamForm):
                 f"lr: {sc.lr} dlr: {dlr} d_hat: {d_hat}, d: {d}. sk_l1={scalar_text(sk_l1, '1.1e')} "
                 f"numerator_weighted={scalar_text(global_numerator, '1.1e')}"
             )
-        update = {"numerator_weighted": select(moved, numerator, sc.numerator), "d": select(moved, d, sc.d)}
+        update = {
+            "numerator_weighted": moved_values(moved, numerator, sc.numerator),
+            "d": moved_values(moved, d, sc.d),
+        }
         return update if self.runs is None else {**update, "moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
@@ -267,7 +273,12 @@ class DAdaptAdam(AdamForm):
         eps = group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
-        for p, st, v, t in zip(ps, states, vs, scratch_like(vs, workspace(self)), strict=True):
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, eps)
+            torch._foreach_addcdiv_(ps, [st["exp_avg"] for st in states], ts, value=-1)
+            return
+        for p, st, v, t in zip(ps, states, vs, scratch(self, vs), strict=True):
             torch.sqrt(v, out=t)
             t.add_(eps)
             p.addcdiv_(st["exp_avg"], t, value=-1)

@@ -25,23 +25,25 @@ from optimizers._common import (
 )
 from optimizers._dadapt_common import (
     all_reduce_sum,
+    any_member,
     batched_lr,
     can_fuse_check,
     check_growth_rate,
     coupled_decay,
     d_diagnostics,
     first_device,
+    grads_to_check,
     group_grads,
     host_floats,
     max_lr,
+    moved_values,
     shared_lr,
     skip_if_reduction_nonfinite,
     uses_fsdp,
 )
+from optimizers._dadapt_ops import add_scaled, every_member, host_values_after, member_dots
 from optimizers._runs import (
-    add_scaled_,
     check_runs,
-    dots,
     host_values,
     larger,
     member_scalars,
@@ -173,39 +175,54 @@ class DAdaptSGD(torch.optim.Optimizer):
         grads = [g for _, gs in pgs for g in gs]
         g0 = groups[0]
         # The non-finite check rides on the dots <g, s> when they cover every gradient (see helper); a
-        # batched run applies it per member (``members_step``).
+        # batched run applies it per member (``members_step``), after those dots when every member starts.
         no_decay, alone = g0["weight_decay"] == 0, self.runs is None
-        fused = alone and can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
-        if alone and not fused and skip_if_nonfinite(grads, *groups):
+        covered = can_fuse_check(pgs, groups, self.state, "z", lambda grp: no_decay and grp["lr"] > 0)
+        if alone and not covered and skip_if_nonfinite(grads, *groups):
             return loss
         host = self._begin(pgs)
-        if host is not None:
-            with members_step(self, grads, host.started):
-                self._eager_step(pgs, grads, host, fused)
+        if host is None:
+            return loss
+        first = not alone and covered and every_member(host.started) is True
+        early = self._all_dots(pgs, True) if first else None
+        with members_step(self, grads_to_check(grads, early), host.started):
+            self._eager_step(pgs, grads, host, covered and alone, early)
         return loss
 
-    def _eager_step(self, pgs: list, grads: list[torch.Tensor], host: _Host, check_later: bool) -> None:
-        """docs/optimizers/dadaptation.md §2.1 steps 2-7, a run alone or every member of a batched one."""
-        groups, runs = self.param_groups, self.runs
-        decay, ck = groups[0]["weight_decay"], 1 - groups[0]["momentum"]
-        sums: list[torch.Tensor] = []
-        for group, (ps, gs) in zip(groups, pgs, strict=True):
+    def _all_dots(self, pgs: list, to_host: bool) -> tuple[list[torch.Tensor], Any]:
+        """The coupled decay written into ``p.grad`` and ``<g_k, s_k>`` per tensor at lr > 0 (s before the
+        update), with their host values when ``to_host``."""
+        decay, sums = self.param_groups[0]["weight_decay"], []
+        for group, (ps, gs) in zip(self.param_groups, pgs, strict=True):
             if decay != 0 and ps:
                 torch._foreach_add_(gs, ps, alpha=decay)
             if group["lr"] > 0.0:
-                sums += dots(gs, [self.state[p]["s"] for p in ps], runs)  # <g_k, s_k>, s before the update
-        dot_values = host_values(sums, runs)
-        if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
-            return
+                sums += member_dots(gs, [self.state[p]["s"] for p in ps], self.runs)
+        return sums, host_values(sums, self.runs) if to_host else None
+
+    def _eager_step(
+        self, pgs: list, grads: list[torch.Tensor], host: _Host, check_later: bool, early: Any = None
+    ) -> None:
+        """docs/optimizers/dadaptation.md §2.1 steps 2-7, a run alone or every member of a batched one;
+        ``early``: step 2's ``_all_dots`` taken already (a batched step's)."""
+        groups, runs = self.param_groups, self.runs
+        ck = 1 - groups[0]["momentum"]
+        if early is None:
+            sums, dot_values = self._all_dots(pgs, check_later)  # else with the ||s||^2 terms
+            if check_later and skip_if_reduction_nonfinite(dot_values, grads, *groups):
+                return
+        else:
+            sums, dot_values = early
 
         sqs: list[torch.Tensor] = []
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
-                add_scaled_(ss, gs, host.dlr)
-                sqs += dots(ss, ss, runs)
-        moved = self._update_d(host, dot_values, _sum(host_values(sqs, runs)))
-        if not np.any(moved):
+                add_scaled(ss, gs, host.dlr)
+                sqs += member_dots(ss, ss, runs)
+        dot_values, sq_values = host_values_after(sums, dot_values, sqs, runs)
+        moved = every_member(self._update_d(host, dot_values, _sum(sq_values)))
+        if not any_member(moved):
             return
 
         for ps, _ in pgs:
@@ -230,9 +247,11 @@ class DAdaptSGD(torch.optim.Optimizer):
         fsdp = uses_fsdp(g0["fsdp_in_use"], (ps for ps, _ in pgs))
         device = first_device(pgs)
         first = g0["k"] == 0
-        g0_norm = select(first, self._g0_norm(pgs, fsdp, device) if np.any(first) else 0.0, g0.get("g0_norm"))
+        g0_norm = g0.get("g0_norm")  # no member's first step: the stored norms themselves
+        if any_member(first):
+            g0_norm = select(first, self._g0_norm(pgs, fsdp, device), g0_norm)
         started = g0_norm != 0
-        if not np.any(started):
+        if not any_member(started):
             return None
         for ps, _ in pgs:
             for p in ps:
@@ -264,9 +283,9 @@ class DAdaptSGD(torch.optim.Optimizer):
         else:
             global_numerator = numerator
         moved = sk_sq != 0
-        if not np.any(moved):
+        if not any_member(moved):
             return False
-        if np.any(host.lr > 0.0):
+        if any_member(host.lr > 0.0):
             d_hat = select(host.lr > 0.0, 2 * global_numerator / _sqrt(sk_sq), d)
             d = larger(d, smaller(d_hat, d * g0["growth_rate"]))
 
@@ -277,7 +296,8 @@ class DAdaptSGD(torch.optim.Optimizer):
                 f"numerator_weighted={global_numerator} g0_norm={host.g0_norm}"
             )
         new = [
-            select(moved, value, was) for value, was in zip((numerator, d, host.g0_norm), old, strict=True)
+            moved_values(moved, value, was)
+            for value, was in zip((numerator, d, host.g0_norm), old, strict=True)
         ]
         for group in self.param_groups:
             group["numerator_weighted"], group["d"], group["g0_norm"] = new
@@ -288,7 +308,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         """``||g_0||`` over groups with lr > 0, before weight decay (the package's add is not in place)."""
         runs = self.runs
         gs = [g for (_, gs), grp in zip(pgs, self.param_groups, strict=True) if grp["lr"] > 0 for g in gs]
-        g_sq = _sum(host_values(dots(gs, gs, runs), runs))
+        g_sq = _sum(host_values(member_dots(gs, gs, runs), runs))
         if fsdp:
             (g_sq,) = all_reduce_sum([g_sq], device)
         return _sqrt(g_sq)

@@ -6,7 +6,7 @@ Exact rule: docs/optimizers/prodigy.md §2.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -27,6 +27,7 @@ from optimizers._dadapt_common import (
     Tensors,
     add_coupled_decay,
     all_reduce_sum,
+    any_member,
     batched_lr,
     bias_correction,
     check_growth_rate,
@@ -35,14 +36,13 @@ from optimizers._dadapt_common import (
     first_device,
     grads_or_skip,
     max_lr,
-    moment_updates,
-    scratch_like,
+    moved_values,
     shared_lr,
     uses_fsdp,
-    workspace,
 )
-from optimizers._runs import check_runs, dots, larger, member_scalars, member_values, select, smaller
-from optimizers._runs import per_member as _per_member
+from optimizers._dadapt_ops import dot_into, member_scales, moment_updates, scratch, whole_list
+from optimizers._prodigy_fused import PRODIGY_MOVE, SUMS, UPDATE
+from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
 from optimizers.registry import register
 
 
@@ -228,10 +228,10 @@ class Prodigy(AdamForm):
         where p0 - xs = -xs broadcasts (docs/optimizers/prodigy.md §2)."""
         slice_p, runs, out = group["slice_p"], self.runs, []
         xsl = [_sliced(p, slice_p, runs) for p in ps]
-        ts = scratch_like(xsl, workspace(self))
+        ts = scratch(self, xsl)
         for g, x, p, t in zip(gs, xsl, ps, ts, strict=True):
             torch.sub(self.state[p]["p0"], x, out=t)
-            out += dots([_sliced(g, slice_p, runs)], [t], runs)
+            out.append(dot_into(_sliced(g, slice_p, runs), t, runs))
         return out
 
     @staticmethod
@@ -249,7 +249,7 @@ class Prodigy(AdamForm):
         vs, ss = [st["exp_avg_sq"] for st in states], [st["s"] for st in states]
         gsl = [_sliced(g, group["slice_p"], self.runs) for g in gs]
         coefs = self._coefs(sc, group)
-        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch_like(ss, workspace(self)), self.runs)
+        return moment_updates(ms, vs, ss, gs, gsl, coefs, scratch(self, ss), self.runs)
 
     def _weight(self, group: Group, sc: _Scalars) -> float:
         """The weight of the group's dot terms: ``d / d0`` with the group's d0
@@ -278,7 +278,7 @@ class Prodigy(AdamForm):
         d_denom = sum(l1_values)  # batched: the rows in tensor order, as a run alone's sum
 
         moved = (d_denom != 0) | sc.fsdp
-        if not np.any(moved):
+        if not any_member(moved):
             return None
         if sc.fsdp:
             delta_numerator, d_denom = all_reduce_sum([delta_numerator, d_denom], first_device(pgs))
@@ -296,7 +296,7 @@ class Prodigy(AdamForm):
         update = {"d_numerator": d_numerator, "d_denom": d_denom, "d": d, "d_max": d_max, "d_hat": d_hat}
         if self.runs is None:
             return update
-        return {k: select(moved, v, g0[k]) for k, v in update.items()} | {"moved": moved}
+        return {k: moved_values(moved, v, g0[k]) for k, v in update.items()} | {"moved": moved}
 
     def _move(self, group: Group, ps: Tensors, gs: Tensors, sc: _Scalars, update: dict[str, float]) -> None:
         """After the decoupled decay (``AdamForm``): ``x <- x - dlr m / (sqrt(v) + d eps)`` with the new d
@@ -304,13 +304,24 @@ class Prodigy(AdamForm):
         d, eps = update["d"], group["eps"]
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
-        ts = scratch_like(vs, workspace(self))
         step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
-        for p, g, st, v, t in zip(ps, gs, states, vs, ts, strict=True):
+        d_eps, scales = member_scales(d * eps, vs), member_scales(step, ps)  # the new d
+        if whole_list(vs):
+            ts = torch._foreach_sqrt(vs)
+            torch._foreach_add_(ts, d_eps)
+            us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
+            if isinstance(scales[0], float):
+                torch._foreach_addcdiv_(ps, us, ts, scales)
+            else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
+                steps = torch._foreach_mul(us, scales)
+                torch._foreach_div_(steps, ts)
+                torch._foreach_add_(ps, steps)
+            return
+        ts = scratch(self, vs)
+        for p, g, st, v, t, de, scale in zip(ps, gs, states, vs, ts, d_eps, scales, strict=True):
             torch.sqrt(v, out=t)
-            t.add_(_per_member(d * eps, t))  # the new d
+            t.add_(de)
             u = st["exp_avg"] if sc.beta1 > 0 else g
-            scale = _per_member(step, p)
             if isinstance(scale, float):
                 p.addcdiv_(u, t, value=scale)
             else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
@@ -346,8 +357,8 @@ class Prodigy(AdamForm):
             zero = [i for i, p0 in enumerate(p0s) if p0.dim() == 0]
             out: list[Any] = [None] * len(ps)
             for idx, kern, tl in (
-                (full, _SUMS[coupled, False], [gs, ps, p0s, ss]),
-                (zero, _SUMS[coupled, True], [gs, ps, ss]),
+                (full, SUMS[coupled, False], [gs, ps, p0s, ss]),
+                (zero, SUMS[coupled, True], [gs, ps, ss]),
             ):
                 scalars = (group["weight_decay"], sc.beta3, alpha)
                 res = _fused.per_tensor(kern, [[t[i] for i in idx] for t in tl], *scalars)
@@ -366,14 +377,14 @@ class Prodigy(AdamForm):
             (b1, a1), (b2, a2), (b3, alpha) = self._coefs(sc, group)
             x_decay = -decay * sc.dlr if sc.decouple else 0.0
             scalars = (b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d * group["eps"])
-            _fused.per_tensor(_UPDATE[coupled, sc.beta1 > 0], lists, *scalars)
+            _fused.per_tensor(UPDATE[coupled, sc.beta1 > 0], lists, *scalars)
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if ps and group["lr"] == 0.0:  # the move alone, with the old moments (g with beta1 = 0)
                 states = [self.state[p] for p in ps]
                 us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
                 vs = [st["exp_avg_sq"] for st in states]
                 x_decay = -group["weight_decay"] * sc.dlr if sc.decouple else 0.0
-                _fused.per_tensor(_prodigy_move, [ps, us, vs], x_decay, step, d * group["eps"])
+                _fused.per_tensor(PRODIGY_MOVE, [ps, us, vs], x_decay, step, d * group["eps"])
         finish_step(self, pgs, sc.k, update)
 
 
@@ -401,7 +412,8 @@ def _sliced(t: torch.Tensor, slice_p: int, runs: int | None) -> torch.Tensor:
         if slice_p != 1:  # every slice_p-th element of the whole tensor is no rank-local slice
             raise ValueError(f"slice_p={slice_p} on FSDP-sharded parameters: only slice_p=1 is exact there")
         return t
-    return t.reshape(-1)[::slice_p] if runs is None else t.reshape(runs, -1)[:, ::slice_p]
+    flat = t.reshape(-1) if runs is None else t.reshape(runs, -1)
+    return flat if slice_p == 1 else flat[..., ::slice_p]  # every element: no slice to make
 
 
 def _ratio(num: Any, den: Any) -> Any:
@@ -415,63 +427,3 @@ def _ratio(num: Any, den: Any) -> Any:
 def _contiguous(p: torch.Tensor) -> bool:
     """Whether ``p`` and its gradient (if any) are contiguous (the fused kernels take flat views)."""
     return p.is_contiguous() and (p.grad is None or p.grad.is_contiguous())
-
-
-# Scalars enter as ``tensor * float`` products: an ``alpha=``/``value=`` keyword would specialise the
-# float (a recompilation whenever d changes). Each variant (coupled decay, beta1 > 0, scalar p0) is a
-# kernel of its own: a bool argument would make compiled variants of one kernel, and dynamo allows few.
-
-
-def _sums_rule(coupled: bool, zero_p0: bool) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """Pass 1, read-only: ``<g, p0 - x>`` and ``||b3 s + alpha g||_1`` (the new s), with ``g + decay x``
-    when ``coupled``; ``zero_p0``: the tensor's p0 is the scalar 0 (no p0 argument)."""
-
-    def rule(g: torch.Tensor, x: torch.Tensor, *rest: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        if zero_p0:
-            s, decay, b3, alpha = rest
-            diff = 0.0 - x  # as the eager ``torch.sub(p0, x)`` with a 0-dim p0 = 0
-        else:
-            p0, s, decay, b3, alpha = rest
-            diff = p0 - x
-        if coupled:
-            g = g + x * decay
-        return (g * diff).sum(), (s * b3 + g * alpha).abs().sum()
-
-    rule.__name__ = rule.__qualname__ = (
-        f"prodigy_sums{'_coupled' if coupled else ''}{'_zero_p0' if zero_p0 else ''}"
-    )
-    return rule
-
-
-def _move(
-    x: torch.Tensor, u: torch.Tensor, v: torch.Tensor, x_decay: float, step: float, d_eps: float
-) -> None:
-    """``x <- x + x_decay x - step u / (sqrt(v) + d eps)`` in place (u = m, or g when beta1 = 0)."""
-    x.add_(x * x_decay).sub_(u / (v.sqrt() + d_eps) * step)
-
-
-def _update_rule(coupled: bool, with_m: bool) -> Callable[..., None]:
-    """Pass 2 on ``g, x, s, v[, m]``: coupled decay into g (``p.grad``, as the eager path),
-    ``m <- b1 m + a1 g``, ``v <- b2 v + a2 g^2``, ``s <- b3 s + alpha g``, then the move along m (g
-    when beta1 = 0) with the updated v."""
-
-    def rule(g: torch.Tensor, x: torch.Tensor, s: torch.Tensor, v: torch.Tensor, *rest: Any) -> None:
-        m, rest = (rest[0], rest[1:]) if with_m else (None, rest)
-        b1, a1, decay, b2, a2, b3, alpha, x_decay, step, d_eps = rest
-        if coupled:
-            g.add_(x * decay)
-        if m is not None:
-            m.mul_(b1).add_(g * a1)
-        v.mul_(b2).add_(g * g * a2)
-        s.mul_(b3).add_(g * alpha)
-        _move(x, m if m is not None else g, v, x_decay, step, d_eps)
-
-    rule.__name__ = rule.__qualname__ = (
-        f"prodigy_update{'_coupled' if coupled else ''}{'_m' if with_m else ''}"
-    )
-    return rule
-
-
-_SUMS = {(c, z): _fused.kernel(_sums_rule(c, z)) for c in (False, True) for z in (False, True)}
-_UPDATE = {(c, m): _fused.kernel(_update_rule(c, m)) for c in (False, True) for m in (False, True)}
-_prodigy_move = _fused.kernel(_move)
