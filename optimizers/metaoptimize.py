@@ -80,6 +80,7 @@ from optimizers._metaoptimize_blocks import (
 )
 from optimizers._metaoptimize_config import GROUP_OVERRIDABLE, checked_defaults
 from optimizers._metaoptimize_fused import fused_block
+from optimizers._metaoptimize_runs import scaled
 from optimizers.registry import register
 
 META_KEY = "metaoptimize"
@@ -190,7 +191,6 @@ class MetaOptimize(torch.optim.Optimizer):
         """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (the scalars of
         :meth:`_base_scalars`; docs/optimizers/metaoptimize.md §3.1, §4.2, §10); a neutral scalar (0 added,
         division by 1) is an exact skip."""
-        scaled = _runs.foreach_scaled  # per-member scalars (batched, §11) member by member
         if np.any(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             s = scaled(torch._foreach_add, [v], s_in)
             torch._foreach_sqrt_(s)
@@ -215,7 +215,6 @@ class MetaOptimize(torch.optim.Optimizer):
         scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
         base = self.defaults["base"]
         scalars = self._base_scalars(a)
-        scaled = _runs.foreach_scaled  # a scalar per member (batched, §11): the same call member by member
         delta = scaled(torch._foreach_mul, [params], a * kappa)
         if base in ("sgdm", "lion"):
             m, rho = [s["m"] for s in states], scalars[-1]
@@ -385,7 +384,7 @@ class MetaOptimize(torch.optim.Optimizer):
             if track:
                 decay = d["gamma"] * (1.0 - kappa * a)
                 if np.any(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
-                    _runs.foreach_scaled(torch._foreach_mul_, [h], decay)
+                    scaled(torch._foreach_mul_, [h], decay)
                 torch._foreach_sub_(h, delta if trace is None else trace)
             torch._foreach_sub_(params, delta)
         if track:

@@ -1,0 +1,56 @@
+"""MetaOptimize's per-member scalars in foreach calls (batched runs, docs/optimizers/metaoptimize.md §11).
+
+A run alone passes Python floats; a batched group passes ``[R]`` arrays. :func:`scaled` turns an array
+into one call with a per-member tensor wherever that call rounds as the float call does on each member's
+slice: a product or a sum (one IEEE operation either way) and, on the CPU, a quotient and ``addcdiv``,
+whose CPU kernel computes ``x + (s a) / b``, three roundings (CUDA divides by a scalar through its
+reciprocal and fuses ``x + s (a / b)``). The rest goes member by member
+(:func:`optimizers._runs.foreach_scaled`): ``alpha=`` and ``addcmul`` (``x + (s a) b``), which the
+kernels round once as a fused multiply-add. Either way a member computes its run alone's bits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from optimizers import _runs
+
+# ops whose result with a broadcast per-member tensor equals, element by element, the op with a float
+_ONE_CALL = (torch._foreach_mul, torch._foreach_mul_, torch._foreach_add, torch._foreach_add_)
+
+
+
+def member_tensors(values: np.ndarray, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """``values`` (``[R]``) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over its member
+    slices, cast as a float is for that tensor (:func:`optimizers._runs.per_member`); one host-to-tensor
+    copy per distinct dtype, device and rank."""
+    made: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+    out = []
+    for t in like:
+        key = (t.dtype, t.device, t.dim())
+        if key not in made:
+            made[key] = _runs.per_member(values, t)
+        out.append(made[key])
+    return out
+
+
+def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: Any, key: str = "") -> Any:
+    """``op(*lists, scalar)`` (or ``op(*lists, key=scalar)``) with one scalar for every tensor: a float as it
+    is; per-member values (an ``[R]`` array) in one call where it rounds as the float call
+    (module docstring), else member by member."""
+    if not isinstance(scalar, np.ndarray):
+        return op(*lists, **{key: scalar}) if key else op(*lists, scalar)
+    cpu = all(t.device.type == "cpu" for t in lists[0])
+    if not key and (op in _ONE_CALL or (cpu and op is torch._foreach_div_)):
+        return op(*lists, member_tensors(scalar, lists[0]))
+    if key == "value" and cpu and op is torch._foreach_addcdiv_:
+        x, a, b = lists
+        term = torch._foreach_mul(a, member_tensors(scalar, a))  # s a, then / b, then x + it
+        torch._foreach_div_(term, b)
+        torch._foreach_add_(x, term)
+        return None
+    return _runs.foreach_scaled(op, lists, scalar, key)
