@@ -23,11 +23,10 @@ from optimizers import _runs
 _ONE_CALL = (torch._foreach_mul, torch._foreach_mul_, torch._foreach_add, torch._foreach_add_)
 
 
-
 def member_tensors(values: np.ndarray, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``values`` (``[R]``) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over its member
-    slices, cast as a float is for that tensor (:func:`optimizers._runs.per_member`); one host-to-tensor
-    copy per distinct dtype, device and rank."""
+    """``values`` (``[R]``) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over its
+    member slices, cast as a float is for that tensor (:func:`optimizers._runs.per_member`); one
+    host-to-tensor copy per distinct dtype, device and rank."""
     made: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
     out = []
     for t in like:
