@@ -37,10 +37,28 @@ def member_tensors(values: np.ndarray, like: Sequence[torch.Tensor]) -> list[tor
     return out
 
 
+def shared(values: Any) -> Any:
+    """Per-member values (an ``[R]`` array) that are one number bit for bit (``-0.0`` is not ``0.0``), e.g.
+    the bias corrections when no member has skipped a step, as that Python number: a call with it is the
+    call each member's run alone makes. Anything else as it is."""
+    if not isinstance(values, np.ndarray) or not len(values):
+        return values
+    raw = values.tobytes()
+    if raw != raw[: values.itemsize] * len(values):
+        return values
+    return values[0].item()
+
+
+def any_set(values: Any) -> bool:
+    """``np.any(values)`` for a float or an array, without numpy's overhead on a float."""
+    return bool(values.any()) if isinstance(values, np.ndarray) else bool(values)
+
+
 def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: Any, key: str = "") -> Any:
     """``op(*lists, scalar)`` (or ``op(*lists, key=scalar)``) with one scalar for every tensor: a float as it
-    is; per-member values (an ``[R]`` array) in one call where it rounds as the float call
-    (module docstring), else member by member."""
+    is; per-member values (an ``[R]`` array) as one float when they are one number (:func:`shared`), else
+    in one call where it rounds as the float call (module docstring), else member by member."""
+    scalar = shared(scalar)
     if not isinstance(scalar, np.ndarray):
         return op(*lists, **{key: scalar}) if key else op(*lists, scalar)
     cpu = all(t.device.type == "cpu" for t in lists[0])

@@ -80,7 +80,7 @@ from optimizers._metaoptimize_blocks import (
 )
 from optimizers._metaoptimize_config import GROUP_OVERRIDABLE, checked_defaults
 from optimizers._metaoptimize_fused import fused_block
-from optimizers._metaoptimize_runs import scaled
+from optimizers._metaoptimize_runs import any_set, scaled, shared
 from optimizers.registry import register
 
 META_KEY = "metaoptimize"
@@ -191,14 +191,14 @@ class MetaOptimize(torch.optim.Optimizer):
         """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (the scalars of
         :meth:`_base_scalars`; docs/optimizers/metaoptimize.md §3.1, §4.2, §10); a neutral scalar (0 added,
         division by 1) is an exact skip."""
-        if np.any(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+        if any_set(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             s = scaled(torch._foreach_add, [v], s_in)
             torch._foreach_sqrt_(s)
         else:  # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
             s = torch._foreach_sqrt(v)
-        if np.any(s_div != 1.0):
+        if any_set(s_div != 1.0):
             scaled(torch._foreach_div_, [s], s_div)
-        if np.any(s_out):
+        if any_set(s_out):
             scaled(torch._foreach_add_, [s], s_out)
         return s
 
@@ -257,8 +257,10 @@ class MetaOptimize(torch.optim.Optimizer):
         *v_ab, s_in, s_div, s_out]``, AdamW ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA
         weights ``x <- x_a x + x_b g``; docs/optimizers/metaoptimize.md §4.2)."""
         d, meta = self.defaults, self.state[META_KEY]
-        base, norm, t = d["base"], d["normalization"], meta["step"]
+        base, norm = d["base"], d["normalization"]
         rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]
+        # batched: one number while no member has skipped a step, so the host arithmetic stays scalar
+        t, lam_acc, rho_acc = shared(meta["step"]), shared(meta["lam_acc"]), shared(meta["rho_acc"])
         if base == "sgdm":
             return [a, rho]
         if base == "lion":
@@ -269,15 +271,15 @@ class MetaOptimize(torch.optim.Optimizer):
             b1, b2 = (1.0 - rho) / (1.0 - _power(rho, t)), (1.0 - lam) / (1.0 - _power(lam, t))
             m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
         elif norm == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
-            mu = (1.0 - lam) / (1.0 - meta["lam_acc"])
+            mu = (1.0 - lam) / (1.0 - lam_acc)
             m_ab, v_ab, s_in_div_out = [rho, 1.0], [lam, 1.0], [eps / mu, 1.0, 0.0]
             scale = 1.0 / _sqrt(mu)
         else:  # paper
             m_ab, v_ab = [rho, 1.0 - rho], [lam, 1.0 - lam]
-            s_in_div_out, scale = [0.0, _sqrt(1.0 - meta["lam_acc"]), eps], 1.0
+            s_in_div_out, scale = [0.0, _sqrt(1.0 - lam_acc), eps], 1.0
         if base == "rmsprop":
             return [a * scale, *v_ab, *s_in_div_out]
-        m_scale = scale / (1.0 - meta["rho_acc"]) if norm == "paper" else scale
+        m_scale = scale / (1.0 - rho_acc) if norm == "paper" else scale
         return [a, a * m_scale, *m_ab, *v_ab, *s_in_div_out]
 
     def _meta_update(self, z: torch.Tensor) -> None:
@@ -324,6 +326,7 @@ class MetaOptimize(torch.optim.Optimizer):
     def _column(self, values: Any) -> Any:
         """A per-step host scalar for the ``[K]`` (alone) or ``[R, K]`` (batched) meta tensors: a float, or
         the members' values as an ``[R, 1]`` float64 column (the same IEEE operations element by element)."""
+        values = shared(values)
         if not isinstance(values, np.ndarray):
             return values
         meta = self.state[META_KEY]
@@ -383,7 +386,7 @@ class MetaOptimize(torch.optim.Optimizer):
             delta, trace = self._displacement(params, grads, states, a, kappa)
             if track:
                 decay = d["gamma"] * (1.0 - kappa * a)
-                if np.any(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
+                if any_set(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
                     scaled(torch._foreach_mul_, [h], decay)
                 torch._foreach_sub_(h, delta if trace is None else trace)
             torch._foreach_sub_(params, delta)
