@@ -181,7 +181,7 @@ def block_alphas(beta: torch.Tensor, runs: int | None) -> list[Any]:
     not round alike)."""
     if runs is None:
         return beta.exp().tolist()
-    return list(np.array(torch.stack(torch._foreach_exp(beta.unbind(0))).tolist()).T)
+    return list(np.array([row.tolist() for row in torch._foreach_exp(beta.unbind(0))]).T)
 
 
 def block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
@@ -192,10 +192,9 @@ def block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> t
     if runs is None:
         return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)
     hs, gs = [member_slices(x, runs) for x in h], [member_slices(y, runs) for y in g]
-    sums = [
-        torch.stack([torch.dot(x[r], y[r]) for x, y in zip(hs, gs, strict=True)]).sum() for r in range(runs)
-    ]
-    return torch.stack(sums).to(torch.float64)
+    dots = [torch.dot(x[r], y[r]) for r in range(runs) for x, y in zip(hs, gs, strict=True)]
+    # each member's row of [R, T] is summed by the reduction a run alone runs on its [T] (contiguous rows)
+    return torch.stack(dots).view(runs, len(h)).sum(1).to(torch.float64)
 
 
 def member_slices(t: torch.Tensor, runs: int) -> list[torch.Tensor]:

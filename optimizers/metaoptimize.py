@@ -297,7 +297,8 @@ class MetaOptimize(torch.optim.Optimizer):
             d["meta_lion_c"],
             d["eps"],
         )
-        beta = (1.0 - eta * d["meta_weight_decay"]) * meta["beta"]
+        decay = 1.0 - eta * d["meta_weight_decay"]
+        beta = meta["beta"] if decay == 1.0 else decay * meta["beta"]  # 1.0 beta is beta
         column = self._column
         if kind == "lion":
             if norm == "package":  # momentum updated first, then used inside the sign
@@ -310,9 +311,10 @@ class MetaOptimize(torch.optim.Optimizer):
         meta["lam_bar_acc"] = meta["lam_bar_acc"] * lam  # replaced, not in place: per member when batched
         meta["rho_bar_acc"] = meta["rho_bar_acc"] * rho
         code = norm == "code"
-        meta["vbar"] = lam * meta["vbar"] + (1.0 if code else 1.0 - lam) * z * z
+        # (1.0 z) z is z z, bit for bit
+        meta["vbar"] = lam * meta["vbar"] + (z * z if code else (1.0 - lam) * z * z)
         if kind == "adam":
-            meta["mbar"] = rho * meta["mbar"] + (1.0 if code else 1.0 - rho) * z
+            meta["mbar"] = rho * meta["mbar"] + (z if code else (1.0 - rho) * z)
             num = meta["mbar"] if code else meta["mbar"] / column(1.0 - meta["rho_bar_acc"])
         else:
             num = z
