@@ -24,16 +24,17 @@ _ONE_CALL = (torch._foreach_mul, torch._foreach_mul_, torch._foreach_add, torch.
 
 
 def member_tensors(values: np.ndarray, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``values`` (``[R]``) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over its
-    member slices, cast as a float is for that tensor (:func:`optimizers._runs.per_member`); one
-    host-to-tensor copy per distinct dtype, device and rank."""
-    made: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+    """``values`` (``[R]`` float64) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over
+    its member slices and cast to its dtype as a float is when it scales that tensor (torch's cast, as
+    :func:`optimizers._runs.per_member`'s); one cast per distinct dtype and device."""
+    host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
+    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
     out = []
     for t in like:
-        key = (t.dtype, t.device, t.dim())
-        if key not in made:
-            made[key] = _runs.per_member(values, t)
-        out.append(made[key])
+        key = (t.dtype, t.device)
+        if key not in cast:
+            cast[key] = host.to(dtype=t.dtype, device=t.device)
+        out.append(cast[key].view((-1,) + (1,) * (t.dim() - 1)))
     return out
 
 
@@ -66,8 +67,7 @@ def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: 
         return op(*lists, member_tensors(scalar, lists[0]))
     if key == "value" and cpu and op is torch._foreach_addcdiv_:
         x, a, b = lists
-        term = torch._foreach_mul(a, member_tensors(scalar, a))  # s a, then / b, then x + it
-        torch._foreach_div_(term, b)
-        torch._foreach_add_(x, term)
+        # x + (s a) / b: s a first, then the kernel's x + (1.0 (s a)) / b, where 1.0 (s a) is s a
+        torch._foreach_addcdiv_(x, torch._foreach_mul(a, member_tensors(scalar, a)), b, value=1.0)
         return None
     return _runs.foreach_scaled(op, lists, scalar, key)
