@@ -11,6 +11,7 @@ kernels round once as a fused multiply-add. Either way a member computes its run
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,3 +72,24 @@ def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: 
         torch._foreach_addcdiv_(x, torch._foreach_mul(a, member_tensors(scalar, a)), b, value=1.0)
         return None
     return _runs.foreach_scaled(op, lists, scalar, key)
+
+
+def member_column(values: Any, like: torch.Tensor) -> Any:
+    """A per-step host scalar for the ``[K]`` (alone) or ``[R, K]`` (batched) meta tensors ``like``: a float
+    (per-member values that are one number included, :func:`shared`), or the members' values as an
+    ``[R, 1]`` float64 column (the same IEEE operations element by element)."""
+    values = shared(values)
+    if not isinstance(values, np.ndarray):
+        return values
+    return torch.as_tensor(values, dtype=torch.float64, device=like.device).reshape(-1, 1)
+
+
+def host_power(x: float, t: Any) -> Any:
+    """``x ** t`` for the step count ``t``: a float, or per member (batched, §11) an array whose entries are
+    Python's float power, the number each run alone computes."""
+    return np.array([x ** int(k) for k in t]) if isinstance(t, np.ndarray) else x**t
+
+
+def host_sqrt(x: Any) -> Any:
+    """The correctly rounded square root of a float or of per-member values."""
+    return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)

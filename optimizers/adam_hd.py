@@ -185,6 +185,8 @@ class AdamHD(torch.optim.Optimizer):
             where += [(wi, j, counts[wi][j]) for j in prev]
         if self.runs is None:
             dots = host_floats(h_terms)
+        elif len(h_terms) == 1:  # one group's [T, R] rows: no concatenation
+            dots = list(_runs.host_rows(h_terms[0]))
         else:
             dots = list(_runs.host_rows(torch.cat(h_terms))) if h_terms else []
         h_per_tensor: list[dict[int, Any]] = [{} for _ in work]

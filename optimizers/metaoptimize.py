@@ -56,11 +56,10 @@ Semantics the suite fixes:
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
 from optimizers import _runs
@@ -80,7 +79,7 @@ from optimizers._metaoptimize_blocks import (
 )
 from optimizers._metaoptimize_config import GROUP_OVERRIDABLE, checked_defaults
 from optimizers._metaoptimize_fused import fused_block
-from optimizers._metaoptimize_runs import any_set, scaled, shared
+from optimizers._metaoptimize_runs import any_set, host_power, host_sqrt, member_column, scaled, shared
 from optimizers.registry import register
 
 META_KEY = "metaoptimize"
@@ -268,15 +267,15 @@ class MetaOptimize(torch.optim.Optimizer):
         # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out
         # (docs/optimizers/metaoptimize.md §4.2)
         if norm == "package":  # m_hat, v_hat EMAs with bias-corrected weights
-            b1, b2 = (1.0 - rho) / (1.0 - _power(rho, t)), (1.0 - lam) / (1.0 - _power(lam, t))
+            b1, b2 = (1.0 - rho) / (1.0 - host_power(rho, t)), (1.0 - lam) / (1.0 - host_power(lam, t))
             m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
         elif norm == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             mu = (1.0 - lam) / (1.0 - lam_acc)
             m_ab, v_ab, s_in_div_out = [rho, 1.0], [lam, 1.0], [eps / mu, 1.0, 0.0]
-            scale = 1.0 / _sqrt(mu)
+            scale = 1.0 / host_sqrt(mu)
         else:  # paper
             m_ab, v_ab = [rho, 1.0 - rho], [lam, 1.0 - lam]
-            s_in_div_out, scale = [0.0, _sqrt(1.0 - lam_acc), eps], 1.0
+            s_in_div_out, scale = [0.0, host_sqrt(1.0 - lam_acc), eps], 1.0
         if base == "rmsprop":
             return [a * scale, *v_ab, *s_in_div_out]
         m_scale = scale / (1.0 - rho_acc) if norm == "paper" else scale
@@ -299,7 +298,7 @@ class MetaOptimize(torch.optim.Optimizer):
         )
         decay = 1.0 - eta * d["meta_weight_decay"]
         beta = meta["beta"] if decay == 1.0 else decay * meta["beta"]  # 1.0 beta is beta
-        column = self._column
+        column = functools.partial(member_column, like=meta["beta"])
         if kind == "lion":
             if norm == "package":  # momentum updated first, then used inside the sign
                 meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
@@ -324,15 +323,6 @@ class MetaOptimize(torch.optim.Optimizer):
         else:
             bc = column(1.0 - meta["lam_bar_acc"])
             meta["beta"] = beta - eta * num / (torch.sqrt(meta["vbar"] / bc) + eps)
-
-    def _column(self, values: Any) -> Any:
-        """A per-step host scalar for the ``[K]`` (alone) or ``[R, K]`` (batched) meta tensors: a float, or
-        the members' values as an ``[R, 1]`` float64 column (the same IEEE operations element by element)."""
-        values = shared(values)
-        if not isinstance(values, np.ndarray):
-            return values
-        meta = self.state[META_KEY]
-        return torch.as_tensor(values, dtype=torch.float64, device=meta["beta"].device).reshape(-1, 1)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -411,14 +401,3 @@ class MetaOptimize(torch.optim.Optimizer):
                 out.update({f"{key}/{n}": diagnostic_value(x) for n, x in zip(names, values, strict=True)})
         out["skipped_steps"] = diagnostic_value(meta["skipped_steps"])
         return out
-
-
-def _power(x: float, t: Any) -> Any:
-    """``x ** t`` for the step count ``t``: a float, or per member (batched, §11) an array whose entries are
-    Python's float power, the number each run alone computes."""
-    return np.array([x ** int(k) for k in t]) if isinstance(t, np.ndarray) else x**t
-
-
-def _sqrt(x: Any) -> Any:
-    """The correctly rounded square root of a float or of per-member values."""
-    return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)
