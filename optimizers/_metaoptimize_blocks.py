@@ -39,6 +39,7 @@ CONTINUAL_CNN = {"others": ("conv1.", "conv2.", "fc1."), "last_layer": ("fc2.",)
 
 # torch's CPU allocations start on this boundary (c10's gAlignment)
 CPU_ALIGNMENT = 64
+MAX_SLICE_CLONES = 4  # more misaligned member slices: one padded copy, fewer calls than a clone each
 
 BlockSpec = str | Sequence[int] | Sequence[Sequence[str]] | Mapping[str, Sequence[str]]
 
@@ -198,9 +199,16 @@ def block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> t
 
 
 def member_slices(t: torch.Tensor, runs: int) -> list[torch.Tensor]:
-    """The members' slices of ``t`` flattened, each aligned as a fresh tensor is: a view where its first
-    element sits on a CPU allocation's 64-byte boundary, else a copy (and a copy on other devices)."""
+    """The members' slices of ``t`` flattened, each aligned as a fresh tensor is (on a CPU allocation's
+    64-byte boundary): views where they are; elsewhere copies, one per slice, or for many slices one copy
+    into rows padded to whole 64-byte lines (fewer calls). On other devices, copies."""
     rows = t.reshape(runs, -1).unbind(0)
     if t.device.type != "cpu":
         return [r.clone() for r in rows]
-    return [r if r.data_ptr() % CPU_ALIGNMENT == 0 else r.clone() for r in rows]
+    misaligned = [i for i, r in enumerate(rows) if r.data_ptr() % CPU_ALIGNMENT]
+    if len(misaligned) <= MAX_SLICE_CLONES:
+        return [r.clone() if i in misaligned else r for i, r in enumerate(rows)]
+    per_line = CPU_ALIGNMENT // t.element_size()
+    n = rows[0].numel()
+    padded = t.new_empty((runs, -(-n // per_line) * per_line))[:, :n]
+    return padded.copy_(t.reshape(runs, -1)).unbind(0)

@@ -78,17 +78,22 @@ def test_shared_is_one_number_only_bit_for_bit():
     assert col.shape == (R, 1) and col.dtype == torch.float64
 
 
-def test_member_slices_are_views_where_aligned_and_copies_elsewhere():
-    weight, bias = torch.randn(R, 26, 16), torch.randn(R, 26)
-    for t in (weight, bias):
-        for r, s in enumerate(member_slices(t, R)):
-            assert s.data_ptr() % CPU_ALIGNMENT == 0 and torch.equal(s, t[r].reshape(-1))
-            assert (s.data_ptr() == t[r].data_ptr()) == (t[r].data_ptr() % CPU_ALIGNMENT == 0)
-    h, g = [weight, bias], [torch.randn(R, 26, 16), torch.randn(R, 26)]
-    want = torch.stack(
-        [block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(R)]
+@pytest.mark.parametrize("runs", [R, 18], ids=["clones", "padded_copy"])
+def test_member_slices_are_aligned_views_or_copies_and_z_is_the_runs_alones(runs):
+    """Every slice starts on a 64-byte boundary: with a few misaligned slices, a view exactly where the
+    member's slice does (else one padded copy of all of them); z equals the run alone's ``block_z`` on
+    fresh copies, bit for bit."""
+    gen = torch.Generator().manual_seed(0)
+    h, g = (
+        [torch.randn(runs, 26, 16, generator=gen), torch.randn(runs, 26, generator=gen)] for _ in range(2)
     )
-    assert torch.equal(block_z(h, g, R), want)
+    for t in h:
+        for r, s in enumerate(member_slices(t, runs)):
+            assert s.data_ptr() % CPU_ALIGNMENT == 0 and torch.equal(s, t[r].reshape(-1))
+            if runs == R:
+                assert (s.data_ptr() == t[r].data_ptr()) == (t[r].data_ptr() % CPU_ALIGNMENT == 0)
+    alone = [block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
+    assert torch.equal(block_z(h, g, runs), torch.stack(alone))
 
 
 def _make(params, runs, hp):
