@@ -340,6 +340,8 @@ def _counts(t: int | torch.Tensor) -> int | np.ndarray:
     if isinstance(t, int):
         return t
     values = t.tolist()
+    if not isinstance(values, list):  # a 0-dim count
+        return np.asarray(values, dtype=np.int64)
     return values[0] if len(set(values)) == 1 else np.asarray(values, dtype=np.int64)
 
 
