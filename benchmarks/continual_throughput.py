@@ -46,8 +46,9 @@ sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
 import tasks.continual_cifar100 as cc  # noqa: E402
+from runners.build import seed_everything  # noqa: E402
 from runners.loggers import NoLogger  # noqa: E402
-from runners.loop import Trainer, seed_everything  # noqa: E402
+from runners.loop import Trainer  # noqa: E402
 
 EXPERIMENT = "metaoptimize_mo3_continual"
 #: the optimizers timed as a batched program of ``--members`` seeds too

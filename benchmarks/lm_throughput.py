@@ -41,8 +41,9 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks._timing import medians, round_robin  # noqa: E402
 from runners import schema  # noqa: E402
+from runners.build import seed_everything  # noqa: E402
 from runners.loggers import NoLogger  # noqa: E402
-from runners.loop import Trainer, seed_everything  # noqa: E402
+from runners.loop import Trainer  # noqa: E402
 from runners.train import CONFIG_DIR  # noqa: E402
 
 VOCAB = 32000

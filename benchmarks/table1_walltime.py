@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
-from runners.loop import seed_everything  # noqa: E402
+from runners.build import seed_everything  # noqa: E402
 from runners.reports.table1 import protocol  # noqa: E402
 from tasks.libsvm_logreg import LibsvmLogReg  # noqa: E402
 

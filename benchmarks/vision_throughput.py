@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
-from runners.loop import seed_everything  # noqa: E402
+from runners.build import seed_everything  # noqa: E402
 from runners.train import CONFIG_DIR, run  # noqa: E402
 from tasks._vision_models import build_model  # noqa: E402
 from tasks.cifar import STATS, crop_flip, load_cifar, write_cifar_fixture  # noqa: E402

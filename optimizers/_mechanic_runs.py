@@ -19,7 +19,7 @@ from optimizers._runs import (
     host_rows,
     member_dots,
     member_state_tensors,
-    per_member,
+    member_tensors,
     sequential_sum,
 )
 
@@ -43,30 +43,41 @@ def _sums(per_tensor: list[float], n: int) -> list[float]:
     return [sum(per_tensor[i : i + n]) for i in range(0, len(per_tensor), n)]
 
 
-def host_sums(pairs: SumPairs, runs: int | None) -> list[Any]:
+def host_sums(pairs: SumPairs, runs: int | None) -> list[float] | np.ndarray:
     """Per pair ``(a, b)``: ``sum_p <a_p, b_p>`` (``||a||^2`` when b is None), per tensor on the device,
     then over the tensors in parameter order in float64 on the host; one host sync for all pairs.
-    A float each alone; batched, R values each, every member's sums taken within the member."""
+    A float each alone; batched, a ``[P, R]`` array (a row per pair), every member's sums taken within
+    the member."""
     n = len(pairs[0][0])
     if runs is None:
         parts = [torch._foreach_powsum(a, 2) if b is None else _dots(a, b) for a, b in pairs]
         return _sums(host_floats([q for part in parts for q in part]), n)
-    dots = [member_dots(a, a if b is None else b, runs) for a, b in pairs]
-    rows = host_rows(torch.cat(dots))
-    return [sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)]
+    if runs == 1 or len(pairs) == 1 or pairs[0][0][0].device.type != "cpu":
+        # per pair: one row, which torch reduces across threads (another order), or an accelerator, whose
+        # reduction kernels are configured by the number of rows
+        dots = [member_dots(a, a if b is None else b, runs) for a, b in pairs]
+        rows = host_rows(torch.cat(dots))
+        return np.stack([sequential_sum(rows[i : i + n]) for i in range(0, len(rows), n)])
+    per_tensor = host_rows(torch.stack([_pair_dots(pairs, i, runs) for i in range(n)]))  # [T, P, R]
+    acc = np.zeros(per_tensor.shape[1:])
+    for row in per_tensor:  # in tensor order, as ``sequential_sum``
+        acc = acc + row
+    return acc
+
+
+def _pair_dots(pairs: SumPairs, i: int, runs: int) -> torch.Tensor:
+    """``[P, R]``: every pair's inner product within each member on the i-th tensors, in one product
+    and one sum: ``linalg.vecdot``'s own two ops (``x * y``, then ``sum(-1)``) on stacked rows. Each
+    row is summed whole by one CPU thread, as vecdot's is when it has R > 1 rows: the bits are its own."""
+    left = torch.stack([a[i] for a, _ in pairs])
+    right = torch.stack([(a if b is None else b)[i] for a, b in pairs])
+    return (left * right).view(len(pairs), runs, -1).sum(-1)
 
 
 def tensor_scalars(values: Any, tensors: list[torch.Tensor], runs: int | None) -> Any:
-    """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members'
-    values as a ``per_member`` tensor (cast to the tensor's dtype, as a Python float is)."""
-    if runs is None:
-        return values
-    made: dict[tuple, torch.Tensor] = {}  # one host-to-device copy per dtype, device and rank
-    for t in tensors:
-        key = (t.dtype, t.device, t.dim())
-        if key not in made:
-            made[key] = per_member(values, t)
-    return [made[(t.dtype, t.device, t.dim())] for t in tensors]
+    """A scalar operand of a foreach op: the float itself alone; batched, per tensor the members' values
+    as a ``per_member`` tensor (``_runs.member_tensors``: cast once per dtype, viewed per rank)."""
+    return values if runs is None else member_tensors(values, tensors)
 
 
 class SkippedMembers:

@@ -56,8 +56,9 @@ def host_map(fn: Callable[..., float], *args: float | np.ndarray) -> np.ndarray:
     For anything beyond + - * / and sqrt: numpy's float64 ``power``, ``exp`` and ``log`` may take SIMD
     paths (SVML) that differ from the C library's by an ulp, so ``beta ** k`` per member goes through
     here, not through ``np.power``."""
-    arrays = [np.broadcast_to(np.asarray(a, dtype=np.float64), np.broadcast(*args).shape) for a in args]
-    return np.array([fn(*(float(x) for x in xs)) for xs in zip(*arrays, strict=True)], dtype=np.float64)
+    shape = np.broadcast_shapes(*(np.shape(a) for a in args))
+    columns = [np.broadcast_to(np.asarray(a, dtype=np.float64), shape).tolist() for a in args]
+    return np.array([fn(*xs) for xs in zip(*columns, strict=True)], dtype=np.float64)
 
 
 def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
@@ -76,6 +77,29 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
         return t if like.device.type == "cpu" else t.to(like.device)
     t = values if isinstance(values, torch.Tensor) else torch.as_tensor(np.asarray(values, dtype=np.float64))
     return t.to(dtype=like.dtype, device=like.device).reshape(shape)
+
+
+def member_tensors(values: Floats, like: Sequence[torch.Tensor]) -> list[torch.Tensor | float]:
+    """:func:`per_member` for every tensor of ``like``, the same numbers, made once per dtype and device
+    and viewed for each tensor's rank: a small step pays for every cast and copy it makes."""
+    if isinstance(values, int | float):
+        return [float(values)] * len(like)
+    flat: dict[tuple[torch.dtype, torch.device], np.ndarray | torch.Tensor] = {}
+    shaped: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+    for x in like:
+        key = (x.dtype, x.device)
+        if key not in flat:
+            host = _NUMPY_DTYPES.get(x.dtype) if x.device.type == "cpu" else None
+            if host is not None and not isinstance(values, torch.Tensor):  # per_member's host cast
+                with np.errstate(over="ignore"):
+                    flat[key] = np.asarray(values, dtype=np.float64).astype(host)
+            else:
+                flat[key] = per_member(values, x).reshape(-1)  # type: ignore[union-attr]
+        if (*key, x.dim()) not in shaped:
+            shape, made = (-1,) + (1,) * (x.dim() - 1), flat[key]
+            view = torch.from_numpy(made.reshape(shape)) if isinstance(made, np.ndarray) else made.view(shape)
+            shaped[(*key, x.dim())] = view
+    return [shaped[x.dtype, x.device, x.dim()] for x in like]
 
 
 #: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls);
@@ -218,12 +242,7 @@ def add_scaled_(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: f
     if isinstance(alpha, int | float):
         torch._foreach_add_(list(ys), list(xs), alpha=alpha)
         return
-    scales: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}  # one host-to-device copy each
-    for x in xs:
-        if (x.dtype, x.device) not in scales:
-            scales[x.dtype, x.device] = per_member(alpha, x).reshape(-1)
-    shaped = [scales[x.dtype, x.device].reshape((-1,) + (1,) * (x.dim() - 1)) for x in xs]
-    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), shaped))
+    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), member_tensors(alpha, xs)))
 
 
 def select(cond: bool | np.ndarray, a: Any, b: Any) -> Any:

@@ -187,17 +187,18 @@ class _AdamRule(_Batched):
         torch._foreach_addcmul_(vs, gs, gs, 1 - beta2)
         # each member's bias corrections from its step count, as torch forms them from a Python float
         counts = torch.stack(steps).tolist()
-        scalars: dict[tuple[float, ...], tuple[torch.Tensor | float, torch.Tensor | float]] = {}
+        scalars: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
         step_sizes, bc2_sqrts = [], []
         for p, t in zip(ps, counts, strict=True):
-            key = tuple(t)
-            if key not in scalars:  # the parameters of a group almost always share their counts
-                k = np.asarray(t, dtype=np.float64)
-                size = (lr / host_map(lambda n: 1 - beta1**n, k)) * -1
-                scalars[key] = (size, host_map(lambda n: (1 - beta2**n) ** 0.5, k))
-            size, bc2 = scalars[key]
-            step_sizes.append(per_member(size, p))
-            bc2_sqrts.append(per_member(bc2, p))
+            key = (*t, p.dtype, p.device)
+            if key not in scalars:  # the parameters of a group almost always share counts and dtype
+                k = np.asarray(t if min(t) < max(t) else t[:1], dtype=np.float64)  # one count: once
+                size = np.broadcast_to((lr / host_map(lambda n: 1 - beta1**n, k)) * -1, (self.runs,))
+                bc2 = np.broadcast_to(host_map(lambda n: (1 - beta2**n) ** 0.5, k), (self.runs,))
+                scalars[key] = (per_member(size, p).reshape(-1), per_member(bc2, p).reshape(-1))
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            step_sizes.append(scalars[key][0].view(shape))
+            bc2_sqrts.append(scalars[key][1].view(shape))
         denoms = torch._foreach_sqrt(vs)
         torch._foreach_div_(denoms, bc2_sqrts)
         torch._foreach_add_(denoms, eps)

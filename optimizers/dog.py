@@ -6,7 +6,7 @@ Same constructor arguments, defaults and numbers as ``dog.DoG`` of dog-optimizer
 its own DoG instance; weight decay is coupled, ``g = grad + wd * x``, so it also enters G; ``eps`` is added to
 G once, at the first step; ``init_eta`` overrides the first step size and sets reps_rel to 0).
 
-``fused=True`` runs the same rule as two compiled kernels per parameter (``optimizers._fused``): a
+``fused=True`` runs the same rule as two compiled kernels per parameter (``optimizers/_dog_fused.py``): a
 read-only probe returning ``||g_t||^2`` and ``||x_t - x0||^2`` (whose finiteness doubles as the non-finite
 check), then the step ``x <- x - eta g`` with the iterate average folded in.
 """
@@ -20,25 +20,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers import _fused
 from optimizers._averaging import poly_decay_update_, poly_decay_weight, swapped
 from optimizers._common import (
     check_nonnegative,
     check_positive,
     closure_loss,
     diagnostic_value,
-    grads_with_params,
-    host_floats,
     skip_if_nonfinite,
 )
-from optimizers._dadapt_common import skip_if_reduction_nonfinite
+from optimizers._dog_fused import fused_step
 from optimizers._runs import check_runs, member_scalars, member_values, per_member, step_finite_members
 from optimizers.registry import register
-
-
-def _scalar_dtype(device: torch.device) -> torch.dtype:
-    """Scalar state (rbar, G, eta) is float64 wherever the device has it."""
-    return torch.float32 if device.type == "mps" else torch.float64
 
 
 @register("dog", sharded=True)
@@ -65,14 +57,8 @@ class DoG(torch.optim.Optimizer):
     Non-finite policy: a step whose gradients hold a NaN or inf is skipped whole (no parameter or state
     change); ``state["skipped_steps"]`` counts them.
 
-    ``fused=True`` (an attribute, not a group option: checkpoints load either way): per parameter one
-    read-only kernel (``_dog_probe``: ``||grad + wd x||^2``, ``||x - x0||^2``) and one update kernel
-    (``_fused.sgd_step``/``_dog_update_avg``: ``x <- x - eta (grad + wd x)``, then the average). The probes'
-    ``||g||^2`` cover every gradient element before anything changes, so their finiteness is the
-    non-finite check (the exact check decides when one is not finite). Same state and scalar logic as the
-    eager path; tensors without a gradient (frozen) and the first averaging step use the eager ops.
-    Each kernel runs one compiled call per chunk of ``_fused.CHUNK`` tensors of a group, ``-eta`` (L-DoG:
-    per tensor) passed as one-element tensors.
+    ``fused=True`` (an attribute, not a group option: checkpoints load either way): the same rule, state
+    and scalar logic with the per-element work in compiled kernels (``optimizers/_dog_fused.py``).
 
     Diagnostics (docs/optimizers/README.md §2): ``eta``, ``rbar``, ``G`` per group (suffix
     ``@<group index>`` with several groups), and ``skipped_steps``.
@@ -135,6 +121,11 @@ class DoG(torch.optim.Optimizer):
         check_runs(runs, [p for group in self.param_groups for p in group["params"]])
         self.state["skipped_steps"] = member_scalars(runs, skipped_steps=0)["skipped_steps"]
 
+    @staticmethod
+    def _scalar_dtype(device: torch.device) -> torch.dtype:
+        """Scalar state (rbar, G, eta) is float64 wherever the device has it."""
+        return torch.float32 if device.type == "mps" else torch.float64
+
     # -- the rule -------------------------------------------------------------------------------
     # Per-tensor values are ``[T]`` alone and ``[R, T]`` batched (docs/optimizers/README.md §6): every
     # reduction over the tensors runs along the last dim, each member's row by the kernel a run alone uses.
@@ -160,8 +151,11 @@ class DoG(torch.optim.Optimizer):
 
     def _first(self, group: dict[str, Any]) -> bool | np.ndarray:
         """Whether this is the group's first step (docs/optimizers/dog.md §2.1 step 2); batched, per member
-        (a member that skipped every step so far has not started)."""
-        return "rbar" not in group if self.runs is None else group["steps"] == 0
+        (a member that skipped every step so far has not started), or one bool when all members agree."""
+        if self.runs is None:
+            return "rbar" not in group
+        first = group["steps"] == 0
+        return bool(first[0]) if (first == first[0]).all() else first
 
     def _lr(self, group: dict[str, Any], like: torch.Tensor) -> Any:
         """The group's lr, times each member's when they differ (as broadcasting factors over ``like``)."""
@@ -212,7 +206,7 @@ class DoG(torch.optim.Optimizer):
         if not params:
             return
         device = params[0].device
-        sdtype = _scalar_dtype(device)
+        sdtype = self._scalar_dtype(device)
         has_grad = [i for i, p in enumerate(params) if p.grad is not None]
         ps = [params[i] for i in has_grad]
         grads = [p.grad for p in ps]
@@ -245,7 +239,7 @@ class DoG(torch.optim.Optimizer):
                     else [per_member(v, g) for v, g in zip(neg, grads, strict=True)]
                 )
             else:
-                neg = -eta if self.runs is None else [per_member(-eta, g) for g in grads]
+                neg = -eta if self.runs is None else _member_factors(-eta, grads)
             torch._foreach_add_(ps, torch._foreach_mul(grads, neg))
 
         if group["averaging_gamma"] is not None:
@@ -269,7 +263,7 @@ class DoG(torch.optim.Optimizer):
             if params and "rbar" not in group:
                 shape = (self.runs,) if not self._layerwise else self._per_tensor_shape(len(params))
                 nan = torch.full(
-                    shape, float("nan"), dtype=_scalar_dtype(params[0].device), device=params[0].device
+                    shape, float("nan"), dtype=self._scalar_dtype(params[0].device), device=params[0].device
                 )
                 group["rbar"], group["G"], group["eta"] = nan, nan.clone(), nan.clone()
             for p in params:
@@ -285,7 +279,7 @@ class DoG(torch.optim.Optimizer):
         """One DoG step for every param group (skipped whole on a non-finite gradient)."""
         loss = closure_loss(closure)
         if self.fused:
-            self._fused_step()
+            fused_step(self)
             return loss
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
 
@@ -299,74 +293,6 @@ class DoG(torch.optim.Optimizer):
             step_groups()
         return loss
 
-    # -- fused path -------------------------------------------------------------------------------
-    @torch.no_grad()
-    def _fused_step(self) -> None:
-        """The eager rule with compiled kernels: all probes (read-only) first, the skip decision, then
-        per group the scalars and the update kernels."""
-        probes = []
-        for group in self.param_groups:
-            ps, grads = grads_with_params(group["params"])
-            if "rbar" in group:
-                x0s = [self.state[p]["x0"] for p in ps]
-            else:  # no x0 yet: a stand-in (an aliased argument would compile another variant)
-                x0s = [torch.zeros_like(p) for p in ps]
-            probes.append((ps, grads, _fused.per_tensor(_dog_probe, [grads, ps, x0s], group["weight_decay"])))
-        gsq_all = [s[0] for *_, sums in probes for s in sums]
-        grads_all = [g for _, grads, _ in probes for g in grads]
-        if skip_if_reduction_nonfinite(host_floats(gsq_all), grads_all, self.state):
-            return
-        for group, (ps, grads, sums) in zip(self.param_groups, probes, strict=True):
-            if group["params"]:
-                self._fused_group(group, ps, grads, sums)
-
-    def _fused_group(
-        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], sums: list
-    ) -> None:
-        params: list[torch.Tensor] = group["params"]
-        device = params[0].device
-        sdtype = _scalar_dtype(device)
-        have = {id(p) for p in ps}
-        every = len(ps) == len(params)
-        index = torch.tensor(
-            [i for i, p in enumerate(params) if id(p) in have], dtype=torch.long, device=device
-        )
-        gsq = torch.zeros(len(params), dtype=sdtype, device=device)
-        dsq = torch.zeros(len(params), dtype=sdtype, device=device)
-        if ps:
-            gsq[index] = torch.stack([s[0] for s in sums]).to(sdtype)
-            dsq[index] = torch.stack([s[1] for s in sums]).to(sdtype)
-        first = "rbar" not in group
-        if first:
-            norms = self._take_x0(params, sdtype)
-        else:
-            frozen = [p for p in params if id(p) not in have]
-            if frozen:  # no probe ran on them: ||x - x0|| the eager way
-                rest = self._dist_from_x0(frozen, sdtype)
-                mask = torch.ones(len(params), dtype=torch.bool, device=device)
-                mask[index] = False
-                dsq[mask] = rest * rest
-            norms = torch.sqrt(dsq)
-        eta = self._scalars(group, gsq, norms, first)
-
-        gamma = group["averaging_gamma"]
-        t = group.get("averaged_steps", 0) + 1
-        if ps:
-            # -eta as one-element tensors (per tensor for L-DoG; DoG repeats its one value, one code path):
-            # one compiled call per chunk of CHUNK tensors, eta read on the device (no host sync)
-            negs = -(eta if every else eta[index]) if self._layerwise else (-eta).expand(len(ps))
-            neg_t = _fused.per_tensor_scalars(negs, ps)
-            wd = group["weight_decay"]
-            if gamma is None or t == 1:
-                # docs/optimizers/dog.md §2.1 step 5
-                _fused.per_tensor(_fused.sgd_step, [ps, grads, neg_t], wd)
-            else:
-                avgs = [self.state[p]["avg"] for p in ps]
-                _fused.per_tensor(_dog_update_avg, [ps, grads, avgs, neg_t], wd, poly_decay_weight(t, gamma))
-        if gamma is not None:  # the kernels averaged the tensors they updated (t > 1): the rest here
-            self._average(params if t == 1 else [p for p in params if id(p) not in have], t, gamma)
-            group["averaged_steps"] = t
-
     # -- averaging --------------------------------------------------------------------------------
     def _average(self, params: list[torch.Tensor], t: int, gamma: float) -> None:
         """Polynomial-decay average of ``params`` at averaged step ``t``: ``avg <- x`` at ``t = 1``. Batched,
@@ -374,8 +300,10 @@ class DoG(torch.optim.Optimizer):
         if self.runs is None and t == 1:
             for p in params:
                 self.state[p]["avg"] = p.detach().clone()
-        else:
+        elif self.runs is None or not (t == t[0]).all():
             poly_decay_update_([self.state[p]["avg"] for p in params], params, t, gamma)
+        else:  # every member at the same count (the common case)
+            _shared_count_average_([self.state[p]["avg"] for p in params], params, int(t[0]), gamma)
 
     @contextmanager
     def evaluation_weights(self) -> Iterator[None]:
@@ -410,6 +338,35 @@ class DoG(torch.optim.Optimizer):
         return out
 
 
+def _member_factors(values: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``per_member(values, t)`` for each tensor t of ``like``: one cast per dtype and device, viewed per
+    rank (a step's tensors mostly share both)."""
+    made: dict[tuple, torch.Tensor] = {}
+    out = []
+    for t in like:
+        key = (t.dtype, t.device, t.dim())
+        if key not in made:
+            cast = next((v for k, v in made.items() if k[:2] == key[:2]), None)
+            made[key] = per_member(values, t) if cast is None else cast.view((-1,) + (1,) * (t.dim() - 1))
+        out.append(made[key])
+    return out
+
+
+def _shared_count_average_(
+    avgs: list[torch.Tensor], params: list[torch.Tensor], t: int, gamma: float
+) -> None:
+    """``poly_decay_update_`` of batched members that share the count ``t``, in fewer calls and the same
+    bits: ``avg <- (1 - w) avg`` over whole tensors (a product rounds alike anywhere), then ``avg <- avg
+    + w x`` on each member's slices, as ``poly_decay_update_`` takes them (``alpha=``'s fused multiply-add
+    may round a vectorised body and a scalar tail differently; a member's tail stays where it is alone)."""
+    w = poly_decay_weight(t, gamma)
+    torch._foreach_mul_(avgs, 1.0 - w)
+    member_avgs = zip(*(a.unbind(0) for a in avgs), strict=True)
+    member_params = zip(*(p.unbind(0) for p in params), strict=True)
+    for avg, x in zip(member_avgs, member_params, strict=True):
+        torch._foreach_add_(list(avg), list(x), alpha=w)
+
+
 def _pick(
     first: bool | np.ndarray,
     start: Callable[[], tuple[torch.Tensor, ...]],
@@ -428,23 +385,3 @@ def _pick(
         torch.where(mask.to(a.device).reshape((-1,) + (1,) * (a.dim() - 1)), a, b)
         for a, b in zip(start(), go_on(), strict=True)
     )
-
-
-@_fused.kernel
-def _dog_probe(
-    g: torch.Tensor, x: torch.Tensor, x0: torch.Tensor, wd: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pass 1, read-only: ``||g + wd x||^2`` (this step's gradient, docs/optimizers/dog.md §2.1 step 1)
-    and ``||x - x0||^2``."""
-    d = g + x * wd
-    r = x - x0
-    return (d * d).sum(), (r * r).sum()
-
-
-@_fused.kernel
-def _dog_update_avg(
-    x: torch.Tensor, g: torch.Tensor, avg: torch.Tensor, neg_eta: torch.Tensor, wd: float, w: float
-) -> None:
-    """Pass 2 with averaging: the step, then ``avg <- (1 - w) avg + w x`` (optimizers/_averaging.py)."""
-    _fused.sgd_step.eager(x, g, neg_eta, wd)
-    avg.mul_(1.0 - w).add_(x * w)

@@ -256,7 +256,7 @@ class Mechanic(torch.optim.Optimizer):
             pairs += [(params, None), (deltas, params)]
         values = host_sums(pairs, self.runs)
         ok = self._steps(values)  # a run alone: bool; batched: per member
-        if not np.any(ok):
+        if not (ok if self.runs is None else ok.any()):
             return loss
         own = deltas if self.store_delta else []
         skipped = skipped_members(ok, params, own, self.base, self.runs)
@@ -265,8 +265,8 @@ class Mechanic(torch.optim.Optimizer):
 
         self._base_step(closure, loss)  # line 1: p <- x'_t = x_t + u_t
         if self.decay_weights == "post":
-            values += host_sums([(params, None), (deltas, params)], self.runs)  # host sync 2
-        if self.runs is not None:  # a member that skips may have NaN sums: its tuner result is dropped
+            values = [*values, *host_sums([(params, None), (deltas, params)], self.runs)]  # host sync 2
+        if ok is not True and not ok.all():  # a member that skips may have NaN sums: its result is dropped
             values = [np.where(ok, v, 0.0) for v in values]
         self._tune(self._h(s_sum, *values), ok)
         # line 3: Delta_{t+1} = Delta_t + u_t, with u_t = x'_t - x_t (sign flipped twice: exact)
@@ -282,12 +282,12 @@ class Mechanic(torch.optim.Optimizer):
         tuner["step"] = tuner["step"] + (1 if self.runs is None else ok)
         return loss
 
-    def _steps(self, values: list[Any]) -> Any:
+    def _steps(self, values: Any) -> Any:
         """Which of the runs step (the non-finite policy on line 4's sums, :meth:`_skips`): a bool alone;
-        batched, a bool per member, and each member that skips counts it."""
+        batched (``[P, R]`` sums), a bool per member, and each member that skips counts it."""
         if self.runs is None:
             return not self._skips(values)
-        ok = np.isfinite(np.stack(values)).all(0)
+        ok = np.isfinite(values).all(0)
         tuner = self.state["mechanic"]
         tuner["skipped_steps"] = tuner["skipped_steps"] + ~ok
         return ok
@@ -351,26 +351,37 @@ class Mechanic(torch.optim.Optimizer):
         Python floats, so a run alone keeps its bits; batched, each array is ``[n, R]`` and a member that
         skips (``ok`` False) keeps its values. ``max(a, b)`` is ``np.where(b > a, b, a)``, as Python's."""
         t, n = self.state["mechanic"], len(self._betas)
-        b = np.array(self._betas) if self.runs is None else np.array(self._betas)[:, None]
-        m_prev, v_prev, r_prev, s_prev = (np.array(t[key]) for key in ("m", "v", "r", "s"))
+        b, b_sq = self._beta_arrays()
+        prev = {key: np.array(t[key]) for key in ("m", "v", "r", "s")}
+        m_prev = prev["m"]
         habs = abs(h) + self.eps if self.eps_in_m else abs(h)
         if self.clip_h:
-            high = np.where(-m_prev > h, -m_prev, h)
+            low = -m_prev
+            high = np.where(low > h, low, h)
             reward_h = np.where(m_prev < high, m_prev, high)
         else:
             reward_h = h
         decayed = b * m_prev
         m = np.where(habs > decayed, habs, decayed)
-        v = b * b * v_prev + h * h
-        r_new = b * r_prev - s_prev * reward_h
+        v = b_sq * prev["v"] + h * h
+        r_new = b * prev["r"] - prev["s"] * reward_h
         r_pos = np.where(0.0 > r_new, 0.0, r_new)
         r = r_new if self.keep_negative_r else r_pos
         s = (m * self.s_init / n + r_pos) / (np.sqrt(v) + self.eps)
+        every = ok is True or ok.all()
         for key, new in (("m", m), ("v", v), ("r", r), ("s", s)):
             if self.runs is None:
                 t[key] = new.tolist()
             else:
-                t[key] = list(new if ok is True else np.where(ok, new, np.array(t[key])))
+                t[key] = list(new if every else np.where(ok, new, prev[key]))
+
+    def _beta_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The tuners' betas and their squares as float64 arrays (a column ``[n, 1]`` batched), made once."""
+        cached = self.__dict__.get("_beta_cache")
+        if cached is None:
+            b = np.array(self._betas) if self.runs is None else np.array(self._betas)[:, None]
+            cached = self._beta_cache = (b, b * b)
+        return cached
 
     # ------------------------------------------------------------------ state and logging
     def state_dict(self) -> dict[str, Any]:

@@ -27,9 +27,10 @@ from omegaconf import DictConfig, OmegaConf
 import optimizers
 import tasks
 from optimizers._runs import split_diagnostics
+from runners.build import build_optimizer, seed_everything
 from runners.errors import ConfigError
 from runners.loggers import NoLogger, WandbLogger
-from runners.loop import Trainer, build_optimizer, is_better, seed_everything
+from runners.loop import Trainer, is_better
 from runners.store import MetricsWriter
 
 OPTIMIZER_KEY = "optimizer."

@@ -2,7 +2,7 @@
 
 Lengths are given in epochs or as fractions of the run, and converted with the task's
 ``steps_per_epoch``. The schedule is only applied to optimizers whose ``lr`` is a plain step size
-(``lr_schedule_compatible``); see :func:`runners.loop.build_scheduler`.
+(``lr_schedule_compatible``); see :func:`runners.build.build_scheduler`.
 """
 
 from __future__ import annotations

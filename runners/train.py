@@ -30,9 +30,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runners import batched, distributed, schema, store
+from runners.build import pick_device
 from runners.errors import EXIT_BAD_INPUT, ConfigError
 from runners.loggers import NoLogger, make_logger
-from runners.loop import Trainer, pick_device
+from runners.loop import Trainer
 from tasks.base import DatasetMissingError
 
 FINISHED = ("completed", "diverged")

@@ -145,8 +145,9 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
         f"results_dir={results}",
         f"logger={args.logger}",
         f"seed={','.join(str(s) for s in range(args.seeds))}",
-        # one thread per run when the runs fill the cores (no OpenMP threads spinning on a busy core)
-        *(["torch_threads=1"] if local and args.jobs >= (os.cpu_count() or 1) else []),
+        # one thread per run: these models are too small for intra-op threads, whose OpenMP workers spin
+        # on cores the other runs (or other programs) need, slowing every step several-fold
+        *(["torch_threads=1"] if local else []),
         *args.overrides,
     ]
     runs = []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,18 +161,37 @@ def _mlbench_arrays(name: str, frame: Any) -> tuple[np.ndarray, np.ndarray, str]
     return frame.drop(columns=label).to_numpy(), frame[label].to_numpy(), "all rows, svm-scale [-1,1]"
 
 
+def sklearn_csv(name: str) -> Path:
+    """The CSV that scikit-learn ships for ``load_<name>()``, found without importing scikit-learn (an
+    import of seconds, paid by every process of a sweep)."""
+    found = importlib.util.find_spec("sklearn")
+    if found is None or found.origin is None:
+        raise FileNotFoundError(f"scikit-learn (which ships the {name} data) is not installed")
+    return (
+        Path(found.origin).parent / "datasets" / "data" / ("iris.csv" if name == "iris" else "wine_data.csv")
+    )
+
+
+def read_sklearn_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float64) and integer targets of a scikit-learn bundled CSV, as its ``load_csv_data``
+    reads them: a header ``n_samples,n_features,<class names>``, then one row per sample, target last."""
+    with path.open(encoding="utf-8") as f:
+        n_samples, n_features = (int(v) for v in f.readline().split(",")[:2])
+        table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
+    if table.shape != (n_samples, n_features + 1):
+        raise ValueError(f"{path}: expected {n_samples} rows of {n_features + 1} values, got {table.shape}")
+    return table[:, :-1], table[:, -1].astype(int)
+
+
 def load_embedded(spec: Spec, root: Path) -> Loaded:
     """The embedded copy of ``spec`` (raises :class:`FileNotFoundError` if mlbench is not unpacked)."""
     assert spec.embedded is not None
     kind, name = spec.embedded.split(":")
     if kind == "sklearn":
-        import sklearn.datasets as skd
-
-        bunch = getattr(skd, f"load_{name}")()
-        csv = Path(skd.__file__).parent / "data" / ("iris.csv" if name == "iris" else "wine_data.csv")
-        files = [file_record(csv)] if csv.is_file() else []
-        x, y = svm_scale(bunch.data), _labels(bunch.target)
-        return _result(spec, x, y, "embedded-sklearn", files, "all rows, svm-scale [-1,1]")
+        csv = sklearn_csv(name)
+        data, target = read_sklearn_csv(csv)
+        x, y = svm_scale(data), _labels(target)
+        return _result(spec, x, y, "embedded-sklearn", [file_record(csv)], "all rows, svm-scale [-1,1]")
     folder = mlbench_dir(root)
     if folder is None:
         raise FileNotFoundError(str(root / MLBENCH_SUBDIR / f"{name}.rda"))

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from optimizers import _fused, registry
-from optimizers._averaging import PolynomialDecayAverager
+from optimizers import dog as dog_module
+from optimizers._averaging import PolynomialDecayAverager, poly_decay_update_
 from optimizers.dog import DoG
 from optimizers.ldog import LDoG
 from tests.optimizers._dadapt_cases import MULTISTEP, batched_maker, config_kwargs, members
@@ -449,3 +450,17 @@ def test_batched_state_dict_resumes_bitwise():
 
 def test_batched_registry_and_refusals():
     check_batched_registry_and_refusals(DoG, "dog")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_batched_average_at_a_shared_count_is_the_per_member_update(dtype):
+    """Members at one averaging count (the common case) take the update in fewer calls: bit for bit
+    ``poly_decay_update_`` with that count per member, on shapes whose members end in a scalar tail."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 26, 16), (3, 26), (3, 7), (3, 1)]
+    avgs = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    xs = [torch.randn(s, generator=g, dtype=dtype) for s in shapes]
+    want = [a.clone() for a in avgs]
+    poly_decay_update_(want, xs, np.full(3, 5), 8.0)
+    dog_module._shared_count_average_(avgs, xs, 5, 8.0)
+    assert all(torch.equal(a, b) for a, b in zip(avgs, want, strict=True))

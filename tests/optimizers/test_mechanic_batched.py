@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
 import optimizers
+from optimizers._mechanic_runs import host_sums, tensor_scalars
+from optimizers._runs import per_member
 from optimizers.baselines import SGD, AdamW
 from optimizers.mechanic import Mechanic
 from optimizers.registry import batch_keys
@@ -188,3 +192,37 @@ def test_batch_keys_and_refusals():
     alone = Mechanic(SGD([torch.zeros(2, requires_grad=True)], lr=1.0)).state_dict()
     with pytest.raises(ValueError, match="not one value per run of 3"):
         opt.load_state_dict({**alone, "base": opt.base.state_dict()})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("runs", [1, 2, 3])
+def test_host_sums_are_each_members_vecdots_in_tensor_order(dtype, runs):
+    """Line 4's batched sums (one product and one sum per tensor) are, bit for bit, each pair's
+    ``linalg.vecdot`` within each member, summed over the tensors in order in float64."""
+    g = torch.Generator().manual_seed(runs)
+    shapes = [(26, 16), (26,), (7, 5), (3,)]
+    a, b, c = ([torch.randn(runs, *s, generator=g, dtype=dtype) for s in shapes] for _ in range(3))
+    pairs = [(a, None), (b, a), (c, None), (b, c)]
+    want = []
+    for x, y in pairs:
+        total = np.zeros(runs)
+        for u, v in zip(x, y or x, strict=True):
+            total = total + torch.linalg.vecdot(u.reshape(runs, -1), v.reshape(runs, -1)).double().numpy()
+        want.append(total)
+    got = host_sums(pairs, runs)
+    assert got.shape == (4, runs) and np.array_equal(got, np.stack(want))
+
+
+def test_tensor_scalars_are_per_member_tensors():
+    """One cast per dtype, viewed per rank: the values, dtype and shape of ``per_member`` for each
+    tensor, float32 rounding and an overflow to inf included (silently, as ``per_member``)."""
+    values = np.array([0.1, 1e300, -2.5])
+    tensors = [torch.zeros(3, 4, 2), torch.zeros(3, 4), torch.zeros(3, dtype=torch.float64)]
+    tensors.append(torch.zeros(3, 2, dtype=torch.bfloat16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = tensor_scalars(values, tensors, 3)
+    for scalar, t in zip(got, tensors, strict=True):
+        want = per_member(values, t)
+        assert scalar.dtype == want.dtype and scalar.shape == want.shape and torch.equal(scalar, want)
+    assert tensor_scalars(0.5, tensors, None) == 0.5

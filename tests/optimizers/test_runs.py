@@ -14,6 +14,7 @@ from optimizers._runs import (
     host_values,
     larger,
     member_scalars,
+    member_tensors,
     members_step,
     only_members,
     per_member,
@@ -127,3 +128,13 @@ def test_per_member_rounds_as_torch_casts_a_float64(dtype):
     assert torch.equal(out.flatten().isnan(), expected.isnan())
     assert torch.equal(out.flatten().nan_to_num(), expected.nan_to_num())
     assert per_member(0.5, like) == 0.5  # a shared scalar stays a Python float
+
+
+def test_member_tensors_are_per_member_for_every_tensor():
+    values = np.array([1.0 + 2.0**-24, -3e39, np.pi])  # a float32 tie, beyond float32's range, any
+    like = [torch.zeros(3, 2, 2), torch.zeros(3, dtype=torch.float64), torch.zeros(3, 4), torch.zeros(3, 1)]
+    like.append(torch.zeros(3, 2, dtype=torch.bfloat16))
+    for got, x in zip(member_tensors(values, like), like, strict=True):
+        want = per_member(values, x)
+        assert got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)
+    assert member_tensors(0.5, like) == [0.5] * len(like)

@@ -19,9 +19,10 @@ import torch
 from omegaconf import OmegaConf
 
 from runners import distributed
+from runners.build import build_task
 from runners.errors import ConfigError
 from runners.loggers import NoLogger
-from runners.loop import Trainer, build_task
+from runners.loop import Trainer
 from tests.runners.helpers import REPO, cli, compose_cfg, resume_args
 
 STEPS = 30

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from runners import store
-from runners.loop import build_scheduler
 from runners.train import CONFIG_DIR
 from tests.runners.helpers import run_inproc
 
@@ -160,18 +159,6 @@ def test_schedule_applies_per_step_by_epoch(tmp_path):
     assert ck["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 * 0.25)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["schedule"] == "multistep"
-
-
-def test_schedule_skipped_for_optimizers_that_learn_their_lr():
-    class LearnsLr(torch.optim.SGD):
-        lr_schedule_compatible = False
-
-    opt = LearnsLr([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
-    cfg = {"schedule": {"name": "warmup_cosine", "warmup_fraction": 0.1, "final_factor": 0.0}}
-    sched, note = build_scheduler(cfg, opt, steps_per_epoch=10, total_steps=100)
-    assert sched is None and "not applied" in note and opt.param_groups[0]["lr"] == 0.1
-    sched, note = build_scheduler(cfg, torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1), 10, 100)
-    assert sched is not None and note == "warmup_cosine"
 
 
 def test_grad_clip_bounds_the_update(tmp_path):

@@ -10,7 +10,7 @@ import optimizers
 import tasks.continual_cifar100 as cc
 from optimizers._metaoptimize_blocks import partition
 from optimizers._runs import split_diagnostics
-from runners.loop import seed_everything
+from runners.build import seed_everything
 from tasks.base import DatasetMissingError
 from tasks.cifar import write_cifar_fixture
 from tasks.mnist import write_idx_fixture

@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from tasks._libsvm_data import DATASETS, FETCH_LIBSVM, mlbench_dir, resolve, svm_scale
+from tasks._libsvm_data import (
+    DATASETS,
+    FETCH_LIBSVM,
+    mlbench_dir,
+    read_sklearn_csv,
+    resolve,
+    sklearn_csv,
+    svm_scale,
+)
 from tasks.base import DatasetMissingError
 from tasks.libsvm_logreg import LibsvmLogReg
 
@@ -117,6 +125,24 @@ def test_embedded_shapes_and_scaling(name: str) -> None:
     assert src["kind"].startswith("embedded-") and (src["rows"], src["features"]) == (rows, features)
     for f in src["files"]:
         assert len(f["sha256"]) == 64 and f["bytes"] == Path(f["path"]).stat().st_size
+
+
+@pytest.mark.parametrize("name", ["iris", "wine"])
+def test_sklearn_csv_read_as_scikit_learn_loads_it(name: str) -> None:
+    """The bundled CSV read without importing scikit-learn gives its ``load_<name>()`` arrays exactly."""
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    data, target = read_sklearn_csv(sklearn_csv(name))
+    bunch = getattr(sklearn_datasets, f"load_{name}")()
+    np.testing.assert_array_equal(data, bunch.data)
+    np.testing.assert_array_equal(target, bunch.target)
+    assert data.dtype == bunch.data.dtype and target.dtype == bunch.target.dtype
+
+
+def test_sklearn_csv_with_a_wrong_row_count_is_refused(tmp_path: Path) -> None:
+    bad = tmp_path / "wine_data.csv"
+    bad.write_text("3,2,a,b\n1.0,2.0,0\n3.0,4.0,1\n")
+    with pytest.raises(ValueError, match="expected 3 rows of 3 values"):
+        read_sklearn_csv(bad)
 
 
 def test_batches_are_a_permutation_fixed_by_seed_and_epoch() -> None:
