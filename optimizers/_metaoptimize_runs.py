@@ -24,21 +24,6 @@ from optimizers import _runs
 _ONE_CALL = (torch._foreach_mul, torch._foreach_mul_, torch._foreach_add, torch._foreach_add_)
 
 
-def member_tensors(values: np.ndarray, like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """``values`` (``[R]`` float64) once per tensor of ``like``, shaped ``[R, 1, ..., 1]`` to broadcast over
-    its member slices and cast to its dtype as a float is when it scales that tensor (torch's cast, as
-    :func:`optimizers._runs.per_member`'s); one cast per distinct dtype and device."""
-    host = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))
-    cast: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
-    out = []
-    for t in like:
-        key = (t.dtype, t.device)
-        if key not in cast:
-            cast[key] = host.to(dtype=t.dtype, device=t.device)
-        out.append(cast[key].view((-1,) + (1,) * (t.dim() - 1)))
-    return out
-
-
 def shared(values: Any) -> Any:
     """Per-member values (an ``[R]`` array) that are one number bit for bit (``-0.0`` is not ``0.0``), e.g.
     the bias corrections when no member has skipped a step, as that Python number: a call with it is the
@@ -65,11 +50,11 @@ def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: 
         return op(*lists, **{key: scalar}) if key else op(*lists, scalar)
     cpu = all(t.device.type == "cpu" for t in lists[0])
     if not key and (op in _ONE_CALL or (cpu and op is torch._foreach_div_)):
-        return op(*lists, member_tensors(scalar, lists[0]))
+        return op(*lists, _runs.member_tensors(scalar, lists[0]))
     if key == "value" and cpu and op is torch._foreach_addcdiv_:
         x, a, b = lists
         # x + (s a) / b: s a first, then the kernel's x + (1.0 (s a)) / b, where 1.0 (s a) is s a
-        torch._foreach_addcdiv_(x, torch._foreach_mul(a, member_tensors(scalar, a)), b, value=1.0)
+        torch._foreach_addcdiv_(x, torch._foreach_mul(a, _runs.member_tensors(scalar, a)), b, value=1.0)
         return None
     return _runs.foreach_scaled(op, lists, scalar, key)
 

@@ -71,7 +71,7 @@ def add_scaled_(xs: list[torch.Tensor], ys: list[torch.Tensor], alphas: np.ndarr
     members' column where this build's CPU ``addcmul`` rounds alike (:func:`addcmul_fuses`), else that
     call member by member."""
     if all(x.device.type == "cpu" for x in xs) and addcmul_fuses():
-        torch._foreach_addcmul_(xs, ys, [_runs.per_member(alphas, y) for y in ys])
+        torch._foreach_addcmul_(xs, ys, _runs.member_tensors(alphas, ys))
         return
     for r, alpha in enumerate(alphas):
         torch._foreach_add_([x[r] for x in xs], [y[r] for y in ys], alpha=float(alpha))
