@@ -289,13 +289,8 @@ class MetaOptimize(torch.optim.Optimizer):
         kind, norm = d["meta"], d["normalization"]
         if kind == "fixed":
             return
-        eta, rho, lam, c, eps = (
-            d["meta_lr"],
-            d["meta_momentum"],
-            d["meta_normalizer"],
-            d["meta_lion_c"],
-            d["eps"],
-        )
+        eta, rho, lam = d["meta_lr"], d["meta_momentum"], d["meta_normalizer"]
+        c, eps = d["meta_lion_c"], d["eps"]
         decay = 1.0 - eta * d["meta_weight_decay"]
         beta = meta["beta"] if decay == 1.0 else decay * meta["beta"]  # 1.0 beta is beta
         column = functools.partial(member_column, like=meta["beta"])
