@@ -37,6 +37,10 @@ RESNET_COUNTS = {"resnet18": [3, 12, 15, 15, 15, 2], "resnet50": [3, 30, 39, 57,
 RESNET_NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 CONTINUAL_CNN = {"others": ("conv1.", "conv2.", "fc1."), "last_layer": ("fc2.",)}
 
+# torch's CPU allocations start on this boundary (c10's gAlignment)
+CPU_ALIGNMENT = 64
+MAX_SLICE_CLONES = 4  # more misaligned member slices: one padded copy, fewer calls than a clone each
+
 BlockSpec = str | Sequence[int] | Sequence[Sequence[str]] | Mapping[str, Sequence[str]]
 
 
@@ -178,16 +182,33 @@ def block_alphas(beta: torch.Tensor, runs: int | None) -> list[Any]:
     not round alike)."""
     if runs is None:
         return beta.exp().tolist()
-    return list(np.array([row.exp().tolist() for row in beta]).T)
+    return list(np.array([row.tolist() for row in torch._foreach_exp(beta.unbind(0))]).T)
 
 
 def block_z(h: list[torch.Tensor], g: list[torch.Tensor], runs: int | None) -> torch.Tensor:
     """z_k = Σ_i <h_i, g_i> (float64; step 2): per tensor ``torch.dot``, summed over the block; batched,
-    ``[R]``, each member by the same calls on copies of its slices, so that it equals its run alone's bit
-    for bit: BLAS ``dot`` sums in an order that depends on the data's alignment, and a fresh copy is
-    aligned as the run alone's own tensors are."""
-    if runs is not None:
-        return torch.stack(
-            [block_z([x[r].clone() for x in h], [y[r].clone() for y in g], None) for r in range(runs)]
-        )
-    return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)
+    ``[R]``, each member by the same calls on its slices, so that it equals its run alone's bit for bit:
+    BLAS ``dot`` sums in an order that depends on the data's alignment, so a slice not aligned as the run
+    alone's own tensors are (:func:`member_slices`) is copied first."""
+    if runs is None:
+        return global_value(torch.stack(foreach_dot(h, g)).sum()).to(torch.float64)
+    hs, gs = [member_slices(x, runs) for x in h], [member_slices(y, runs) for y in g]
+    dots = [torch.dot(x[r], y[r]) for r in range(runs) for x, y in zip(hs, gs, strict=True)]
+    # each member's row of [R, T] is summed by the reduction a run alone runs on its [T] (contiguous rows)
+    return torch.stack(dots).view(runs, len(h)).sum(1).to(torch.float64)
+
+
+def member_slices(t: torch.Tensor, runs: int) -> list[torch.Tensor]:
+    """The members' slices of ``t`` flattened, each aligned as a fresh tensor is (on a CPU allocation's
+    64-byte boundary): views where they are; elsewhere copies, one per slice, or for many slices one copy
+    into rows padded to whole 64-byte lines (fewer calls). On other devices, copies."""
+    rows = t.reshape(runs, -1).unbind(0)
+    if t.device.type != "cpu":
+        return [r.clone() for r in rows]
+    misaligned = [i for i, r in enumerate(rows) if r.data_ptr() % CPU_ALIGNMENT]
+    if len(misaligned) <= MAX_SLICE_CLONES:
+        return [r.clone() if i in misaligned else r for i, r in enumerate(rows)]
+    per_line = CPU_ALIGNMENT // t.element_size()
+    n = rows[0].numel()
+    padded = t.new_empty((runs, -(-n // per_line) * per_line))[:, :n]
+    return padded.copy_(t.reshape(runs, -1)).unbind(0)

@@ -8,9 +8,11 @@ member by the same calls as the run alone's, so that a member equals its run alo
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
@@ -63,6 +65,34 @@ def scale_(op: Callable[..., Any], xs: list[torch.Tensor], scales: list[Any]) ->
         op(x, _runs.per_member(v, x))
 
 
+def add_scaled_(xs: list[torch.Tensor], ys: list[torch.Tensor], alphas: np.ndarray) -> None:
+    """``x <- x + alpha_r y`` on each member's slices with R values ``alphas``, rounded as the run alone's
+    ``alpha=`` call (one fused multiply-add, so ``x + y * alpha_r`` would not do): one ``addcmul`` with the
+    members' column where this build's CPU ``addcmul`` rounds alike (:func:`addcmul_fuses`), else that
+    call member by member."""
+    if all(x.device.type == "cpu" for x in xs) and addcmul_fuses():
+        torch._foreach_addcmul_(xs, ys, _runs.member_tensors(alphas, ys))
+        return
+    for r, alpha in enumerate(alphas):
+        torch._foreach_add_([x[r] for x in xs], [y[r] for y in ys], alpha=float(alpha))
+
+
+@functools.cache
+def addcmul_fuses() -> bool:
+    """Whether the CPU ``addcmul(x, y, s)`` (``x + (1 y) s``) equals ``x.add(y, alpha=s)`` bit for bit, i.e.
+    rounds once as well (the compiler fuses the kernel's multiply-add): checked once per process, in
+    float32 and float64, on random rows long enough for the vector loop and its tail, whose fused and
+    unfused results differ."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x, y = torch.randn(3, 37, generator=g, dtype=dtype), torch.randn(3, 37, generator=g, dtype=dtype)
+        s = torch.rand(3, 1, generator=g, dtype=dtype)
+        fused = torch.stack([x[r].add(y[r], alpha=s[r].item()) for r in range(3)])
+        if not torch.equal(torch.addcmul(x, y, s), fused):
+            return False
+    return True
+
+
 def prepare_members(opt: TLR, todo: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Batched (:func:`_runs.step_finite_members`): every buffer the step may write, created before a
     member's skip is recorded, a missing one as the value the rule reads for it (a momentum buffer
@@ -71,10 +101,11 @@ def prepare_members(opt: TLR, todo: list) -> tuple[list[torch.Tensor], list[dict
     for group, _, ps, _ in todo:
         for p in ps:
             st = opt.state[p]
-            if group["momentum"] != 0:
-                st.setdefault("momentum_buffer", torch.zeros_like(p))
-            for key in ("prev_grad",) if gd else ("prev_window",):
-                st.setdefault(key, torch.zeros_like(p))
+            keys = ["momentum_buffer"] if group["momentum"] != 0 else []
+            keys.append("prev_grad" if gd else "prev_window")
+            for key in keys:
+                if key not in st:  # not setdefault: a step must not allocate the buffers it already has
+                    st[key] = torch.zeros_like(p)
         if not gd:
             opt._open_windows(ps)
     params = [p for g in opt.param_groups for p in g["params"]]

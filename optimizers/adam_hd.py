@@ -161,6 +161,7 @@ class AdamHD(torch.optim.Optimizer):
         """docs/optimizers/hypergradient.md §2.2, for a run alone and, member-wise, for R runs."""
         # steps 1-2: g = grad + wd x; per-tensor hypergradients from the previous moments
         h_terms, where = [], []  # where: (work index, tensor index, step count before this step)
+        counts: list[list[Any]] = [[] for _ in work]  # per tensor, its step count before this step
         for wi, (group, ps, grads) in enumerate(work):
             if not ps:
                 continue
@@ -168,7 +169,8 @@ class AdamHD(torch.optim.Optimizer):
                 grads = torch._foreach_add(grads, ps, alpha=group["weight_decay"])
                 work[wi] = (group, ps, grads)
             self._init_state(ps)
-            prev = [j for j, p in enumerate(ps) if np.any(_counts(self.state[p]["step"]) >= 1)]
+            counts[wi] = [_counts(self.state[p]["step"]) for p in ps]  # read once a step
+            prev = [j for j, t in enumerate(counts[wi]) if _any(t >= 1)]
             if not prev:
                 continue
             m = [self.state[ps[j]]["exp_avg"] for j in prev]
@@ -180,9 +182,11 @@ class AdamHD(torch.optim.Optimizer):
                 h_terms += foreach_dot(g_prev, u_prev)
             else:
                 h_terms.append(_runs.member_dots(g_prev, u_prev, self.runs))
-            where += [(wi, j, _counts(self.state[ps[j]]["step"])) for j in prev]
+            where += [(wi, j, counts[wi][j]) for j in prev]
         if self.runs is None:
             dots = host_floats(h_terms)
+        elif len(h_terms) == 1:  # one group's [T, R] rows: no concatenation
+            dots = list(_runs.host_rows(h_terms[0]))
         else:
             dots = list(_runs.host_rows(torch.cat(h_terms))) if h_terms else []
         h_per_tensor: list[dict[int, Any]] = [{} for _ in work]
@@ -192,13 +196,13 @@ class AdamHD(torch.optim.Optimizer):
 
         for wi, (group, ps, grads) in enumerate(work):
             if ps:
-                self._apply(group, ps, grads, h_per_tensor[wi])
+                self._apply(group, ps, grads, h_per_tensor[wi], [t + 1 for t in counts[wi]])
 
     def _apply(
-        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], h: dict
+        self, group: dict[str, Any], ps: list[torch.Tensor], grads: list[torch.Tensor], h: dict, counts: list
     ) -> None:
         """docs/optimizers/hypergradient.md §2.2 steps 3-4: the rate update, the Adam moments and the
-        step."""
+        step; ``counts``: each tensor's step count after this step."""
         beta1, beta2 = group["betas"]
         rates = self._rates(group, len(ps), h)
         states = [self.state[p] for p in ps]
@@ -213,10 +217,13 @@ class AdamHD(torch.optim.Optimizer):
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])
         steps = []
-        for p, rate, st in zip(ps, rates, states, strict=True):
-            sq_bc2, bc1 = _bias_corrections(_counts(st["step"]), beta1, beta2)
+        for p, rate, t in zip(ps, rates, counts, strict=True):
+            sq_bc2, bc1 = _bias_corrections(t, beta1, beta2)
             steps.append(_runs.per_member(-rate * sq_bc2 / bc1, p))
-        _runs.foreach_addcdiv_(ps, m, denom, steps)
+        if all(isinstance(s, float) for s in steps):  # a run alone
+            torch._foreach_addcdiv_(ps, m, denom, steps)
+        else:  # x + (s m) / denom as _runs.foreach_addcdiv_, in two calls: the kernel's x + 1.0 (s m) / denom
+            torch._foreach_addcdiv_(ps, torch._foreach_mul(m, steps), denom, value=1.0)
 
     @staticmethod
     def _rates(group: dict[str, Any], n: int, h: dict[int, Any]) -> list[Any]:
@@ -327,8 +334,20 @@ def _adam_step(
 
 
 def _counts(t: int | torch.Tensor) -> int | np.ndarray:
-    """A tensor's step count: an int alone; batched, the members' counts as int64 from its ``[R]`` tensor."""
-    return t if isinstance(t, int) else np.asarray(t.tolist(), dtype=np.int64)
+    """A tensor's step count: an int alone; batched, the members' counts as int64 from its ``[R]`` tensor,
+    or that int when every member has the same count (no member skipped a step): the host arithmetic on
+    it is then the run alone's, once."""
+    if isinstance(t, int):
+        return t
+    values = t.tolist()
+    if not isinstance(values, list):  # a 0-dim count
+        return np.asarray(values, dtype=np.int64)
+    return values[0] if len(set(values)) == 1 else np.asarray(values, dtype=np.int64)
+
+
+def _any(x: bool | np.ndarray) -> bool:
+    """``np.any`` of a bool or a bool array, without numpy's overhead on a bool."""
+    return bool(x.any()) if isinstance(x, np.ndarray) else bool(x)
 
 
 def _bias_corrections(t: int | np.ndarray, beta1: float, beta2: float) -> tuple[Any, Any]:

@@ -56,11 +56,10 @@ Semantics the suite fixes:
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import numpy as np
 import torch
 
 from optimizers import _runs
@@ -80,6 +79,7 @@ from optimizers._metaoptimize_blocks import (
 )
 from optimizers._metaoptimize_config import GROUP_OVERRIDABLE, checked_defaults
 from optimizers._metaoptimize_fused import fused_block
+from optimizers._metaoptimize_runs import any_set, host_power, host_sqrt, member_column, scaled, shared
 from optimizers.registry import register
 
 META_KEY = "metaoptimize"
@@ -190,15 +190,14 @@ class MetaOptimize(torch.optim.Optimizer):
         """The AdamW/RMSProp denominator s = sqrt(v + s_in) / s_div + s_out (the scalars of
         :meth:`_base_scalars`; docs/optimizers/metaoptimize.md §3.1, §4.2, §10); a neutral scalar (0 added,
         division by 1) is an exact skip."""
-        scaled = _runs.foreach_scaled  # per-member scalars (batched, §11) member by member
-        if np.any(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
+        if any_set(s_in):  # "code": sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
             s = scaled(torch._foreach_add, [v], s_in)
             torch._foreach_sqrt_(s)
         else:  # textbook: sqrt(v / (1 - lam^t)) + eps, eps outside the root; the package's v is already v_hat
             s = torch._foreach_sqrt(v)
-        if np.any(s_div != 1.0):
+        if any_set(s_div != 1.0):
             scaled(torch._foreach_div_, [s], s_div)
-        if np.any(s_out):
+        if any_set(s_out):
             scaled(torch._foreach_add_, [s], s_out)
         return s
 
@@ -215,7 +214,6 @@ class MetaOptimize(torch.optim.Optimizer):
         scalars are :meth:`_base_scalars`' (shared with the fused kernels)."""
         base = self.defaults["base"]
         scalars = self._base_scalars(a)
-        scaled = _runs.foreach_scaled  # a scalar per member (batched, §11): the same call member by member
         delta = scaled(torch._foreach_mul, [params], a * kappa)
         if base in ("sgdm", "lion"):
             m, rho = [s["m"] for s in states], scalars[-1]
@@ -258,8 +256,10 @@ class MetaOptimize(torch.optim.Optimizer):
         *v_ab, s_in, s_div, s_out]``, AdamW ``[a, a m_scale, *m_ab, *v_ab, s_in, s_div, s_out]`` (EMA
         weights ``x <- x_a x + x_b g``; docs/optimizers/metaoptimize.md §4.2)."""
         d, meta = self.defaults, self.state[META_KEY]
-        base, norm, t = d["base"], d["normalization"], meta["step"]
+        base, norm = d["base"], d["normalization"]
         rho, lam, eps = d["momentum"], d["normalizer"], d["eps"]
+        # batched: one number while no member has skipped a step, so the host arithmetic stays scalar
+        t, lam_acc, rho_acc = shared(meta["step"]), shared(meta["lam_acc"]), shared(meta["rho_acc"])
         if base == "sgdm":
             return [a, rho]
         if base == "lion":
@@ -267,18 +267,18 @@ class MetaOptimize(torch.optim.Optimizer):
         # u = m_scale * m / s (AdamW) or g / s (RMSProp), s = sqrt(v + s_in) / s_div + s_out
         # (docs/optimizers/metaoptimize.md §4.2)
         if norm == "package":  # m_hat, v_hat EMAs with bias-corrected weights
-            b1, b2 = (1.0 - rho) / (1.0 - _power(rho, t)), (1.0 - lam) / (1.0 - _power(lam, t))
+            b1, b2 = (1.0 - rho) / (1.0 - host_power(rho, t)), (1.0 - lam) / (1.0 - host_power(lam, t))
             m_ab, v_ab, s_in_div_out, scale = [1.0 - b1, b1], [1.0 - b2, b2], [0.0, 1.0, eps], 1.0
         elif norm == "code":  # sqrt(mu v + eps) = sqrt(mu) sqrt(v + eps/mu)
-            mu = (1.0 - lam) / (1.0 - meta["lam_acc"])
+            mu = (1.0 - lam) / (1.0 - lam_acc)
             m_ab, v_ab, s_in_div_out = [rho, 1.0], [lam, 1.0], [eps / mu, 1.0, 0.0]
-            scale = 1.0 / _sqrt(mu)
+            scale = 1.0 / host_sqrt(mu)
         else:  # paper
             m_ab, v_ab = [rho, 1.0 - rho], [lam, 1.0 - lam]
-            s_in_div_out, scale = [0.0, _sqrt(1.0 - meta["lam_acc"]), eps], 1.0
+            s_in_div_out, scale = [0.0, host_sqrt(1.0 - lam_acc), eps], 1.0
         if base == "rmsprop":
             return [a * scale, *v_ab, *s_in_div_out]
-        m_scale = scale / (1.0 - meta["rho_acc"]) if norm == "paper" else scale
+        m_scale = scale / (1.0 - rho_acc) if norm == "paper" else scale
         return [a, a * m_scale, *m_ab, *v_ab, *s_in_div_out]
 
     def _meta_update(self, z: torch.Tensor) -> None:
@@ -289,15 +289,11 @@ class MetaOptimize(torch.optim.Optimizer):
         kind, norm = d["meta"], d["normalization"]
         if kind == "fixed":
             return
-        eta, rho, lam, c, eps = (
-            d["meta_lr"],
-            d["meta_momentum"],
-            d["meta_normalizer"],
-            d["meta_lion_c"],
-            d["eps"],
-        )
-        beta = (1.0 - eta * d["meta_weight_decay"]) * meta["beta"]
-        column = self._column
+        eta, rho, lam = d["meta_lr"], d["meta_momentum"], d["meta_normalizer"]
+        c, eps = d["meta_lion_c"], d["eps"]
+        decay = 1.0 - eta * d["meta_weight_decay"]
+        beta = meta["beta"] if decay == 1.0 else decay * meta["beta"]  # 1.0 beta is beta
+        column = functools.partial(member_column, like=meta["beta"])
         if kind == "lion":
             if norm == "package":  # momentum updated first, then used inside the sign
                 meta["mbar"] = rho * meta["mbar"] + (1.0 - rho) * z
@@ -309,9 +305,10 @@ class MetaOptimize(torch.optim.Optimizer):
         meta["lam_bar_acc"] = meta["lam_bar_acc"] * lam  # replaced, not in place: per member when batched
         meta["rho_bar_acc"] = meta["rho_bar_acc"] * rho
         code = norm == "code"
-        meta["vbar"] = lam * meta["vbar"] + (1.0 if code else 1.0 - lam) * z * z
+        # (1.0 z) z is z z, bit for bit
+        meta["vbar"] = lam * meta["vbar"] + (z * z if code else (1.0 - lam) * z * z)
         if kind == "adam":
-            meta["mbar"] = rho * meta["mbar"] + (1.0 if code else 1.0 - rho) * z
+            meta["mbar"] = rho * meta["mbar"] + (z if code else (1.0 - rho) * z)
             num = meta["mbar"] if code else meta["mbar"] / column(1.0 - meta["rho_bar_acc"])
         else:
             num = z
@@ -321,14 +318,6 @@ class MetaOptimize(torch.optim.Optimizer):
         else:
             bc = column(1.0 - meta["lam_bar_acc"])
             meta["beta"] = beta - eta * num / (torch.sqrt(meta["vbar"] / bc) + eps)
-
-    def _column(self, values: Any) -> Any:
-        """A per-step host scalar for the ``[K]`` (alone) or ``[R, K]`` (batched) meta tensors: a float, or
-        the members' values as an ``[R, 1]`` float64 column (the same IEEE operations element by element)."""
-        if not isinstance(values, np.ndarray):
-            return values
-        meta = self.state[META_KEY]
-        return torch.as_tensor(values, dtype=torch.float64, device=meta["beta"].device).reshape(-1, 1)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -384,8 +373,8 @@ class MetaOptimize(torch.optim.Optimizer):
             delta, trace = self._displacement(params, grads, states, a, kappa)
             if track:
                 decay = d["gamma"] * (1.0 - kappa * a)
-                if np.any(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
-                    _runs.foreach_scaled(torch._foreach_mul_, [h], decay)
+                if any_set(decay != 1.0):  # exact skip: gamma = 1 and kappa = 0 leave h unscaled
+                    scaled(torch._foreach_mul_, [h], decay)
                 torch._foreach_sub_(h, delta if trace is None else trace)
             torch._foreach_sub_(params, delta)
         if track:
@@ -407,14 +396,3 @@ class MetaOptimize(torch.optim.Optimizer):
                 out.update({f"{key}/{n}": diagnostic_value(x) for n, x in zip(names, values, strict=True)})
         out["skipped_steps"] = diagnostic_value(meta["skipped_steps"])
         return out
-
-
-def _power(x: float, t: Any) -> Any:
-    """``x ** t`` for the step count ``t``: a float, or per member (batched, §11) an array whose entries are
-    Python's float power, the number each run alone computes."""
-    return np.array([x ** int(k) for k in t]) if isinstance(t, np.ndarray) else x**t
-
-
-def _sqrt(x: Any) -> Any:
-    """The correctly rounded square root of a float or of per-member values."""
-    return np.sqrt(x) if isinstance(x, np.ndarray) else math.sqrt(x)

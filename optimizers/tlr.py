@@ -21,7 +21,7 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._tlr_fused import fused_step
-from optimizers._tlr_runs import dots, host_value, prepare_members, scale_, total
+from optimizers._tlr_runs import add_scaled_, dots, host_value, prepare_members, scale_, total
 from optimizers.registry import register
 
 MODES = ("sgd", "gd")
@@ -333,10 +333,8 @@ class TLR(torch.optim.Optimizer):
             torch._foreach_sub_(ps, [di * _runs.per_member(a, di) for di, a in zip(d, lrs, strict=True)])
         elif self.runs is None:
             torch._foreach_add_(ps, d, alpha=-group["lr"])
-        else:  # the same call on each member's slices: alpha= rounds once (a fused multiply-add on CPU and
-            # GPU), which x - (b alpha) with a per-member tensor would not, and the runs alone must match
-            for r in range(self.runs):
-                torch._foreach_add_([p[r] for p in ps], [di[r] for di in d], alpha=-float(group["lr"][r]))
+        else:  # rounded as the run alone's alpha= on each member's slices
+            add_scaled_(ps, d, -group["lr"])
 
     def _open_windows(self, ps: list[torch.Tensor]) -> None:
         """A tensor's window starts at its first step with a gradient: ``x_start <- x`` (eq. 10)."""
