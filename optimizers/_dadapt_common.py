@@ -34,9 +34,10 @@ from optimizers._common import (
     host_floats,
     skip_if_nonfinite,
 )
-from optimizers._dadapt_ops import add_scaled, every_member, host_values_after
+from optimizers._dadapt_ops import every_member, host_values_after
 from optimizers._dadapt_ops import scratch_like as scratch_like  # re-exported: the tests' import
 from optimizers._runs import (
+    add_scaled_,
     host_map,
     host_values,
     member_values,
@@ -358,7 +359,7 @@ class AdamForm(torch.optim.Optimizer):
             if ps:
                 with only_members(moved, ps):
                     if group["weight_decay"] != 0 and sc.decouple:
-                        add_scaled(ps, ps, -group["weight_decay"] * sc.dlr)
+                        add_scaled_(ps, ps, -group["weight_decay"] * sc.dlr)
                     self._move(group, ps, gs, sc, update)
         finish_step(self, pgs, sc.k, update, moved)
 

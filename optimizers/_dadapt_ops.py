@@ -10,9 +10,9 @@ state updates stay in-place ``_foreach_*`` ops, which allocate nothing.
 Small models (``whole_list``; Table 1's linear models, batched runs, docs/optimizers/README.md §6): a
 step is the cost of its calls, not of memory traffic, so the same elementwise ops run on whole lists,
 the scratch views are kept across steps, a batched run's per-member scales are cast once per list
-(``member_scales``) and a step takes one host sync where the non-finite check does not need two
-(``host_values_after``). Every elementwise op and every reduction keeps the packages' kernels and order
-(l1 norms as ``abs().sum()``), so each path gives the same bits.
+(``optimizers._runs.member_tensors``) and a step takes one host sync where the non-finite check does not
+need two (``host_values_after``). Every elementwise op and every reduction keeps the packages' kernels and
+order (l1 norms as ``abs().sum()``), so each path gives the same bits.
 """
 
 from __future__ import annotations
@@ -24,16 +24,14 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
-from optimizers._runs import add_scaled_, dots, host_values, per_member, total
+from optimizers._runs import add_scaled_, dots, host_values, total
 
 __all__ = [
     "CHUNK",
-    "add_scaled",
     "dot_into",
     "every_member",
     "host_values_after",
     "member_dots",
-    "member_scales",
     "member_total",
     "moment_updates",
     "scratch",
@@ -126,37 +124,6 @@ def dot_into(g: torch.Tensor, t: torch.Tensor, runs: int | None) -> torch.Tensor
     return member_total(t.mul_(g), runs)
 
 
-_HOST_CASTS = {torch.float32: np.float32, torch.float64: np.float64}  # as ``per_member``'s host casts
-
-
-def member_scales(values: Any, like: Sequence[torch.Tensor]) -> list[Any]:
-    """``optimizers._runs.per_member(values, x)`` for each ``x`` in ``like``, the same numbers, with one
-    host cast per dtype for the whole list (a small step pays for every cast and reshape it makes)."""
-    if not isinstance(values, np.ndarray):
-        return [per_member(values, x) for x in like]
-    casts: dict[Any, np.ndarray] = {}
-    out = []
-    for x in like:
-        host = _HOST_CASTS.get(x.dtype) if x.device.type == "cpu" else None
-        if host is None:
-            out.append(per_member(values, x))
-            continue
-        if host not in casts:
-            with np.errstate(over="ignore"):  # beyond float32's range: inf, silently, as torch's cast
-                casts[host] = np.asarray(values, dtype=np.float64).astype(host)
-        out.append(torch.from_numpy(casts[host].reshape((-1,) + (1,) * (x.dim() - 1))))
-    return out
-
-
-def add_scaled(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: Any) -> None:
-    """``optimizers._runs.add_scaled_`` (the same ops, so the same bits), its per-member scales cast once
-    (``member_scales``)."""
-    if isinstance(alpha, int | float):
-        add_scaled_(ys, xs, alpha)
-        return
-    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), member_scales(alpha, xs)))
-
-
 def workspace(opt: torch.optim.Optimizer) -> dict[Any, torch.Tensor]:
     """``opt``'s scratch buffers for :func:`scratch_like`, reused across steps (dead between steps, so
     not state: ``state_dict`` never holds them)."""
@@ -194,21 +161,21 @@ def moment_updates(
     ``.sum()`` over the whole tensor.
 
     Batched runs (``runs``, docs/optimizers/README.md §6): ``a1``, ``a2`` and ``a3`` may be R values
-    (``add_scaled``), the sums are per member, and no tensor is chunked (a chunk would cut members).
+    (``add_scaled_``), the sums are per member, and no tensor is chunked (a chunk would cut members).
     """
     (b1, a1), (b2, a2), (b3, a3) = coefs
 
     def update(m: list[torch.Tensor], v: list[torch.Tensor], s: list[torch.Tensor], g, gsl) -> None:
         if ms is not None:
             torch._foreach_mul_(m, b1)
-            add_scaled(m, g, a1)
+            add_scaled_(m, g, a1)
         torch._foreach_mul_(v, b2)
         if isinstance(a2, np.ndarray):  # Prodigy's d^2 (1 - beta2), per member
-            add_scaled(v, torch._foreach_mul(g, g), a2)
+            add_scaled_(v, torch._foreach_mul(g, g), a2)
         else:
             torch._foreach_addcmul_(v, g, g, value=a2)
         torch._foreach_mul_(s, b3)
-        add_scaled(s, gsl, a3)
+        add_scaled_(s, gsl, a3)
 
     lists = [vs, ss, gs, gss, scratch] + ([ms] if ms is not None else [])
     big = [

@@ -41,8 +41,9 @@ from optimizers._dadapt_common import (
     skip_if_reduction_nonfinite,
     uses_fsdp,
 )
-from optimizers._dadapt_ops import add_scaled, every_member, host_values_after, member_dots
+from optimizers._dadapt_ops import every_member, host_values_after, member_dots
 from optimizers._runs import (
+    add_scaled_,
     check_runs,
     host_values,
     larger,
@@ -218,7 +219,7 @@ class DAdaptSGD(torch.optim.Optimizer):
         for group, (ps, gs) in zip(groups, pgs, strict=True):
             if group["lr"] > 0.0 and ps:
                 ss = [self.state[p]["s"] for p in ps]
-                add_scaled(ss, gs, host.dlr)
+                add_scaled_(ss, gs, host.dlr)
                 sqs += member_dots(ss, ss, runs)
         dot_values, sq_values = host_values_after(sums, dot_values, sqs, runs)
         moved = every_member(self._update_d(host, dot_values, _sum(sq_values)))

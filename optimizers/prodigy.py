@@ -40,9 +40,17 @@ from optimizers._dadapt_common import (
     shared_lr,
     uses_fsdp,
 )
-from optimizers._dadapt_ops import dot_into, member_scales, moment_updates, scratch, whole_list
+from optimizers._dadapt_ops import dot_into, moment_updates, scratch, whole_list
 from optimizers._prodigy_fused import PRODIGY_MOVE, SUMS, UPDATE
-from optimizers._runs import check_runs, larger, member_scalars, member_values, select, smaller
+from optimizers._runs import (
+    check_runs,
+    larger,
+    member_scalars,
+    member_tensors,
+    member_values,
+    select,
+    smaller,
+)
 from optimizers.registry import register
 
 
@@ -305,7 +313,7 @@ class Prodigy(AdamForm):
         states = [self.state[p] for p in ps]
         vs = [st["exp_avg_sq"] for st in states]
         step = -sc.dlr if sc.beta1 > 0 else -sc.dlr * d
-        d_eps, scales = member_scales(d * eps, vs), member_scales(step, ps)  # the new d
+        d_eps, scales = member_tensors(d * eps, vs), member_tensors(step, ps)  # the new d
         if whole_list(vs):
             ts = torch._foreach_sqrt(vs)
             torch._foreach_add_(ts, d_eps)

@@ -10,15 +10,13 @@ import torch
 from optimizers import _dadapt_ops
 from optimizers._dadapt_ops import (
     CHUNK,
-    add_scaled,
     host_values_after,
     member_dots,
-    member_scales,
     member_total,
     scratch,
     whole_list,
 )
-from optimizers._runs import add_scaled_, dots, host_values, per_member, total
+from optimizers._runs import dots, host_values, total
 from optimizers.dadapt_adam import DAdaptAdam
 from optimizers.prodigy import Prodigy
 
@@ -33,28 +31,6 @@ def test_scratch_views_are_kept_until_a_buffer_grows() -> None:
     again = scratch(opt, [a, b])
     assert again is not first
     assert again[0].data_ptr() == big[0].data_ptr()  # views of the grown buffer
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
-def test_member_scales_are_per_member_casts(dtype: torch.dtype) -> None:
-    like = [torch.zeros(3, 4, 2, dtype=dtype), torch.zeros(3, 4, dtype=dtype), torch.zeros(3, dtype=dtype)]
-    values = np.array([1e-7, 1 / 3, 1e39])  # 1e39: inf in float32 and float16, as torch's cast
-    for got, x in zip(member_scales(values, like), like, strict=True):
-        want = per_member(values, x)
-        assert got.shape == want.shape and got.dtype == want.dtype
-        assert torch.equal(got, want)
-    assert member_scales(0.5, like) == [0.5, 0.5, 0.5]
-
-
-@pytest.mark.parametrize("alpha", [np.array([0.1, -2.0, 1 / 3]), 0.7])
-def test_add_scaled_matches_add_scaled_(alpha: np.ndarray | float) -> None:
-    g = torch.Generator().manual_seed(0)
-    xs = [torch.randn(3, 5, 2, generator=g), torch.randn(3, 5, generator=g)]
-    ys = [torch.randn(3, 5, 2, generator=g), torch.randn(3, 5, generator=g)]
-    want = [y.clone() for y in ys]
-    add_scaled_(want, xs, alpha)
-    add_scaled(ys, xs, alpha)
-    assert all(torch.equal(y, w) for y, w in zip(ys, want, strict=True))
 
 
 @pytest.mark.parametrize("runs", [None, 3])
