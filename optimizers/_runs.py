@@ -316,10 +316,14 @@ def members_step(
         yield
         return
     finite = finite_members(grads, runs)
+    moving = finite & np.asarray(moving, dtype=bool)
+    if moving.all():  # the common step: nothing to count, hold or put back
+        with np.errstate(all="ignore"):
+            yield
+        return
     groups = opt.param_groups
     for group in groups:
         group["skipped_steps"] = group["skipped_steps"] + ~finite
-    moving = finite & np.asarray(moving, dtype=bool)
     params = [p for group in groups for p in group["params"]]
     states = [opt.state[p] for p in params if p in opt.state]
     saved = [
