@@ -36,15 +36,8 @@ from optimizers._common import (
 )
 from optimizers._dadapt_ops import every_member, host_values_after
 from optimizers._dadapt_ops import scratch_like as scratch_like  # re-exported: the tests' import
-from optimizers._runs import (
-    add_scaled_,
-    host_map,
-    host_values,
-    member_values,
-    members_step,
-    only_members,
-    select,
-)
+from optimizers._runs import add_scaled_, host_map, host_values, member_values, select
+from optimizers._runs_skip import members_step, only_members
 
 __all__ = [
     "AdamForm",

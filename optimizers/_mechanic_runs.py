@@ -14,14 +14,8 @@ import numpy as np
 import torch
 
 from optimizers._common import foreach_dot, host_floats
-from optimizers._runs import (
-    MemberSnapshot,
-    host_rows,
-    member_dots,
-    member_state_tensors,
-    member_tensors,
-    sequential_sum,
-)
+from optimizers._runs import host_rows, member_dots, member_tensors, sequential_sum
+from optimizers._runs_skip import MemberSnapshot, member_state_tensors
 
 SumPairs = list[tuple[list[torch.Tensor], list[torch.Tensor] | None]]
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
-from optimizers import _runs
+from optimizers import _runs, _runs_skip
 from optimizers._common import foreach_dot
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def addcmul_fuses() -> bool:
 
 
 def prepare_members(opt: TLR, todo: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-    """Batched (:func:`_runs.step_finite_members`): every buffer the step may write, created before a
+    """Batched (:func:`_runs_skip.step_finite_members`): every buffer the step may write, created before a
     member's skip is recorded, a missing one as the value the rule reads for it (a momentum buffer
     or ``g_{t-1}``/``G_{j-1}`` of zeros: ``mu 0 + d = d``, ``<g, 0> = 0``; a window opened at ``x``)."""
     gd = opt.param_groups[0]["mode"] == "gd"
@@ -110,4 +110,4 @@ def prepare_members(opt: TLR, todo: list) -> tuple[list[torch.Tensor], list[dict
             opt._open_windows(ps)
     params = [p for g in opt.param_groups for p in g["params"]]
     states = [opt.state[p] for p in params]
-    return params + _runs.member_state_tensors(states, opt.runs), list(opt.param_groups)
+    return params + _runs_skip.member_state_tensors(states, opt.runs), list(opt.param_groups)

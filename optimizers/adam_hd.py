@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers import _fused, _runs
+from optimizers import _fused, _runs, _runs_skip
 from optimizers._common import (
     check_betas,
     check_nonnegative,
@@ -135,7 +135,7 @@ class AdamHD(torch.optim.Optimizer):
             if not skip_if_nonfinite(grads, self.state):
                 self._eager_step(work)
         else:
-            _runs.step_finite_members(
+            _runs_skip.step_finite_members(
                 grads, self.runs, self.state, lambda: self._prepare(work), lambda: self._eager_step(work)
             )
         return loss
@@ -151,11 +151,11 @@ class AdamHD(torch.optim.Optimizer):
 
     def _prepare(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]) -> tuple:
         """Batched: the state the step writes, created before a member's skip is recorded (its zero state
-        is what its run alone creates later), as :func:`_runs.step_finite_members` wants it."""
+        is what its run alone creates later), as :func:`_runs_skip.step_finite_members` wants it."""
         ps = [p for _, group_ps, _ in work for p in group_ps]
         self._init_state(ps)
         states = [self.state[p] for p in ps]
-        return ps + _runs.member_state_tensors(states, self.runs), list(self.param_groups)
+        return ps + _runs_skip.member_state_tensors(states, self.runs), list(self.param_groups)
 
     def _eager_step(self, work: list[tuple[dict[str, Any], list[torch.Tensor], list[torch.Tensor]]]) -> None:
         """docs/optimizers/hypergradient.md §2.2, for a run alone and, member-wise, for R runs."""

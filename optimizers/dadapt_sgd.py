@@ -48,13 +48,12 @@ from optimizers._runs import (
     host_values,
     larger,
     member_scalars,
-    members_step,
-    only_members,
     scalar_text,
     select,
     sequential_sum,
     smaller,
 )
+from optimizers._runs_skip import members_step, only_members
 from optimizers.registry import register
 
 log = logging.getLogger(__name__)

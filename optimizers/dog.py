@@ -29,7 +29,8 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._dog_fused import fused_step
-from optimizers._runs import check_runs, member_scalars, member_values, per_member, step_finite_members
+from optimizers._runs import check_runs, member_scalars, member_values, per_member
+from optimizers._runs_skip import step_finite_members
 from optimizers.registry import register
 
 

@@ -62,7 +62,7 @@ from typing import Any
 
 import torch
 
-from optimizers import _runs
+from optimizers import _runs, _runs_skip
 from optimizers._common import (
     check_nonnegative,
     closure_loss,
@@ -335,16 +335,16 @@ class MetaOptimize(torch.optim.Optimizer):
             if not skip_if_nonfinite(grads, meta):
                 self._step(blocks)
         else:
-            _runs.step_finite_members(grads, self.runs, meta, self._prepare, lambda: self._step(blocks))
+            _runs_skip.step_finite_members(grads, self.runs, meta, self._prepare, lambda: self._step(blocks))
         return loss
 
     def _prepare(self) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
-        """Batched (:func:`_runs.step_finite_members`): every per-tensor state created before a member's
+        """Batched (:func:`_runs_skip.step_finite_members`): every per-tensor state created before a member's
         skip is recorded (zeros, what its run alone creates later); the meta scalars are replaced by the
         step, so they are restored as dict entries."""
         params = [p for g in self.param_groups for p in g["params"]]
         states = [self._init_state(p) for p in params]
-        return params + _runs.member_state_tensors(states, self.runs), [self.state[META_KEY]]
+        return params + _runs_skip.member_state_tensors(states, self.runs), [self.state[META_KEY]]
 
     def _step(self, blocks: list) -> None:
         """The rule (module docstring), for a run alone and, member-wise, for R runs (§11)."""

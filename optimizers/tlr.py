@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from optimizers import _runs
+from optimizers import _runs, _runs_skip
 from optimizers._common import (
     check_choice,
     check_nonnegative,
@@ -254,7 +254,7 @@ class TLR(torch.optim.Optimizer):
             if not skip_if_nonfinite(grads, head):
                 self._eager_step(todo)
         else:
-            _runs.step_finite_members(
+            _runs_skip.step_finite_members(
                 grads, self.runs, head, lambda: prepare_members(self, todo), lambda: self._eager_step(todo)
             )
         return loss
@@ -287,8 +287,8 @@ class TLR(torch.optim.Optimizer):
             self._window_end()
         elif np.any(ending):  # the others' window state and alpha are put back
             params = [p for g in self.param_groups for p in g["params"]]
-            tensors = _runs.member_state_tensors([self.state[p] for p in params], self.runs)
-            undo = _runs.MemberRestore(~ending, tensors, self.param_groups, self.runs)
+            tensors = _runs_skip.member_state_tensors([self.state[p] for p in params], self.runs)
+            undo = _runs_skip.MemberRestore(~ending, tensors, self.param_groups, self.runs)
             self._window_end()
             undo.restore()
 

@@ -15,8 +15,6 @@ from optimizers._runs import (
     larger,
     member_scalars,
     member_tensors,
-    members_step,
-    only_members,
     per_member,
     scalar_text,
     select,
@@ -65,16 +63,6 @@ def test_batched_helpers_reduce_and_scale_within_each_member():
     assert torch.equal(y[1], a[1]) and torch.equal(y[2], a[2] + b[2] * -2.0)
 
 
-def test_only_members_puts_the_others_back():
-    x = torch.zeros(3, 2)
-    with only_members(np.array([True, False, True]), [x]):
-        x.add_(1.0)
-    assert x.tolist() == [[1.0, 1.0], [0.0, 0.0], [1.0, 1.0]]
-    with only_members(True, [x]):  # a run alone, or every member: nothing to put back
-        x.add_(1.0)
-    assert x[1].tolist() == [1.0, 1.0]
-
-
 def test_member_scalars_and_text():
     assert member_scalars(None, d=1e-6, k=0) == {"d": 1e-6, "k": 0}
     out = member_scalars(2, d=[1e-6, 1e-5], k=0)
@@ -83,37 +71,6 @@ def test_member_scalars_and_text():
         scalar_text(0.5, "1.1e") == "5.0e-01"
         and scalar_text(np.array([0.5, 2.0]), "1.1e") == "[5.0e-01, 2.0e+00]"
     )
-
-
-class _Opt:
-    """What ``members_step`` reads of an optimizer: ``runs``, ``param_groups`` and ``state``."""
-
-    def __init__(self, runs: int | None) -> None:
-        self.runs = runs
-        self.p = torch.zeros(3, 2)
-        self.p.grad = torch.ones(3, 2)
-        self.param_groups = [{"params": [self.p], **member_scalars(runs, d=1.0, skipped_steps=0)}]
-        self.state = {self.p: {"s": torch.zeros(3, 2)}}
-
-
-def test_members_step_holds_non_finite_and_not_moving_members():
-    """Member 1 is not finite (skipped, counted), member 2 not moving (no count): both end the block as
-    they began, tensors and group scalars; member 0 keeps its step."""
-    opt = _Opt(3)
-    opt.p.grad[1, 0] = math.inf
-    with members_step(opt, [opt.p.grad], moving=np.array([True, True, False])):
-        opt.p.add_(opt.p.grad)
-        opt.state[opt.p]["s"].add_(opt.p.grad)
-        opt.param_groups[0]["d"] = opt.param_groups[0]["d"] * 2.0
-    group = opt.param_groups[0]
-    assert opt.p.tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
-    assert opt.state[opt.p]["s"].tolist() == [[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
-    assert opt.p.grad[1, 0].item() == math.inf  # the gradients are put back too
-    assert group["d"].tolist() == [2.0, 1.0, 1.0] and group["skipped_steps"].tolist() == [0, 1, 0]
-    alone = _Opt(None)
-    with members_step(alone, [alone.p.grad]):  # alone: the caller applied the policy
-        alone.p.add_(1.0)
-    assert alone.p.eq(1.0).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
