@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +27,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from runners import multiruns  # noqa: E402
 from runners.reports import paper  # noqa: E402
 from runners.reports.table1 import GRID, OPTIMIZERS, PAPER_FILES, protocol  # noqa: E402
 from tasks._libsvm_data import DATASETS, availability  # noqa: E402
 
 PROTOCOL = protocol()
 EXPERIMENT = PROTOCOL["experiment"]
+TABLE_IMPORTS = ("tasks.libsvm_logreg", "rdata")  # what every run imports: once, before the workers fork
 
 
 def _grid(name: str) -> str:
@@ -44,10 +44,11 @@ def _grid(name: str) -> str:
 def plan(
     data: Path, datasets: list[str], optimizers: list[str]
 ) -> tuple[list[str], dict[str, str], list[str]]:
-    """(problems to run, their data source, optimizers to run), largest problem first (load balance)."""
+    """(problems to run, their data source, optimizers to run), the problem with most steps first (at
+    batch 16 a step's cost is mostly per-call overhead, so a run's cost goes with its rows)."""
     avail = availability(data)
     run = [d for d in datasets if avail.get(d)]
-    run.sort(key=lambda d: -DATASETS[d].rows * DATASETS[d].features)
+    run.sort(key=lambda d: (-DATASETS[d].rows, -DATASETS[d].features))
     have = [o for o in optimizers if (REPO / "configs" / "optimizer" / f"{o}.yaml").is_file()]
     return run, {d: avail[d] or "missing" for d in DATASETS}, have
 
@@ -82,21 +83,10 @@ def preflight(figures: bool) -> None:
             raise SystemExit(f"error: the figures need matplotlib ({e}); run `make setup`") from None
 
 
-def multirun(overrides: list[str], log: Path) -> int:
-    """One Hydra multirun of the runner on the basic launcher (its groups one after the other); its
-    output goes to ``log``."""
-    cmd = [sys.executable, "-m", "runners.train", "-m", f"experiment={EXPERIMENT}", "launcher=basic"]
-    cmd += overrides
-    env = {**os.environ, "HYDRA_FULL_ERROR": os.environ.get("HYDRA_FULL_ERROR", "0")}
-    print("+ " + " ".join(cmd[1:]), flush=True)
-    with log.open("a") as f:
-        f.write("+ " + " ".join(cmd) + "\n")
-        f.flush()
-        return subprocess.run(cmd, cwd=REPO, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-
-
-def _optimizer_of(overrides: list[str]) -> str:
-    return next(o.partition("=")[2] for o in overrides if o.startswith("optimizer="))
+def _log_name(overrides: list[str]) -> str:
+    """``<optimizer>-<problem>[-<problem>...].log``: a local multirun's log, named by what it runs."""
+    values = dict(o.partition("=")[::2] for o in overrides)
+    return f"{values['optimizer']}-{values[PROTOCOL['task_key']].replace(',', '-')}.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,7 +114,10 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
     """Table 1's runs as Hydra multiruns of the runner (overrides after ``experiment=<the table's>``,
     swept values comma-separated): one per optimizer, with its protocol overrides and, for a grid-searched
     baseline, its LR grid. Also each problem's data source and what is not run.
-    ``local``: the runs share this machine's cores (``args.jobs`` workers), not a cluster's."""
+    ``local``: the runs share this machine's cores (``args.jobs`` workers), not a cluster's; then each
+    optimizer's multirun is split so that the workers end together: one per large problem (at least a
+    quarter of the largest one's rows), largest first, then one for all the small ones (whose runs take
+    less than a multirun's fixed second of Hydra composes)."""
     results, data = Path(args.results).resolve(), Path(args.data).resolve()
     datasets = [d.strip().lower() for d in args.datasets.split(",") if d.strip()]
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
@@ -140,7 +133,6 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
     if not to_run:
         return [], sources, notes
     common = [
-        f"{PROTOCOL['task_key']}={','.join(to_run)}",
         *([] if data == REPO / "data" else [f"task.root={data}"]),  # the root is part of the run id
         f"results_dir={results}",
         f"logger={args.logger}",
@@ -151,12 +143,15 @@ def sweeps(args: argparse.Namespace, local: bool = True) -> tuple[list[list[str]
         *args.overrides,
     ]
     runs = []
-    for opt in opts:  # one multirun per optimizer: its protocol overrides, its grid
-        spec = PROTOCOL["optimizers"].get(opt, {})
-        sweep = [f"optimizer={opt}", *spec.get("overrides", [])]
-        if opt in GRID:
-            sweep.append(f"optimizer.lr={grids(args)[opt]}")
-        runs.append([*common, *sweep])
+    large = [d for d in to_run if 4 * DATASETS[d].rows >= DATASETS[to_run[0]].rows] if local else []
+    chunks = [*large, ",".join(d for d in to_run if d not in large)]
+    for problems in filter(None, chunks):
+        for opt in opts:  # one multirun per optimizer: its protocol overrides, its grid
+            spec = PROTOCOL["optimizers"].get(opt, {})
+            sweep = [f"optimizer={opt}", *spec.get("overrides", [])]
+            if opt in GRID:
+                sweep.append(f"optimizer.lr={grids(args)[opt]}")
+            runs.append([f"{PROTOCOL['task_key']}={problems}", *common, *sweep])
     return runs, sources, notes
 
 
@@ -174,8 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only and runs:
         logs = results / "logs" / "table1"
         logs.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            list(pool.map(lambda o: multirun(o, logs / f"{_optimizer_of(o)}.log"), runs))
+        jobs = max(1, args.jobs)
+        print(f"{len(runs)} multiruns of the runner, {jobs} at a time (their commands and output: {logs}/)")
+        full = [[f"experiment={EXPERIMENT}", *o] for o in runs]
+        multiruns.run([(o, logs / _log_name(o)) for o in full], jobs, preload=TABLE_IMPORTS)
         print(f"runs done in {time.monotonic() - t0:.0f} s (logs: {logs}/)")
 
     from runners.collect import collect

@@ -18,15 +18,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from runners import multiruns  # noqa: E402
 from runners.reports.table4 import AUTHORS_FILE, protocol, report  # noqa: E402
 from tasks import DatasetMissingError  # noqa: E402
 from tasks.continual_cifar100 import DATASETS, load_split  # noqa: E402
@@ -73,13 +72,10 @@ def sweeps(args: argparse.Namespace, datasets: list[str]) -> list[list[str]]:
     return runs
 
 
-def multirun(overrides: list[str], log: Path) -> int:
-    cmd = [sys.executable, "-m", "runners.train", "-m", "launcher=basic", *overrides]
-    print("+ " + " ".join(cmd[1:]), flush=True)
-    with log.open("a") as f:
-        f.write("+ " + " ".join(cmd) + "\n")
-        f.flush()
-        return subprocess.run(cmd, cwd=REPO, stdout=f, stderr=subprocess.STDOUT).returncode
+def _log_name(overrides: list[str]) -> str:
+    """``<experiment>-<dataset>.log``: a multirun's log, named by what it runs."""
+    values = dict(o.partition("=")[::2] for o in overrides)
+    return f"{values['experiment']}-{values[PROTOCOL['task_key']]}.log"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         logs = Path(args.results) / "logs" / "table4"
         logs.mkdir(parents=True, exist_ok=True)
         runs = sweeps(args, datasets)
-        with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-            list(pool.map(lambda o: multirun(o, logs / f"{o[0][11:]}-{o[1].split('=')[1]}.log"), runs))
+        print(f"{len(runs)} multiruns of the runner, {args.jobs} at a time (commands and output: {logs}/)")
+        jobs = [(o, logs / _log_name(o)) for o in runs]
+        multiruns.run(jobs, args.jobs, preload=["tasks.continual_cifar100"])
         print(f"runs done in {time.monotonic() - t0:.0f} s (logs: {logs}/)")
     report(Path(args.results).resolve(), figures_too=not args.no_figures)
     return 0

@@ -93,8 +93,28 @@ def test_pipeline_on_iris_and_wine_then_resume(tmp_path: Path, capsys: pytest.Ca
     assert len(before) == 6
     assert reproduce_table1.main([*args, "--optimizers", "dadapt_adam"]) == 0
     assert _summaries(tmp_path) == before  # no run trained or rewritten
-    log = (tmp_path / "logs" / "table1" / "dadapt_adam.log").read_text()
-    assert log.count("already completed") == 2
+    logs = sorted((tmp_path / "logs" / "table1").glob("dadapt_adam-*.log"))
+    assert sum(log.read_text().count("already completed") for log in logs) == 2
+
+
+def test_local_multiruns_split_large_problems_and_keep_each_run_once() -> None:
+    """On this machine each optimizer's runs are one multirun per large problem, largest first, then one
+    for the small ones; on a cluster one per optimizer. Either way every (problem, optimizer) once."""
+    embedded = "dna,glass,iris,letter,vehicle,vowel,wine"  # what `make data` fetches
+    args = reproduce_table1.build_parser().parse_args(["--data", str(REPO / "data"), "--datasets", embedded])
+    problems, _, optimizers = reproduce_table1.plan(REPO / "data", embedded.split(","), table1.OPTIMIZERS)
+    assert problems[0] == "letter"  # most rows of the embedded problems: its runs start first
+
+    def pairs(runs: list[list[str]]) -> list[tuple[str, str]]:
+        values = [dict(o.partition("=")[::2] for o in run) for run in runs]
+        return [(d, v["optimizer"]) for v in values for d in v["task.dataset"].split(",")]
+
+    local, _, _ = reproduce_table1.sweeps(args, local=True)
+    cluster, _, _ = reproduce_table1.sweeps(args, local=False)
+    every = sorted((d, o) for d in problems for o in optimizers)
+    assert sorted(pairs(local)) == every and sorted(pairs(cluster)) == every
+    assert len(cluster) == len(optimizers) and len(local) == 2 * len(optimizers)
+    assert [p for p, _ in pairs(local[: len(optimizers)])] == ["letter"] * len(optimizers)
 
 
 def test_a_differing_row_names_the_data_cause(tmp_path: Path) -> None:
