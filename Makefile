@@ -31,7 +31,7 @@ data: setup
 	$(PY) scripts/download_data.py embedded
 	$(PY) scripts/download_data.py fashion-mnist
 
-# Table 1 (D-Adaptation Fig. 2 / Mechanic Fig. 4): every run through the runner (joblib, JOBS workers,
+# Table 1 (D-Adaptation Fig. 2 / Mechanic Fig. 4): every run through the runner (JOBS worker processes,
 # finished runs skipped), then results/tables/table1.{md,csv,tex} and results/figures/table1_*.png.
 # SEEDS=10 is the paper's protocol; LOGGER=wandb logs every run to W&B (default none).
 reproduce-table1: setup data
