@@ -5,7 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from hydra_plugins.lrbench_batched.batched_sweeper import BatchedSweeper
+from hydra.core.plugins import Plugins
 
 
 class _CountingLoader:
@@ -16,8 +16,18 @@ class _CountingLoader:
         self.composed.append(list(sweep_overrides))
 
 
+def _sweeper_class() -> type:
+    """The class Hydra instantiates. Hydra's first plugin scan in a process runs the plugin modules again
+    (Hydra's own BasicSweeper's among them), so a class imported before it (at collection time) would
+    subclass a BasicSweeper that no longer is the module's."""
+    Plugins.instance()
+    from hydra_plugins.lrbench_batched import batched_sweeper
+
+    return batched_sweeper.BatchedSweeper
+
+
 def test_validation_skips_only_the_groups_pack_made() -> None:
-    sweeper = BatchedSweeper(max_batch_size=None)
+    sweeper = _sweeper_class()(max_batch_size=None)
     loader = _CountingLoader()
     sweeper.hydra_context = SimpleNamespace(config_loader=loader)
     sweeper.config = object()
