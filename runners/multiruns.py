@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,10 +60,20 @@ def server(preload: Sequence[str] = ()) -> multiprocessing.context.ForkServerCon
     return ctx
 
 
+def _process(overrides: Sequence[str], log: Path) -> None:
+    sys.exit(_multirun(overrides, log))
+
+
 def run(multiruns: Sequence[tuple[Sequence[str], Path]], jobs: int, preload: Sequence[str] = ()) -> list[int]:
-    """Each ``(overrides, log)``, up to ``jobs`` at once in the given order; their exit codes. Each log
-    starts with its multirun's command line."""
+    """Each ``(overrides, log)`` in a process of its own, up to ``jobs`` at once in the given order; their
+    exit codes. Each log starts with its multirun's command line."""
     ctx = server(preload)
-    with ProcessPoolExecutor(max_workers=max(1, jobs), mp_context=ctx, max_tasks_per_child=1) as pool:
-        futures = [pool.submit(_multirun, list(o), log) for o, log in multiruns]
-        return [f.result() for f in futures]
+
+    def one(job: tuple[Sequence[str], Path]) -> int:
+        process = ctx.Process(target=_process, args=(list(job[0]), job[1]))
+        process.start()
+        process.join()
+        return int(process.exitcode or 0)
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, multiruns))
