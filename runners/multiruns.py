@@ -26,6 +26,13 @@ def command(overrides: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "runners.train", "-m", "launcher=basic", *overrides]
 
 
+def log_name(overrides: Sequence[str], *keys: str) -> str:
+    """``<value>-<value>....log``: a multirun's log, named by the values of ``keys`` in its overrides (a
+    swept value's commas as dashes)."""
+    values = dict(o.partition("=")[::2] for o in overrides)
+    return "-".join(values[key].replace(",", "-") for key in keys) + ".log"
+
+
 def _multirun(overrides: Sequence[str], log: Path) -> int:
     """One multirun in this (forked, fresh) process, stdout and stderr into ``log``; its exit code."""
     os.chdir(REPO)

@@ -83,12 +83,6 @@ def preflight(figures: bool) -> None:
             raise SystemExit(f"error: the figures need matplotlib ({e}); run `make setup`") from None
 
 
-def _log_name(overrides: list[str]) -> str:
-    """``<optimizer>-<problem>[-<problem>...].log``: a local multirun's log, named by what it runs."""
-    values = dict(o.partition("=")[::2] for o in overrides)
-    return f"{values['optimizer']}-{values[PROTOCOL['task_key']].replace(',', '-')}.log"
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", PROTOCOL["seeds"])))
@@ -172,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         jobs = max(1, args.jobs)
         print(f"{len(runs)} multiruns of the runner, {jobs} at a time (their commands and output: {logs}/)")
         full = [[f"experiment={EXPERIMENT}", *o] for o in runs]
-        multiruns.run([(o, logs / _log_name(o)) for o in full], jobs, preload=TABLE_IMPORTS)
+        named = [(o, logs / multiruns.log_name(o, "optimizer", PROTOCOL["task_key"])) for o in full]
+        multiruns.run(named, jobs, preload=TABLE_IMPORTS)
         print(f"runs done in {time.monotonic() - t0:.0f} s (logs: {logs}/)")
 
     from runners.collect import collect

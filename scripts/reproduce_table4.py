@@ -72,12 +72,6 @@ def sweeps(args: argparse.Namespace, datasets: list[str]) -> list[list[str]]:
     return runs
 
 
-def _log_name(overrides: list[str]) -> str:
-    """``<experiment>-<dataset>.log``: a multirun's log, named by what it runs."""
-    values = dict(o.partition("=")[::2] for o in overrides)
-    return f"{values['experiment']}-{values[PROTOCOL['task_key']]}.log"
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=int(os.environ.get("SEEDS", PROTOCOL["seeds"])))
@@ -115,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.mkdir(parents=True, exist_ok=True)
         runs = sweeps(args, datasets)
         print(f"{len(runs)} multiruns of the runner, {args.jobs} at a time (commands and output: {logs}/)")
-        jobs = [(o, logs / _log_name(o)) for o in runs]
+        jobs = [(o, logs / multiruns.log_name(o, "experiment", PROTOCOL["task_key"])) for o in runs]
         multiruns.run(jobs, args.jobs, preload=["tasks.continual_cifar100"])
         print(f"runs done in {time.monotonic() - t0:.0f} s (logs: {logs}/)")
     report(Path(args.results).resolve(), figures_too=not args.no_figures)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
+import subprocess
+import sys
 
 from runners import multiruns
+
+REPO = multiruns.REPO
 
 
 def _toy(results, *overrides: str) -> list[str]:
@@ -39,15 +42,18 @@ def test_each_multirun_runs_in_its_own_process_and_log(tmp_path):
     assert sum(s.get("batched") is not None for s in summaries) == 4  # the sgd grid: one batched group
 
 
-def _loaded(names: list[str]) -> list[bool]:
-    import sys
-
-    return [name in sys.modules for name in names]
+_CHECK = """
+from concurrent.futures import ProcessPoolExecutor
+from runners import multiruns
+names = [*multiruns.PRELOAD, "wave"]  # wave: a module the runner never imports (the caller's preload)
+with ProcessPoolExecutor(1, mp_context=multiruns.server(["wave"])) as pool:
+    print(pool.submit(eval, f"[n in __import__('sys').modules for n in {names!r}]").result())
+"""
 
 
 def test_the_workers_start_with_the_runner_imported():
     """What makes a small multirun cheap: its process is forked from a server that imported the runner
-    and torch's compiler stack (seconds a fresh interpreter pays)."""
-    names = [*multiruns.PRELOAD, "json"]
-    with ProcessPoolExecutor(1, mp_context=multiruns.server(["json"])) as pool:
-        assert pool.submit(_loaded, names).result() == [True] * len(names)
+    and torch's compiler stack (seconds a fresh interpreter pays). In a fresh interpreter: the server is
+    one per process, and an earlier test's server would have other modules."""
+    out = subprocess.run([sys.executable, "-c", _CHECK], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[-2] == str([True] * (len(multiruns.PRELOAD) + 1))
