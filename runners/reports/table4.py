@@ -155,7 +155,8 @@ def table(df: pd.DataFrame, tried: pd.DataFrame | None = None) -> pd.DataFrame:
                     "seeds": int(runs["seed"].nunique()),
                     "diverged": int((runs["status"] == "diverged").sum()),
                     "online accuracy (%)": _mean_se(runs[FINAL_ONLINE]),
-                    "mean task accuracy (%)": _mean_se(runs[FINAL_TASKS]),
+                    # runs stopped inside their first task (a smoke run) have no task accuracy at all
+                    "mean task accuracy (%)": _mean_se(runs.get(FINAL_TASKS, pd.Series(dtype=float))),
                     "authors CIFAR-100 online (%)": "not in paper" if online is None else f"{online:.2f}",
                     "authors CIFAR-100 task (%)": "not in paper" if tasks_ is None else f"{tasks_:.2f}",
                 }

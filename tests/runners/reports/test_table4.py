@@ -62,6 +62,24 @@ def test_grid_method_keeps_its_best_lr_by_mean_online_accuracy_on_common_seeds()
     assert len(kept[kept["method"] == "fixed"]) == 1
 
 
+def test_runs_stopped_inside_their_first_task_have_no_task_accuracy():
+    df = pd.DataFrame(  # as collected from smoke runs of a few steps: no task ended, no test/ metric
+        {
+            "dataset": ["fashion_mnist"] * 2,
+            "scale": ["smoke"] * 2,
+            "method": ["fixed"] * 2,
+            "lr": [None, None],
+            "seed": [0, 1],
+            "steps": [2, 2],
+            "status": ["completed"] * 2,
+            table4.FINAL_ONLINE: [50.0, 100.0],
+        }
+    )
+    out = table4.table(df)
+    assert out["online accuracy (%)"].tolist() == ["75.00 ± 25.00"]
+    assert out["mean task accuracy (%)"].tolist() == ["n/a"]
+
+
 def test_report_from_smoke_runs_on_cifar100_fixture(tmp_path, capsys):
     torch.set_num_threads(1)
     data = write_cifar_fixture(tmp_path / "data", "cifar100", n_train=100, n_test=100)
