@@ -113,10 +113,18 @@ def _run_seconds(runs: pd.DataFrame) -> pd.Series:
     return seconds / (members.fillna(1) if isinstance(members, pd.Series) else members)
 
 
+def _ran_batched(runs: pd.DataFrame) -> bool:
+    if "batched_members" not in runs:
+        return False
+    return bool((pd.to_numeric(runs["batched_members"], errors="coerce") > 1).any())
+
+
 def cost_to_match(grid_runs: pd.DataFrame, method_runs: pd.DataFrame) -> str:
     """``grid 9 pts 0.021 CPU-h vs 1 run 0.002 CPU-h (9.3x)``: the baseline grid's cost per seed (the
     sum of every grid point's ``wall_s``, over the number of seeds) against one LR-free run's mean
-    ``wall_s``. Empty when either side has no timed run."""
+    ``wall_s``. ``(1.0x, batched)`` where runs of either side ran batched: their times are shares of
+    their programs', what this suite spent, not what the runs would cost alone. Empty when either side
+    has no timed run."""
     if grid_runs.empty or method_runs.empty or "wall_s" not in grid_runs or "wall_s" not in method_runs:
         return ""
     grid_s, one_s = _run_seconds(grid_runs), _run_seconds(method_runs).mean()
@@ -126,7 +134,10 @@ def cost_to_match(grid_runs: pd.DataFrame, method_runs: pd.DataFrame) -> str:
     grid_h, one_h = grid_s.sum() / seeds / 3600, one_s / 3600
     unit = _hours_unit(pd.concat([grid_runs.get("device", pd.Series()), method_runs.get("device")]))
     points = grid_runs["lr"].nunique()
-    return f"grid {points} pts {grid_h:.3g} {unit} vs 1 run {one_h:.3g} {unit} ({grid_h / one_h:.1f}x)"
+    batched = ", batched" if _ran_batched(grid_runs) or _ran_batched(method_runs) else ""
+    return (
+        f"grid {points} pts {grid_h:.3g} {unit} vs 1 run {one_h:.3g} {unit} ({grid_h / one_h:.1f}x{batched})"
+    )
 
 
 def not_run(reason: str, command: str) -> str:

@@ -62,9 +62,16 @@ def test_cost_to_match_is_the_whole_grid_per_seed_against_one_run() -> None:
     assert scoring.cost_to_match(grid, one) == "grid 3 pts 0.3 CPU-h vs 1 run 0.2 CPU-h (1.5x)"
     assert "GPU-h" in scoring.cost_to_match(grid.assign(device="NVIDIA H100"), one)
     assert scoring.cost_to_match(grid, one.iloc[0:0]) == ""
-    # batched: 3 LRs x 2 seeds in one program of 2160 s: each member's share is 360 s, as above
+    # batched: 3 LRs x 2 seeds in one program of 2160 s: each member's share is 360 s, as above, and
+    # the cell says the times are batched shares (either side)
     batched = grid.assign(wall_s=2160.0, batched_members=6)
-    assert scoring.cost_to_match(batched, one) == "grid 3 pts 0.3 CPU-h vs 1 run 0.2 CPU-h (1.5x)"
+    expected = "grid 3 pts 0.3 CPU-h vs 1 run 0.2 CPU-h (1.5x, batched)"
+    assert scoring.cost_to_match(batched, one) == expected
+    assert scoring.cost_to_match(grid, one.assign(wall_s=1440.0, batched_members=2)) == expected
+    assert (
+        scoring.cost_to_match(grid.assign(batched_members=1), one)
+        == "grid 3 pts 0.3 CPU-h vs 1 run 0.2 CPU-h (1.5x)"
+    )
 
 
 def test_paper_text_and_not_run_note() -> None:
