@@ -106,17 +106,20 @@ def _hours_unit(devices: pd.Series) -> str:
     return "GPU-h" if gpu else "CPU-h"
 
 
+def _members(runs: pd.DataFrame) -> pd.Series:
+    """How many runs shared each run's program (1 for a run alone or an unknown count)."""
+    if "batched_members" not in runs:
+        return pd.Series(1.0, index=runs.index)
+    return pd.to_numeric(runs["batched_members"], errors="coerce").fillna(1)
+
+
 def _run_seconds(runs: pd.DataFrame) -> pd.Series:
     """Each run's wall seconds; a batched run's share of its program's (``batched_members`` runs)."""
-    seconds = pd.to_numeric(runs["wall_s"], errors="coerce")
-    members = pd.to_numeric(runs["batched_members"], errors="coerce") if "batched_members" in runs else 1
-    return seconds / (members.fillna(1) if isinstance(members, pd.Series) else members)
+    return pd.to_numeric(runs["wall_s"], errors="coerce") / _members(runs)
 
 
 def _ran_batched(runs: pd.DataFrame) -> bool:
-    if "batched_members" not in runs:
-        return False
-    return bool((pd.to_numeric(runs["batched_members"], errors="coerce") > 1).any())
+    return bool((_members(runs) > 1).any())
 
 
 def cost_to_match(grid_runs: pd.DataFrame, method_runs: pd.DataFrame) -> str:
