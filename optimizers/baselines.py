@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from optimizers._common import grads_with_params
-from optimizers._runs import check_runs, host_map, member_values, per_member
+from optimizers._runs import add_scaled_, check_runs, host_map, member_tensors, member_values, per_member
 from optimizers.registry import register
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -58,13 +58,6 @@ class _Batched:
         if group.get("member_lr") is None:
             return float(group["lr"])
         return float(group["lr"]) * np.asarray(group["member_lr"], dtype=np.float64)
-
-
-def _scaled(tensors: list[torch.Tensor], scale: float | np.ndarray) -> list[torch.Tensor]:
-    """``t * scale`` for each tensor: a shared float as torch's scalar ops take it, or one per member."""
-    if isinstance(scale, float):
-        return torch._foreach_mul(tensors, scale)
-    return torch._foreach_mul(tensors, [per_member(scale, t) for t in tensors])
 
 
 @register("sgd", sharded=True)
@@ -125,11 +118,7 @@ class SGD(_Batched, torch.optim.SGD):
                     gs = torch._foreach_add(gs, bufs, alpha=momentum)
                 else:
                     gs = bufs
-            lr = self._member_lr(group)
-            if isinstance(lr, float):
-                torch._foreach_add_(ps, gs, alpha=-lr)
-            else:
-                torch._foreach_add_(ps, _scaled(gs, -lr))
+            add_scaled_(ps, gs, -self._member_lr(group))
         return loss
 
 
@@ -177,28 +166,13 @@ class _AdamRule(_Batched):
         lr = self._member_lr(group)
         if wd != 0:
             if self.decoupled:
-                torch._foreach_mul_(
-                    ps, [per_member(1 - lr * wd, p) for p in ps] if not isinstance(lr, float) else 1 - lr * wd
-                )
+                torch._foreach_mul_(ps, member_tensors(1 - lr * wd, ps))
             else:
                 gs = torch._foreach_add(gs, ps, alpha=wd)
         torch._foreach_lerp_(ms, gs, 1 - beta1)
         torch._foreach_mul_(vs, beta2)
         torch._foreach_addcmul_(vs, gs, gs, 1 - beta2)
-        # each member's bias corrections from its step count, as torch forms them from a Python float
-        counts = torch.stack(steps).tolist()
-        scalars: dict[tuple[Any, ...], tuple[torch.Tensor, torch.Tensor]] = {}
-        step_sizes, bc2_sqrts = [], []
-        for p, t in zip(ps, counts, strict=True):
-            key = (*t, p.dtype, p.device)
-            if key not in scalars:  # the parameters of a group almost always share counts and dtype
-                k = np.asarray(t if min(t) < max(t) else t[:1], dtype=np.float64)  # one count: once
-                size = np.broadcast_to((lr / host_map(lambda n: 1 - beta1**n, k)) * -1, (self.runs,))
-                bc2 = np.broadcast_to(host_map(lambda n: (1 - beta2**n) ** 0.5, k), (self.runs,))
-                scalars[key] = (per_member(size, p).reshape(-1), per_member(bc2, p).reshape(-1))
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            step_sizes.append(scalars[key][0].view(shape))
-            bc2_sqrts.append(scalars[key][1].view(shape))
+        step_sizes, bc2_sqrts = self._bias_scalars(ps, torch.stack(steps).tolist(), lr, beta1, beta2)
         denoms = torch._foreach_sqrt(vs)
         torch._foreach_div_(denoms, bc2_sqrts)
         torch._foreach_add_(denoms, eps)
@@ -206,6 +180,24 @@ class _AdamRule(_Batched):
         moves = torch._foreach_mul(ms, step_sizes)
         torch._foreach_div_(moves, denoms)
         torch._foreach_add_(ps, moves)
+
+    @staticmethod
+    def _bias_scalars(
+        ps: list[torch.Tensor], counts: list[list[float]], lr: float | np.ndarray, beta1: float, beta2: float
+    ) -> tuple[Any, Any]:
+        """Each member's step size ``-lr / (1 - beta1^k)`` and ``sqrt(1 - beta2^k)``, from its step count
+        ``k`` as torch forms them from Python floats: per tensor, as floats where all members share them."""
+        if all(row == counts[0] for row in counts) and min(counts[0]) == max(counts[0]):
+            k = counts[0][0]  # the usual case: every member has taken every step
+            size, bc2 = (lr / (1 - beta1**k)) * -1, (1 - beta2**k) ** 0.5
+            return member_tensors(size, ps), [bc2] * len(ps)
+        sizes, bc2s = [], []
+        for p, t in zip(ps, counts, strict=True):
+            k = np.asarray(t, dtype=np.float64)
+            size = (lr / host_map(lambda n: 1 - beta1**n, k)) * -1
+            sizes.append(per_member(np.broadcast_to(size, k.shape), p))
+            bc2s.append(per_member(host_map(lambda n: (1 - beta2**n) ** 0.5, k), p))
+        return sizes, bc2s
 
 
 @register("adam", sharded=True)

@@ -125,6 +125,34 @@ def test_batched_state_dict_resumes_bitwise():
         assert torch.equal(x, y)
 
 
+def test_members_at_different_step_counts_follow_torch_alone():
+    """A member whose state holds another step count (its own bias corrections) equals torch alone."""
+    torch.manual_seed(0)
+    alone = [[p.double() for p in member_params(s)] for s in range(3)]
+    lrs, counts = [1e-3, 1e-2, 1e-1], [4.0, 9.0, 4.0]
+    refs = [[p.clone().requires_grad_(True) for p in ps] for ps in alone]
+    ref_opts = [torch.optim.Adam(ps, lr=lr) for ps, lr in zip(refs, lrs, strict=True)]
+    stacked = [torch.stack([ps[i] for ps in alone]).requires_grad_(True) for i in range(len(alone[0]))]
+    opt = Adam(stacked, lr=lrs, runs=3)
+    for step in range(6):
+        grads = [torch.randn_like(p) for p in stacked]
+        for p, g in zip(stacked, grads, strict=True):
+            p.grad = g.clone()
+        for r, (ps, o) in enumerate(zip(refs, ref_opts, strict=True)):
+            for q, g in zip(ps, grads, strict=True):
+                q.grad = g[r].clone()
+            o.step()
+        opt.step()
+        if step == 2:  # members jump to their own counts
+            for i, p in enumerate(stacked):
+                opt.state[p]["step"].copy_(torch.tensor(counts))
+                for r, o in enumerate(ref_opts):
+                    o.state[refs[r][i]]["step"].fill_(counts[r])
+    for r, ps in enumerate(refs):
+        for p, q in zip(stacked, ps, strict=True):
+            torch.testing.assert_close(p.detach()[r], q.detach(), rtol=1e-12, atol=0)
+
+
 def test_refusals():
     p = torch.zeros(3, 2, requires_grad=True)
     with pytest.raises(ValueError, match="leading run dimension of 4"):
