@@ -8,11 +8,74 @@ epoch)``, the one its run alone uses), so member r sees exactly the minibatches 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
 MemberBatch = tuple[torch.Tensor, torch.Tensor]  # x [R, b, d], y [R, b]
+
+
+#: member slices start on this boundary, as a run alone's freshly allocated tensors do
+_ALIGN_BYTES = 64
+
+
+def aligned_members(runs: int, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An empty ``[runs, *shape]`` tensor whose member slices each start on a 64-byte boundary (row r of a
+    padded buffer). MKL's sgemm rounds by the alignment of its operands (README, Batched runs): in a packed
+    tensor member r's slice would start r x size elements in, and its bits would depend on r."""
+    size = math.prod(shape)
+    if _packed_is_aligned(size, like):
+        return like.new_empty(runs, *shape)
+    step = _ALIGN_BYTES // like.element_size()
+    padded = like.new_empty(runs, -(-size // step) * step)
+    return padded[:, :size].view(runs, *shape)
+
+
+def _packed_is_aligned(size: int, like: torch.Tensor) -> bool:
+    return size * like.element_size() % _ALIGN_BYTES == 0
+
+
+class _MemberAffine(torch.autograd.Function):
+    """``x_r W_r^T + b_r`` for every member r, each product written to an aligned slice, and the weight's
+    gradient formed as ``linear``'s backward forms it (``g^T x``, ``[out, in]``): a member's logits and
+    gradients are its run alone's, bit for bit (tests/tasks/test_stacked.py)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        out = aligned_members(x.shape[0], (x.shape[1], weight.shape[1]), x)
+        if not _plain_loop(x, weight):
+            return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2), out=out)
+        for r in range(x.shape[0]):
+            torch.addmm(bias[r], x[r], weight[r].t(), out=out[r])
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(grad, weight)
+        if ctx.needs_input_grad[1]:
+            grad_w = aligned_members(weight.shape[0], weight.shape[1:], grad)
+            if not _plain_loop(x, weight):
+                torch.bmm(grad.transpose(1, 2), x, out=grad_w)
+            else:
+                for r in range(x.shape[0]):
+                    torch.mm(grad[r].t(), x[r], out=grad_w[r])
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(1)
+        return grad_x, grad_w, grad_b
+
+
+def _plain_loop(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch's CPU bmm would take its plain loop, not BLAS, for one member's ``x W^T`` (fewer than
+    400 multiply-adds, aten's ``bmm_out_or_baddbmm_``): that rounds unlike a run alone's BLAS call, so such
+    products (a short last minibatch, a tiny model) go member by member through ``addmm``/``mm``."""
+    return x.device.type == "cpu" and x.shape[1] * x.shape[2] * weight.shape[1] < 400
 
 
 class StackedLinear(torch.nn.Module):
@@ -25,7 +88,7 @@ class StackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[R, b, in]`` -> logits ``[R, b, out]``, each member through its own layer."""
-        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+        return _MemberAffine.apply(x, self.weight, self.bias)
 
 
 class StackedLinearRuns:
@@ -48,6 +111,8 @@ class StackedLinearRuns:
         """Each member's minibatches of ``epoch`` in its own order, side by side (one gather per epoch)."""
         perms = torch.stack([self.order(s, epoch) for s in seeds])
         xp, yp = self.x[perms], self.y[perms]
+        if not _packed_is_aligned(self.x.numel(), self.x):
+            xp = aligned_members(len(seeds), self.x.shape, self.x).copy_(xp)
         for i in range(0, perms.shape[1], self.batch_size):
             yield xp[:, i : i + self.batch_size], yp[:, i : i + self.batch_size]
 

@@ -1,0 +1,98 @@
+"""tasks/_stacked.py: a batched member's float32 logits and gradients are its run alone's, wherever it sits
+in the group (MKL's sgemm rounds by the alignment of its operands; README, Batched runs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tasks._stacked import StackedLinearRuns, aligned_members
+
+BATCH = 16
+# (rows, features, classes). Vowel-like: a member's weight is 11 x 9 = 99 floats and its data 42 x 9 = 378,
+# neither a whole number of 16-byte blocks, so a packed layout would put most members' slices off the
+# alignment of a run alone's. With 34 rows the last minibatch has 2 (a product small enough for torch's
+# plain bmm loop); Iris-like, every product is.
+SHAPES = [(42, 9, 11), (34, 9, 11), (40, 4, 3)]
+
+
+class Toy(StackedLinearRuns):
+    """The mixin's contract on random in-memory data, as the LIBSVM task fulfils it."""
+
+    def __init__(self, rows: int, features: int, classes: int) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(rows, features, generator=g)
+        self.y = torch.randint(0, classes, (rows,), generator=g)
+        self.batch_size = BATCH
+
+    def order(self, seed: int, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.x.shape[0], generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+    def per_sample_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="none")
+
+    def build_model(self, seed: int) -> torch.nn.Linear:
+        torch.manual_seed(seed)
+        return torch.nn.Linear(self.x.shape[1], int(self.y.max()) + 1)
+
+
+def member_trail(task: Toy, runs: int, place: int) -> list[tuple[torch.Tensor, ...]]:
+    """Member ``place`` (seed 0) of a group of ``runs``: its logits, weight and bias gradients per
+    minibatch of one epoch, each followed by a plain gradient step (so later batches see its own path)."""
+    seeds = [100 + r for r in range(runs)]
+    seeds[place] = 0
+    model = task.stack_models([task.build_model(s) for s in seeds])
+    trail = []
+    for batch in task.member_batches(seeds, 0):
+        model.zero_grad()
+        logits = model(batch[0])
+        task.member_losses(model, batch).sum().backward()
+        trail.append((logits[place].detach().clone(), model.weight.grad[place], model.bias.grad[place]))
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+    return trail
+
+
+def alone_trail(task: Toy) -> list[tuple[torch.Tensor, ...]]:
+    """The same member as a run alone: ``nn.Linear``, the mean cross-entropy, the same steps."""
+    model = task.build_model(0)
+    perm = task.order(0, 0)
+    trail = []
+    for i in range(0, task.x.shape[0], BATCH):
+        x, y = task.x[perm][i : i + BATCH], task.y[perm][i : i + BATCH]
+        model.zero_grad()
+        logits = model(x)
+        F.cross_entropy(logits, y).backward()
+        trail.append((logits.detach().clone(), model.weight.grad.clone(), model.bias.grad.clone()))
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.5 * p.grad
+    return trail
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=["vowel-like", "short-last-batch", "iris-like"])
+@pytest.mark.parametrize(("runs", "place"), [(1, 0), (2, 1), (3, 2), (4, 1), (5, 3), (7, 6)])
+def test_a_member_is_its_run_alone_bit_for_bit_wherever_it_sits(shape, runs: int, place: int) -> None:
+    torch.set_num_threads(1)
+    task = Toy(*shape)
+    want = alone_trail(task)
+    for got, alone in zip(member_trail(task, runs, place), want, strict=True):
+        for a, b in zip(got, alone, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_evaluation_logits_are_the_run_alones() -> None:
+    task = Toy(*SHAPES[0])
+    model = task.stack_models([task.build_model(s) for s in (3, 0, 5)])
+    with torch.no_grad():
+        got = model(task.x.expand(3, *task.x.shape))[1]
+        assert torch.equal(got, task.build_model(0)(task.x))
+
+
+def test_aligned_members_start_on_64_bytes() -> None:
+    for dtype in (torch.float32, torch.float64):
+        t = aligned_members(5, (11, 9), torch.zeros(1, dtype=dtype))
+        assert t.shape == (5, 11, 9)
+        assert all(t[r].data_ptr() % 64 == 0 and t[r].is_contiguous() for r in range(5))
