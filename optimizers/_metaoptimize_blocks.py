@@ -32,13 +32,12 @@ import numpy as np
 import torch
 
 from optimizers._common import foreach_dot, global_value
+from optimizers._runs import CPU_ALIGNMENT, aligned_members
 
 RESNET_COUNTS = {"resnet18": [3, 12, 15, 15, 15, 2], "resnet50": [3, 30, 39, 57, 30, 2]}
 RESNET_NAMES = ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
 CONTINUAL_CNN = {"others": ("conv1.", "conv2.", "fc1."), "last_layer": ("fc2.",)}
 
-# torch's CPU allocations start on this boundary (c10's gAlignment)
-CPU_ALIGNMENT = 64
 MAX_SLICE_CLONES = 4  # more misaligned member slices: one padded copy, fewer calls than a clone each
 
 BlockSpec = str | Sequence[int] | Sequence[Sequence[str]] | Mapping[str, Sequence[str]]
@@ -208,7 +207,4 @@ def member_slices(t: torch.Tensor, runs: int) -> list[torch.Tensor]:
     misaligned = [i for i, r in enumerate(rows) if r.data_ptr() % CPU_ALIGNMENT]
     if len(misaligned) <= MAX_SLICE_CLONES:
         return [r.clone() if i in misaligned else r for i, r in enumerate(rows)]
-    per_line = CPU_ALIGNMENT // t.element_size()
-    n = rows[0].numel()
-    padded = t.new_empty((runs, -(-n // per_line) * per_line))[:, :n]
-    return padded.copy_(t.reshape(runs, -1)).unbind(0)
+    return aligned_members(runs, (rows[0].numel(),), t).copy_(t.reshape(runs, -1)).unbind(0)

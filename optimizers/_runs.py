@@ -10,6 +10,7 @@ parameters have no run dimension. These helpers are the only place the layout is
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -32,6 +33,22 @@ def check_runs(runs: int | None, params: Iterable[torch.Tensor]) -> None:
             raise ValueError(
                 f"runs={runs}: every parameter needs a leading run dimension of {runs}, got {tuple(p.shape)}"
             )
+
+
+#: torch's CPU allocations start on this boundary (c10's gAlignment): a run alone's tensors do
+CPU_ALIGNMENT = 64
+
+
+def aligned_members(runs: int, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
+    """An empty ``[runs, *shape]`` tensor (``like``'s dtype and device) whose member slices each start on a
+    64-byte boundary, as a run alone's fresh tensor does: packed where that aligns them, else rows of a
+    padded buffer. BLAS kernels (MKL's sgemm, ``dot``) round by the alignment of their operands, so in a
+    packed tensor a member's bits could depend on its index."""
+    size = math.prod(shape)
+    per_line = CPU_ALIGNMENT // like.element_size()
+    if size % per_line == 0:
+        return like.new_empty(runs, *shape)
+    return like.new_empty(runs, -(-size // per_line) * per_line)[:, :size].view(runs, *shape)
 
 
 def member_values(name: str, value: Floats, runs: int | None) -> np.ndarray | float:

@@ -8,39 +8,20 @@ epoch)``, the one its run alone uses), so member r sees exactly the minibatches 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from optimizers._runs import aligned_members
+
 MemberBatch = tuple[torch.Tensor, torch.Tensor]  # x [R, b, d], y [R, b]
-
-
-#: member slices start on this boundary, as a run alone's freshly allocated tensors do
-_ALIGN_BYTES = 64
-
-
-def aligned_members(runs: int, shape: Sequence[int], like: torch.Tensor) -> torch.Tensor:
-    """An empty ``[runs, *shape]`` tensor whose member slices each start on a 64-byte boundary (row r of a
-    padded buffer). MKL's sgemm rounds by the alignment of its operands (README, Batched runs): in a packed
-    tensor member r's slice would start r x size elements in, and its bits would depend on r."""
-    size = math.prod(shape)
-    if _packed_is_aligned(size, like):
-        return like.new_empty(runs, *shape)
-    step = _ALIGN_BYTES // like.element_size()
-    padded = like.new_empty(runs, -(-size // step) * step)
-    return padded[:, :size].view(runs, *shape)
-
-
-def _packed_is_aligned(size: int, like: torch.Tensor) -> bool:
-    return size * like.element_size() % _ALIGN_BYTES == 0
 
 
 class _MemberAffine(torch.autograd.Function):
     """``x_r W_r^T + b_r`` for every member r, each product written to an aligned slice, and the weight's
     gradient formed as ``linear``'s backward forms it (``g^T x``, ``[out, in]``): a member's logits and
-    gradients are its run alone's, bit for bit (tests/tasks/test_stacked.py)."""
+    gradients are its run alone's, bit for bit (tests/tasks/test_stacked.py; ``aligned_members`` says why)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
@@ -110,9 +91,11 @@ class StackedLinearRuns:
     def member_batches(self, seeds: Sequence[int], epoch: int) -> Iterator[MemberBatch]:
         """Each member's minibatches of ``epoch`` in its own order, side by side (one gather per epoch)."""
         perms = torch.stack([self.order(s, epoch) for s in seeds])
-        xp, yp = self.x[perms], self.y[perms]
-        if not _packed_is_aligned(self.x.numel(), self.x):
-            xp = aligned_members(len(seeds), self.x.shape, self.x).copy_(xp)
+        xp, yp = aligned_members(len(seeds), self.x.shape, self.x), self.y[perms]
+        if xp.is_contiguous():  # packed slices are aligned: gather straight into it
+            torch.index_select(self.x, 0, perms.view(-1), out=xp.view(-1, self.x.shape[1]))
+        else:
+            xp.copy_(self.x[perms])
         for i in range(0, perms.shape[1], self.batch_size):
             yield xp[:, i : i + self.batch_size], yp[:, i : i + self.batch_size]
 

@@ -10,6 +10,7 @@ import torch
 
 from optimizers._runs import (
     add_scaled_,
+    aligned_members,
     dots,
     host_values,
     larger,
@@ -95,3 +96,10 @@ def test_member_tensors_are_per_member_for_every_tensor():
         want = per_member(values, x)
         assert got.shape == want.shape and got.dtype == want.dtype and torch.equal(got, want)
     assert member_tensors(0.5, like) == [0.5] * len(like)
+
+
+def test_aligned_members_start_on_64_bytes() -> None:
+    for dtype in (torch.float32, torch.float64):
+        t = aligned_members(5, (11, 9), torch.zeros(1, dtype=dtype))
+        assert t.shape == (5, 11, 9)
+        assert all(t[r].data_ptr() % 64 == 0 and t[r].is_contiguous() for r in range(5))

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks._stacked import StackedLinearRuns, aligned_members
+from tasks._stacked import StackedLinearRuns
 
 BATCH = 16
 # (rows, features, classes). Vowel-like: a member's weight is 11 x 9 = 99 floats and its data 42 x 9 = 378,
@@ -89,10 +89,3 @@ def test_evaluation_logits_are_the_run_alones() -> None:
     with torch.no_grad():
         got = model(task.x.expand(3, *task.x.shape))[1]
         assert torch.equal(got, task.build_model(0)(task.x))
-
-
-def test_aligned_members_start_on_64_bytes() -> None:
-    for dtype in (torch.float32, torch.float64):
-        t = aligned_members(5, (11, 9), torch.zeros(1, dtype=dtype))
-        assert t.shape == (5, 11, 9)
-        assert all(t[r].data_ptr() % 64 == 0 and t[r].is_contiguous() for r in range(5))
