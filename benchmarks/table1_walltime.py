@@ -6,9 +6,11 @@
 
 For every optimizer of Table 1 (``configs/table/table1.yaml``, with its protocol overrides) on Letter (the
 largest embedded problem, 15000 x 16, 26 classes, batch 16), in this one process and on one thread:
-steps/s of the runner's inner loop for one run alone (``task.loss``, ``zero_grad``, ``backward``,
-``step``), and of a batched group of R members (``task.member_losses``, the sum's ``backward``, one
-``step`` of the optimizer built with ``runs=R``). ``ratio`` = R x group steps/s / alone steps/s: how many
+steps/s of the runner's inner loop for one run alone (``task.loss``, the runner's gradient clearing,
+``backward``, ``step``), and of a batched group of R members (``task.member_losses``, the sum's
+``backward``, one ``step`` of the optimizer built with ``runs=R``). A grid baseline's members take the
+table's grid LRs in turn, as Table 1 groups them (one group per problem: every LR x every seed); the
+LR-free methods' members share their defaults. ``ratio`` = R x group steps/s / alone steps/s: how many
 runs a batched step buys for the price of one run's step. Rates are medians of interleaved rounds, so a
 change in machine load hits every row alike.
 """
@@ -34,13 +36,14 @@ sys.path.insert(0, str(REPO))
 
 import optimizers  # noqa: E402
 from runners.build import seed_everything  # noqa: E402
+from runners.loop import grad_clearer  # noqa: E402
 from runners.reports.table1 import protocol  # noqa: E402
 from tasks.libsvm_logreg import LibsvmLogReg  # noqa: E402
 
 
 def table_configs() -> dict[str, dict]:
-    """Each Table 1 optimizer's config as the job runs it (its yaml plus the protocol's overrides; a grid
-    baseline at lr 1e-2)."""
+    """Each Table 1 optimizer's config as the job runs it (its yaml plus the protocol's overrides); a grid
+    baseline's ``lr`` is its grid, one value per member in turn (a run alone takes 1e-2)."""
     out = {}
     for name, spec in protocol()["optimizers"].items():
         cfg = OmegaConf.load(REPO / "configs" / "optimizer" / f"{name}.yaml")
@@ -48,7 +51,7 @@ def table_configs() -> dict[str, dict]:
             key, _, value = override.removeprefix("optimizer.").partition("=")
             OmegaConf.update(cfg, key, yaml.safe_load(value), merge=False)
         if spec.get("grid"):
-            cfg.lr = 1e-2
+            cfg.lr = spec["grid"]
         out[name] = OmegaConf.to_container(cfg, resolve=True)
     return out
 
@@ -65,12 +68,15 @@ def _rate(step: Callable[[int], None], steps: int) -> float:
 def alone_rate(task: LibsvmLogReg, cfg: dict, steps: int) -> float:
     seed_everything(0)
     model = task.build_model()
+    lr = cfg.get("lr")
+    cfg = {**cfg, "lr": 1e-2} if isinstance(lr, list) else cfg
     opt = optimizers.build(cfg, model, steps_per_epoch=task.steps_per_epoch)
+    clear_grads = grad_clearer(opt, list(model.parameters()))
     batches = list(task.train_batches(0))
 
     def step(i: int) -> None:
         loss = task.loss(model, batches[i % len(batches)])
-        opt.zero_grad(set_to_none=True)
+        clear_grads()
         loss.backward()
         opt.step()
 
@@ -86,12 +92,15 @@ def batched_rate(task: LibsvmLogReg, cfg: dict, runs: int, steps: int) -> float 
         seed_everything(seed)
         models.append(task.build_model())
     model = task.stack_models(models)
+    lr = cfg.get("lr")
+    cfg = {**cfg, "lr": [lr[r % len(lr)] for r in range(runs)]} if isinstance(lr, list) else cfg
     opt = optimizers.build(cfg, model, steps_per_epoch=task.steps_per_epoch, runs=runs)
+    clear_grads = grad_clearer(opt, list(model.parameters()))
     batches = list(task.member_batches(list(range(runs)), 0))
 
     def step(i: int) -> None:
         losses = task.member_losses(model, batches[i % len(batches)])
-        opt.zero_grad(set_to_none=True)
+        clear_grads()
         losses.sum().backward()
         opt.step()
 

@@ -53,8 +53,7 @@ def scaled(op: Callable[..., Any], lists: Sequence[list[torch.Tensor]], scalar: 
         return op(*lists, _runs.member_tensors(scalar, lists[0]))
     if key == "value" and cpu and op is torch._foreach_addcdiv_:
         x, a, b = lists
-        # x + (s a) / b: s a first, then the kernel's x + (1.0 (s a)) / b, where 1.0 (s a) is s a
-        torch._foreach_addcdiv_(x, torch._foreach_mul(a, _runs.member_tensors(scalar, a)), b, value=1.0)
+        _runs.foreach_addcdiv_(x, a, b, _runs.member_tensors(scalar, a))
         return None
     return _runs.foreach_scaled(op, lists, scalar, key)
 

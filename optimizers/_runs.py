@@ -10,6 +10,7 @@ parameters have no run dimension. These helpers are the only place the layout is
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -96,25 +97,43 @@ def per_member(values: Floats, like: torch.Tensor) -> torch.Tensor | float:
 
 def member_tensors(values: Floats, like: Sequence[torch.Tensor]) -> list[torch.Tensor | float]:
     """:func:`per_member` for every tensor of ``like``, the same numbers, made once per dtype and device
-    and viewed for each tensor's rank: a small step pays for every cast and copy it makes."""
+    and viewed for each tensor's rank: a small step pays for every cast and copy it makes. Values seen
+    lately (a grid's rates under a constant schedule) reuse their tensors: read-only operands, never
+    written."""
     if isinstance(values, int | float):
         return [float(values)] * len(like)
+    key = None
+    if isinstance(values, np.ndarray):
+        key = (values.dtype.str, values.tobytes(), tuple((x.dtype, x.device, x.dim()) for x in like))
+        if key in _RECENT:
+            return list(_RECENT[key])
     flat: dict[tuple[torch.dtype, torch.device], np.ndarray | torch.Tensor] = {}
     shaped: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
     for x in like:
-        key = (x.dtype, x.device)
-        if key not in flat:
+        layout = (x.dtype, x.device)
+        if layout not in flat:
             host = _NUMPY_DTYPES.get(x.dtype) if x.device.type == "cpu" else None
             if host is not None and not isinstance(values, torch.Tensor):  # per_member's host cast
                 with np.errstate(over="ignore"):
-                    flat[key] = np.asarray(values, dtype=np.float64).astype(host)
+                    flat[layout] = np.asarray(values, dtype=np.float64).astype(host)
             else:
-                flat[key] = per_member(values, x).reshape(-1)  # type: ignore[union-attr]
-        if (*key, x.dim()) not in shaped:
-            shape, made = (-1,) + (1,) * (x.dim() - 1), flat[key]
+                flat[layout] = per_member(values, x).reshape(-1)  # type: ignore[union-attr]
+        if (*layout, x.dim()) not in shaped:
+            shape, made = (-1,) + (1,) * (x.dim() - 1), flat[layout]
             view = torch.from_numpy(made.reshape(shape)) if isinstance(made, np.ndarray) else made.view(shape)
-            shaped[(*key, x.dim())] = view
-    return [shaped[x.dtype, x.device, x.dim()] for x in like]
+            shaped[(*layout, x.dim())] = view
+    out: list[torch.Tensor | float] = [shaped[x.dtype, x.device, x.dim()] for x in like]
+    if key is not None:
+        if len(_RECENT) >= _RECENT_SIZE:
+            _RECENT.clear()
+        _RECENT[key] = out
+    return list(out)
+
+
+#: member_tensors' recent results by (values, layouts): a fresh host tensor per step costs a small step more
+#: than its making (benchmarks/README.md, Table 1 speed)
+_RECENT: dict[tuple[Any, ...], list[torch.Tensor | float]] = {}
+_RECENT_SIZE = 64
 
 
 #: parameter dtypes whose per-member scalars are cast on the host (a step's small tensors: fewer calls);
@@ -207,12 +226,35 @@ def host_values(values: Sequence[torch.Tensor], runs: int | None) -> list[float]
 
 
 def add_scaled_(ys: Sequence[torch.Tensor], xs: Sequence[torch.Tensor], alpha: float | np.ndarray) -> None:
-    """In place ``y <- y + alpha x``: torch's ``alpha=`` for a shared float, ``x * alpha_r`` per member
-    (``per_member``) for R values (another rounding than ``alpha=``'s fused multiply-add: a tolerance)."""
+    """In place ``y <- y + alpha x``, rounded as torch's ``alpha=`` (one fused multiply-add, so ``y + x
+    alpha_r`` would not do): a shared float is that call; R values are one ``addcmul`` with the members'
+    column where this build's ``addcmul`` rounds alike (:func:`addcmul_fuses`), else the ``alpha=`` call
+    member by member. Either way a member's bits are its run alone's."""
+    ys, xs = list(ys), list(xs)
     if isinstance(alpha, int | float):
-        torch._foreach_add_(list(ys), list(xs), alpha=alpha)
+        torch._foreach_add_(ys, xs, alpha=alpha)
         return
-    torch._foreach_add_(list(ys), torch._foreach_mul(list(xs), member_tensors(alpha, xs)))
+    if ys and addcmul_fuses(ys[0].device.type):
+        torch._foreach_addcmul_(ys, xs, member_tensors(alpha, xs))
+        return
+    for r, a in enumerate(alpha):
+        torch._foreach_add_([y[r] for y in ys], [x[r] for x in xs], alpha=float(a))
+
+
+@functools.cache
+def addcmul_fuses(device_type: str = "cpu") -> bool:
+    """Whether ``addcmul(x, y, s)`` (``x + (1 y) s``) equals ``x.add(y, alpha=s)`` bit for bit on this device
+    type, i.e. rounds once as well (the compiler fuses the kernel's multiply-add): checked once per
+    process, in float32 and float64, on random rows long enough for the vector loop and its tail, whose
+    fused and unfused results differ."""
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        x, y = (torch.randn(3, 37, generator=g, dtype=dtype).to(device_type) for _ in range(2))
+        s = torch.rand(3, 1, generator=g, dtype=dtype).to(device_type)
+        fused = torch.stack([x[r].add(y[r], alpha=s[r].item()) for r in range(3)])
+        if not torch.equal(torch.addcmul(x, y, s), fused):
+            return False
+    return True
 
 
 def select(cond: bool | np.ndarray, a: Any, b: Any) -> Any:
@@ -257,12 +299,12 @@ def foreach_addcdiv_(
     xs: Sequence[torch.Tensor], a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], scales: Sequence[Any]
 ) -> None:
     """``x <- x + s a / b`` per tensor: ``torch._foreach_addcdiv_`` with Python floats; with per-member
-    scales (:func:`per_member` tensors) the same arithmetic, ``x + (s a) / b``, as that kernel's."""
+    scales (:func:`member_tensors`) ``s a`` first, then the kernel's ``x + (1.0 (s a)) / b``: the arithmetic
+    of the float call, bit for bit (``1.0 (s a)`` is ``s a``)."""
     if all(isinstance(s, float) for s in scales):
         torch._foreach_addcdiv_(list(xs), list(a), list(b), list(scales))
         return
-    for x, u, w, s in zip(xs, a, b, scales, strict=True):
-        x.add_(s * u / w)
+    torch._foreach_addcdiv_(list(xs), torch._foreach_mul(list(a), list(scales)), list(b), value=1.0)
 
 
 def foreach_scaled(

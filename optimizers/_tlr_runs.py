@@ -8,11 +8,9 @@ member by the same calls as the run alone's, so that a member equals its run alo
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
@@ -63,34 +61,6 @@ def scale_(op: Callable[..., Any], xs: list[torch.Tensor], scales: list[Any]) ->
         return
     for x, v in zip(xs, scales, strict=True):
         op(x, _runs.per_member(v, x))
-
-
-def add_scaled_(xs: list[torch.Tensor], ys: list[torch.Tensor], alphas: np.ndarray) -> None:
-    """``x <- x + alpha_r y`` on each member's slices with R values ``alphas``, rounded as the run alone's
-    ``alpha=`` call (one fused multiply-add, so ``x + y * alpha_r`` would not do): one ``addcmul`` with the
-    members' column where this build's CPU ``addcmul`` rounds alike (:func:`addcmul_fuses`), else that
-    call member by member."""
-    if all(x.device.type == "cpu" for x in xs) and addcmul_fuses():
-        torch._foreach_addcmul_(xs, ys, _runs.member_tensors(alphas, ys))
-        return
-    for r, alpha in enumerate(alphas):
-        torch._foreach_add_([x[r] for x in xs], [y[r] for y in ys], alpha=float(alpha))
-
-
-@functools.cache
-def addcmul_fuses() -> bool:
-    """Whether the CPU ``addcmul(x, y, s)`` (``x + (1 y) s``) equals ``x.add(y, alpha=s)`` bit for bit, i.e.
-    rounds once as well (the compiler fuses the kernel's multiply-add): checked once per process, in
-    float32 and float64, on random rows long enough for the vector loop and its tail, whose fused and
-    unfused results differ."""
-    g = torch.Generator().manual_seed(0)
-    for dtype in (torch.float32, torch.float64):
-        x, y = torch.randn(3, 37, generator=g, dtype=dtype), torch.randn(3, 37, generator=g, dtype=dtype)
-        s = torch.rand(3, 1, generator=g, dtype=dtype)
-        fused = torch.stack([x[r].add(y[r], alpha=s[r].item()) for r in range(3)])
-        if not torch.equal(torch.addcmul(x, y, s), fused):
-            return False
-    return True
 
 
 def prepare_members(opt: TLR, todo: list) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

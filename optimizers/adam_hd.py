@@ -220,10 +220,7 @@ class AdamHD(torch.optim.Optimizer):
         for p, rate, t in zip(ps, rates, counts, strict=True):
             sq_bc2, bc1 = _bias_corrections(t, beta1, beta2)
             steps.append(_runs.per_member(-rate * sq_bc2 / bc1, p))
-        if all(isinstance(s, float) for s in steps):  # a run alone
-            torch._foreach_addcdiv_(ps, m, denom, steps)
-        else:  # x + (s m) / denom as _runs.foreach_addcdiv_, in two calls: the kernel's x + 1.0 (s m) / denom
-            torch._foreach_addcdiv_(ps, torch._foreach_mul(m, steps), denom, value=1.0)
+        _runs.foreach_addcdiv_(ps, m, denom, steps)
 
     @staticmethod
     def _rates(group: dict[str, Any], n: int, h: dict[int, Any]) -> list[Any]:

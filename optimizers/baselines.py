@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from optimizers._common import grads_with_params
-from optimizers._runs import add_scaled_, check_runs, host_map, member_tensors, member_values, per_member
+from optimizers._runs import (
+    add_scaled_,
+    check_runs,
+    foreach_addcdiv_,
+    host_map,
+    member_tensors,
+    member_values,
+    per_member,
+)
 from optimizers.registry import register
 
 Params = Iterable[torch.Tensor] | Iterable[dict[str, Any]]
@@ -176,10 +184,7 @@ class _AdamRule(_Batched):
         denoms = torch._foreach_sqrt(vs)
         torch._foreach_div_(denoms, bc2_sqrts)
         torch._foreach_add_(denoms, eps)
-        # torch's addcdiv computes self + (value * m) / denom, in that order
-        moves = torch._foreach_mul(ms, step_sizes)
-        torch._foreach_div_(moves, denoms)
-        torch._foreach_add_(ps, moves)
+        foreach_addcdiv_(ps, ms, denoms, step_sizes)  # torch's param.addcdiv_(m, denom, value=-step_size)
 
     @staticmethod
     def _bias_scalars(

@@ -44,6 +44,7 @@ from optimizers._dadapt_ops import dot_into, moment_updates, scratch, whole_list
 from optimizers._prodigy_fused import PRODIGY_MOVE, SUMS, UPDATE
 from optimizers._runs import (
     check_runs,
+    foreach_addcdiv_,
     larger,
     member_scalars,
     member_tensors,
@@ -318,12 +319,7 @@ class Prodigy(AdamForm):
             ts = torch._foreach_sqrt(vs)
             torch._foreach_add_(ts, d_eps)
             us = [st["exp_avg"] for st in states] if sc.beta1 > 0 else gs
-            if isinstance(scales[0], float):
-                torch._foreach_addcdiv_(ps, us, ts, scales)
-            else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
-                steps = torch._foreach_mul(us, scales)
-                torch._foreach_div_(steps, ts)
-                torch._foreach_add_(ps, steps)
+            foreach_addcdiv_(ps, us, ts, scales)
             return
         ts = scratch(self, vs)
         for p, g, st, v, t, de, scale in zip(ps, gs, states, vs, ts, d_eps, scales, strict=True):
@@ -332,7 +328,7 @@ class Prodigy(AdamForm):
             u = st["exp_avg"] if sc.beta1 > 0 else g
             if isinstance(scale, float):
                 p.addcdiv_(u, t, value=scale)
-            else:  # per member: the arithmetic of addcdiv_ (README §6, a tolerance)
+            else:  # per member: addcdiv_'s arithmetic, x + (s u) / t (README §6)
                 p.add_(scale * u / t)
 
     def _fused_step(

@@ -21,7 +21,7 @@ from optimizers._common import (
     skip_if_nonfinite,
 )
 from optimizers._tlr_fused import fused_step
-from optimizers._tlr_runs import add_scaled_, dots, host_value, prepare_members, scale_, total
+from optimizers._tlr_runs import dots, host_value, prepare_members, scale_, total
 from optimizers.registry import register
 
 MODES = ("sgd", "gd")
@@ -334,7 +334,7 @@ class TLR(torch.optim.Optimizer):
         elif self.runs is None:
             torch._foreach_add_(ps, d, alpha=-group["lr"])
         else:  # rounded as the run alone's alpha= on each member's slices
-            add_scaled_(ps, d, -group["lr"])
+            _runs.add_scaled_(ps, d, -group["lr"])
 
     def _open_windows(self, ps: list[torch.Tensor]) -> None:
         """A tensor's window starts at its first step with a gradient: ``x_start <- x`` (eq. 10)."""

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from optimizers import _runs
 from optimizers._runs import (
     add_scaled_,
+    addcmul_fuses,
     aligned_members,
     dots,
     host_values,
@@ -98,8 +100,45 @@ def test_member_tensors_are_per_member_for_every_tensor():
     assert member_tensors(0.5, like) == [0.5] * len(like)
 
 
+def test_member_tensors_reuse_the_tensors_of_values_seen_lately():
+    like = [torch.zeros(3, 2, 2), torch.zeros(3, 2), torch.zeros(3, 2, dtype=torch.float64)]
+    first = member_tensors(np.array([0.1, 0.2, 0.3]), like)
+    again = member_tensors(np.array([0.1, 0.2, 0.3]), like)
+    assert all(a is b for a, b in zip(first, again, strict=True)) and first is not again
+    other = member_tensors(np.array([0.1, 0.2, 0.4]), like)
+    assert other[0].flatten().tolist() == np.float32([0.1, 0.2, 0.4]).tolist()
+    assert [t.dtype for t in other] == [torch.float32, torch.float32, torch.float64]
+    assert member_tensors(np.array([0.1, 0.2, 0.3]), like[2:])[0].dtype == torch.float64  # layouts in the key
+    for k in range(3 * _runs._RECENT_SIZE):  # a scalar that changes every step: the memory stays bounded
+        member_tensors(np.array([k, 1.0, 2.0]), like)
+    assert len(_runs._RECENT) <= _runs._RECENT_SIZE
+
+
 def test_aligned_members_start_on_64_bytes() -> None:
     for dtype in (torch.float32, torch.float64):
         t = aligned_members(5, (11, 9), torch.zeros(1, dtype=dtype))
         assert t.shape == (5, 11, 9)
         assert all(t[r].data_ptr() % 64 == 0 and t[r].is_contiguous() for r in range(5))
+
+
+@pytest.mark.parametrize("fuses", [True, False], ids=["one_addcmul", "member_by_member"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_add_scaled_rounds_as_alpha_on_each_members_slices(dtype, fuses, monkeypatch):
+    """Either route equals ``torch._foreach_add_(..., alpha=a_r)`` on member r's slices, bit for bit."""
+    if not fuses:
+        monkeypatch.setattr(_runs, "addcmul_fuses", lambda device_type="cpu": False)
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(s, generator=g, dtype=dtype) for s in [(3, 26, 16), (3, 26), (3, 5, 7)]]
+    ys = [torch.randn(x.shape, generator=g, dtype=dtype) for x in xs]
+    alphas = -np.array([0.1, 0.0371, 2.5])
+    want = [x.clone() for x in xs]
+    for r, a in enumerate(alphas):
+        torch._foreach_add_([x[r] for x in want], [y[r] for y in ys], alpha=float(a))
+    add_scaled_(xs, ys, alphas)
+    bits = torch.int32 if dtype == torch.float32 else torch.int64
+    for got, w in zip(xs, want, strict=True):
+        assert torch.equal(got.view(bits), w.view(bits))
+
+
+def test_addcmul_fuses_is_decided_once_per_process():
+    assert addcmul_fuses() is addcmul_fuses() and isinstance(addcmul_fuses(), bool)
