@@ -18,38 +18,82 @@ from optimizers._runs import aligned_members
 MemberBatch = tuple[torch.Tensor, torch.Tensor]  # x [R, b, d], y [R, b]
 
 
+def _member_affine(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``x_r W_r^T + b_r`` for every member r, each product written to an aligned slice."""
+    out = aligned_members(x.shape[0], (x.shape[1], weight.shape[1]), x)
+    if not _plain_loop(x, weight):
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2), out=out)
+    for r in range(x.shape[0]):
+        torch.addmm(bias[r], x[r], weight[r].t(), out=out[r])
+    return out
+
+
+def _member_affine_grads(
+    needs: Sequence[bool], grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
+) -> tuple[torch.Tensor | None, ...]:
+    """The gradients of x, W, b from the logits' ``grad``, the weight's formed as ``linear``'s backward
+    forms it (``g^T x``, ``[out, in]``)."""
+    grad_x = grad_w = grad_b = None
+    if needs[0]:
+        grad_x = torch.bmm(grad, weight)
+    if needs[1]:
+        grad_w = aligned_members(weight.shape[0], weight.shape[1:], grad)
+        if not _plain_loop(x, weight):
+            torch.bmm(grad.transpose(1, 2), x, out=grad_w)
+        else:
+            for r in range(x.shape[0]):
+                torch.mm(grad[r].t(), x[r], out=grad_w[r])
+    if needs[2]:
+        grad_b = grad.sum(1)
+    return grad_x, grad_w, grad_b
+
+
 class _MemberAffine(torch.autograd.Function):
-    """``x_r W_r^T + b_r`` for every member r, each product written to an aligned slice, and the weight's
-    gradient formed as ``linear``'s backward forms it (``g^T x``, ``[out, in]``): a member's logits and
-    gradients are its run alone's, bit for bit (tests/tasks/test_stacked.py; ``aligned_members`` says why)."""
+    """Every member's logits, and gradients as a run alone's ``nn.Linear`` forms them: a member's logits
+    and gradients are its run alone's, bit for bit (tests/tasks/test_stacked.py; ``aligned_members`` says
+    why)."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        out = aligned_members(x.shape[0], (x.shape[1], weight.shape[1]), x)
-        if not _plain_loop(x, weight):
-            return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2), out=out)
-        for r in range(x.shape[0]):
-            torch.addmm(bias[r], x[r], weight[r].t(), out=out[r])
-        return out
+        return _member_affine(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.bmm(grad, weight)
-        if ctx.needs_input_grad[1]:
-            grad_w = aligned_members(weight.shape[0], weight.shape[1:], grad)
-            if not _plain_loop(x, weight):
-                torch.bmm(grad.transpose(1, 2), x, out=grad_w)
-            else:
-                for r in range(x.shape[0]):
-                    torch.mm(grad[r].t(), x[r], out=grad_w[r])
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(1)
-        return grad_x, grad_w, grad_b
+        return _member_affine_grads(ctx.needs_input_grad, grad, *ctx.saved_tensors)
+
+
+class _MemberAffineCrossEntropy(torch.autograd.Function):
+    """Each member's mean cross-entropy of its logits, ``[R]``, as one graph node where layer-then-loss
+    has six: the aten kernels that ``F.cross_entropy`` and its backward run (``_log_softmax``,
+    ``nll_loss``), called directly, so losses and gradients are that graph's bit for bit, with less of
+    the per-node bookkeeping that dominates a small model's step (benchmarks/README.md)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, y: torch.Tensor
+    ) -> torch.Tensor:
+        logits = _member_affine(x, weight, bias)
+        runs, b, k = logits.shape
+        logp = torch._log_softmax(logits.reshape(runs * b, k), 1, False)
+        target = y.reshape(-1)
+        per_sample, total_weight = torch.ops.aten.nll_loss_forward(logp, target, *_NLL_ARGS)
+        ctx.save_for_backward(x, weight, logp, target, total_weight)
+        return per_sample.view(runs, b).mean(1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight, logp, target, total_weight = ctx.saved_tensors
+        runs, b, _ = x.shape
+        per_sample = (grad / b).unsqueeze(1).expand(runs, b).reshape(-1)  # the mean's backward
+        g = torch.ops.aten.nll_loss_backward(per_sample, logp, target, *_NLL_ARGS, total_weight)
+        g = torch._log_softmax_backward_data(g, logp, 1, logp.dtype).view(runs, b, -1)
+        return (*_member_affine_grads(ctx.needs_input_grad, g, x, weight), None)
+
+
+_NLL_ARGS = (None, 0, -100)  # F.cross_entropy's: no class weights, Reduction::None, its ignore_index
 
 
 def _plain_loop(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -71,13 +115,20 @@ class StackedLinear(torch.nn.Module):
         """``x`` ``[R, b, in]`` -> logits ``[R, b, out]``, each member through its own layer."""
         return _MemberAffine.apply(x, self.weight, self.bias)
 
+    def cross_entropy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[R]``: each member's mean cross-entropy on ``x`` ``[R, b, in]``, ``y`` ``[R, b]`` (one node)."""
+        return _MemberAffineCrossEntropy.apply(x, self.weight, self.bias, y)
+
 
 class StackedLinearRuns:
     """Batched runs for a task with a linear model on in-memory ``self.x``/``self.y``: it defines
     ``order(seed, epoch)`` (its epoch permutation), ``batch_size``, ``per_sample_loss(logits, y)`` and
-    ``metrics(logits)`` (its ``evaluate`` from the logits on its training set)."""
+    ``metrics(logits)`` (its ``evaluate`` from the logits on its training set). A task whose
+    ``per_sample_loss`` is ``F.cross_entropy(logits, y, reduction="none")`` says so with
+    ``loss_is_cross_entropy``: its members' losses then take the one-node path, same numbers."""
 
     batchable = True
+    loss_is_cross_entropy: bool = False
     x: torch.Tensor
     y: torch.Tensor
     batch_size: int
@@ -102,6 +153,8 @@ class StackedLinearRuns:
     def member_losses(self, model: torch.nn.Module, batch: MemberBatch) -> torch.Tensor:
         """``[R]``: each member's mean loss on its minibatch (members never mix)."""
         x, y = batch
+        if self.loss_is_cross_entropy:
+            return model.cross_entropy(x, y)  # type: ignore[operator]
         logits = model(x)
         runs, b = y.shape
         return self.per_sample_loss(logits.reshape(runs * b, -1), y.reshape(-1)).view(runs, b).mean(1)

@@ -24,6 +24,8 @@ from tasks.base import Scale, Task, register_task
 class LibsvmLogReg(StackedLinearRuns, Task):
     """``task=libsvm_logreg task.dataset=<Iris|Wine|Glass|...>``; see ``configs/task/libsvm_logreg.yaml``."""
 
+    loss_is_cross_entropy = True
+
     def __init__(
         self,
         *,

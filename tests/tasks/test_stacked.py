@@ -72,11 +72,15 @@ def alone_trail(task: Toy) -> list[tuple[torch.Tensor, ...]]:
     return trail
 
 
+@pytest.mark.parametrize("one_node", [True, False], ids=["one-node-loss", "layer-then-loss"])
 @pytest.mark.parametrize("shape", SHAPES, ids=["vowel-like", "short-last-batch", "iris-like"])
 @pytest.mark.parametrize(("runs", "place"), [(1, 0), (2, 1), (3, 2), (4, 1), (5, 3), (7, 6)])
-def test_a_member_is_its_run_alone_bit_for_bit_wherever_it_sits(shape, runs: int, place: int) -> None:
+def test_a_member_is_its_run_alone_bit_for_bit_wherever_it_sits(
+    shape, runs: int, place: int, one_node: bool
+) -> None:
     torch.set_num_threads(1)
     task = Toy(*shape)
+    task.loss_is_cross_entropy = one_node
     want = alone_trail(task)
     for got, alone in zip(member_trail(task, runs, place), want, strict=True):
         for a, b in zip(got, alone, strict=True):
@@ -89,3 +93,39 @@ def test_evaluation_logits_are_the_run_alones() -> None:
     with torch.no_grad():
         got = model(task.x.expand(3, *task.x.shape))[1]
         assert torch.equal(got, task.build_model(0)(task.x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=["vowel-like", "short-last-batch", "iris-like"])
+def test_the_one_node_loss_is_the_layer_then_loss_graph_bit_for_bit(shape, dtype: torch.dtype) -> None:
+    """Losses and every gradient (the input's too) under unequal weights on the members' losses."""
+    task = Toy(*shape)
+    task.x = task.x.to(dtype)
+    model = task.stack_models([task.build_model(s) for s in (3, 0, 5, 7)]).to(dtype)
+    weights = torch.tensor([1.0, -0.5, 3.0, 0.25], dtype=dtype)
+    results = []
+    for one_node in (True, False):
+        task.loss_is_cross_entropy = one_node
+        for batch in task.member_batches([3, 0, 5, 7], 1):
+            x = batch[0].clone().requires_grad_()
+            model.zero_grad()
+            losses = task.member_losses(model, (x, batch[1]))
+            (losses * weights).sum().backward()
+            results.append((losses.detach(), x.grad, model.weight.grad.clone(), model.bias.grad.clone()))
+    half = len(results) // 2
+    for got, want in zip(results[:half], results[half:], strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == dtype and torch.equal(a, b)
+
+
+def test_under_autocast_the_loss_is_the_layer_then_loss_graphs() -> None:
+    """Autocast leaves both paths in the parameters' dtype (the layer writes into ``out=``), alike."""
+    task = Toy(*SHAPES[0])
+    model = task.stack_models([task.build_model(s) for s in (3, 0)])
+    batch = next(iter(task.member_batches([3, 0], 0)))
+    losses = []
+    for one_node in (True, False):
+        task.loss_is_cross_entropy = one_node
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            losses.append(task.member_losses(model, batch))
+    assert losses[0].dtype == torch.float32 and torch.equal(losses[0], losses[1])
