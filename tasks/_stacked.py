@@ -96,6 +96,20 @@ class _MemberAffineCrossEntropy(torch.autograd.Function):
 _NLL_ARGS = (None, 0, -100)  # F.cross_entropy's: no class weights, Reduction::None, its ignore_index
 
 
+def member_mlp_cross_entropy(
+    layers: Sequence[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """``[R]``: each member's mean cross-entropy of an MLP (``layers``: stacked ``(weight [R, out, in],
+    bias [R, out])`` of linear layers with ReLU between) on ``x`` ``[R, b, in]``, ``y`` ``[R, b]``: the
+    layers as the stacked linear layer runs them, the last one with the loss as one node. On one thread a
+    member's gradients are its run alone's bit for bit where each member's activations fill whole 64-byte
+    lines (batch x width a multiple of 16 floats, as in every shape of TLR's MNIST grid)."""
+    *hidden, last = layers
+    for weight, bias in hidden:
+        x = torch.relu(_MemberAffine.apply(x, weight, bias))
+    return _MemberAffineCrossEntropy.apply(x, *last, y)
+
+
 def _plain_loop(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether torch's CPU bmm would take its plain loop, not BLAS, for one member's ``x W^T`` (fewer than
     400 multiply-adds, aten's ``bmm_out_or_baddbmm_``): that rounds unlike a run alone's BLAS call, so such
@@ -113,6 +127,8 @@ class StackedLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` ``[R, b, in]`` -> logits ``[R, b, out]``, each member through its own layer."""
+        if torch.is_autocast_enabled(x.device.type):  # as nn.Linear under autocast: in autocast's dtype
+            return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
         return _MemberAffine.apply(x, self.weight, self.bias)
 
     def cross_entropy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -153,7 +169,7 @@ class StackedLinearRuns:
     def member_losses(self, model: torch.nn.Module, batch: MemberBatch) -> torch.Tensor:
         """``[R]``: each member's mean loss on its minibatch (members never mix)."""
         x, y = batch
-        if self.loss_is_cross_entropy:
+        if self.loss_is_cross_entropy and not torch.is_autocast_enabled(x.device.type):
             return model.cross_entropy(x, y)  # type: ignore[operator]
         logits = model(x)
         runs, b = y.shape

@@ -7,6 +7,11 @@ Files are read where ``torchvision.datasets.MNIST``/``FashionMNIST`` put them:
 The whole set lives on the device as uint8; a batch is one index gather of an epoch's permutation
 (a function of ``(seed, epoch)``), scaled to [-1, 1] as Vaswani et al. (2019) normalise MNIST
 (``Normalize((0.5,), (0.5,))``), whose MLP TLR uses. No DataLoader.
+
+Batched runs (``batchable``; runners/batched.py): R seeds and per-member values of the optimizer's batch
+keys (TLR's alpha0 grid) as one program. Each member walks its own epoch order; the stacked layers and the
+loss run as ``tasks._stacked`` runs them, so on one intra-op thread a member's gradients are its run
+alone's bit for bit (README, Batched runs).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tasks._stacked import member_mlp_cross_entropy
+from tasks._stacked_modules import StackedModules
 from tasks.base import DatasetMissingError, Scale, Task, register_task
 
 if TYPE_CHECKING:
@@ -162,11 +169,14 @@ PROVENANCE_FILE = "provenance.json"
 DISPLAY = {"mnist": "MNIST", "fashion_mnist": "Fashion-MNIST"}
 
 Batch = tuple[torch.Tensor, torch.Tensor, float | None]
+MemberBatch = tuple[torch.Tensor, torch.Tensor]  # x [R, b, 784] in [-1, 1], y [R, b]
 
 
 @register_task("mnist")
 class MnistMLP(Task):
     """``task=mnist task.dataset=<mnist|fashion_mnist>``; see ``configs/task/mnist.yaml``."""
+
+    batchable = True
 
     def __init__(
         self,
@@ -251,6 +261,34 @@ class MnistMLP(Task):
             out[f"{split}/accuracy"] = correct.item() * 100.0 / len(y)
             out[f"{split}/loss"] = loss_sum.item() / len(y)
         return out
+
+    # -- batched runs (tasks/base.py; one member per seed) ----------------------------------------
+    def stack_models(self, models: Sequence[torch.nn.Module]) -> torch.nn.Module:
+        return StackedModules(models)
+
+    def member_batches(self, seeds: Sequence[int], epoch: int) -> Iterator[MemberBatch]:
+        """Each member's minibatches of ``epoch`` in its own order, side by side."""
+        perms = torch.stack([self.order(s, epoch) for s in seeds])
+        for idx in perms.split(self.batch_size, dim=1):
+            yield self.inputs(self.x[idx]).flatten(2), self.y[idx]
+
+    def member_losses(self, model: torch.nn.Module, batch: MemberBatch) -> torch.Tensor:
+        """``[R]``: each member's mean cross-entropy on its minibatch: the MLP's linear layers in order
+        (its dropout is off, p = 0, as :meth:`build_model` makes it), or under autocast (bf16 on a GPU)
+        the members' own modules through ``vmap``, whose products autocast casts as a run alone's."""
+        x, y = batch
+        if torch.is_autocast_enabled(x.device.type):  # a run alone's layers compute in autocast's dtype
+            logits = model(x).float()
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+        weights, biases = [], []
+        for name, param in model.named_parameters():
+            (weights if name.endswith("weight") else biases).append(param)
+        return member_mlp_cross_entropy(list(zip(weights, biases, strict=True)), x, y)
+
+    @torch.no_grad()
+    def evaluate_members(self, model: torch.nn.Module) -> list[dict[str, float]]:
+        """Each member's :meth:`evaluate`, on its own layers (views of the stack)."""
+        return [self.evaluate(model.member(r)) for r in range(model.runs)]  # type: ignore[operator]
 
     @property
     def data_source(self) -> dict[str, Any]:

@@ -182,3 +182,26 @@ def test_continual_stream_members_equal_their_runs_alone(tmp_path):
         assert any(r["name"] == "accuracy_task4" for r in a)
         for ra, rb in zip(a, b, strict=True):
             assert ra["value"] == pytest.approx(rb["value"], rel=1e-4, abs=1e-6), (run_id, ra, rb)
+
+
+def test_tlr_mnist_grid_members_equal_their_runs_alone(tmp_path):
+    """TLR's T-1 grid (alpha0 x seeds) on the MLP as one program: each member's evaluations and TLR's
+    alpha are its run alone's bit for bit on one thread (tests/tasks/test_mnist.py; with more, MKL splits
+    a batched product otherwise than a run alone's), its logged minibatch losses (a mean summed in another
+    order) to their last bits."""
+    data = tmp_path / "data"
+    write_idx_fixture(data, "mnist", 64, 32)
+    args = ("experiment=tlr_t1", f"task.root={data}", "task.batch_size=16", "task.epochs=2",
+            "optimizer.lr=0.1,0.01", "seed=0,1", "log_every_steps=2", "torch_threads=1")  # fmt: skip
+    batched, alone, out = _batched_and_alone(tmp_path, *args, experiment="tlr_t1")
+    assert "Launching 1 jobs" in out and sorted(batched) == sorted(alone) and len(batched) == 4
+    for run_id, run_dir in batched.items():
+        assert _summary(run_dir)["status"] == _summary(alone[run_id])["status"] == "completed"
+        a, b = _records(run_dir), _records(alone[run_id])
+        assert [(r["step"], r["name"]) for r in a] == [(r["step"], r["name"]) for r in b]
+        assert {r["split"] for r in a} == {"batch", "opt", "train", "test"}
+        for ra, rb in zip(a, b, strict=True):
+            if ra["split"] == "batch":
+                assert ra["value"] == pytest.approx(rb["value"], rel=1e-6), (run_id, ra, rb)
+            else:
+                assert ra["value"] == rb["value"], (run_id, ra, rb)

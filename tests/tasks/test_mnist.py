@@ -184,3 +184,73 @@ def test_real_fashion_mnist_from_make_data() -> None:
     xt, yt = load_idx(DATA, "fashion_mnist", train=False)
     assert x.shape == (60000, 28, 28) and xt.shape == (10000, 28, 28)
     assert y.bincount().tolist() == [6000] * 10 and yt.bincount().tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize(
+    ("hidden", "bitwise"), [([1000], True), ([512, 256], True), ([37], False)], ids=["1000", "512-256", "37"]
+)
+def test_a_batched_member_is_its_run_alone(tmp_path: Path, hidden: list[int], bitwise: bool) -> None:
+    """Members of seeds 3, 0, 5 against their runs alone (float32): every layer's gradient at every step
+    of two epochs under plain SGD, then each member's evaluation. Bit for bit where a member's activations
+    fill whole 64-byte lines (16 x 1000, and the short last batch 6 x 1000); a width of 37 leaves the
+    6-row batch's 222 floats off those lines, and BLAS rounds by alignment: equal to float32 rounding."""
+    torch.set_num_threads(1)
+    write_idx_fixture(tmp_path, "fashion_mnist", n_train=70, n_test=20)
+    seeds = [3, 0, 5]
+    tasks = [_task(tmp_path, batch_size=16, seed=s, hidden_sizes=hidden) for s in seeds]
+    alone = []
+    for s, task in zip(seeds, tasks, strict=True):
+        torch.manual_seed(s)
+        alone.append(task.build_model())
+    models = []
+    for s, task in zip(seeds, tasks, strict=True):
+        torch.manual_seed(s)
+        models.append(task.build_model())
+    stacked = tasks[0].stack_models(models)
+    for epoch in range(2):
+        streams = [task.train_batches(epoch) for task in tasks]
+        for batch, *own in zip(tasks[0].member_batches(seeds, epoch), *streams, strict=True):
+            stacked.zero_grad()
+            tasks[0].member_losses(stacked, batch).sum().backward()
+            for r, (model, task, b) in enumerate(zip(alone, tasks, own, strict=True)):
+                model.zero_grad()
+                task.loss(model, b).backward()
+                for p, q in zip(stacked.parameters(), model.parameters(), strict=True):
+                    if bitwise:
+                        assert torch.equal(p.grad[r], q.grad)
+                    else:
+                        torch.testing.assert_close(p.grad[r], q.grad, rtol=1e-4, atol=1e-6)
+            with torch.no_grad():
+                for p in [*stacked.parameters(), *(q for m in alone for q in m.parameters())]:
+                    p -= 0.1 * p.grad
+    got, want = tasks[0].evaluate_members(stacked), [t.evaluate(m) for t, m in zip(tasks, alone, strict=True)]
+    for g, w in zip(got, want, strict=True):
+        assert g == w if bitwise else g == pytest.approx(w, rel=1e-4)
+
+
+def test_under_autocast_members_compute_as_their_runs_alone_do(tmp_path: Path) -> None:
+    """bf16 products, as a run alone's under autocast (precision=bf16, a GPU's default): each member's
+    loss and gradients match its run alone's to bf16 rounding, closer than float32 products would."""
+    write_idx_fixture(tmp_path, "fashion_mnist", n_train=32, n_test=8)
+    seeds = [3, 0]
+    tasks = [_task(tmp_path, batch_size=16, seed=s, hidden_sizes=[64]) for s in seeds]
+    models = []
+    for s, task in zip(seeds, tasks, strict=True):
+        torch.manual_seed(s)
+        models.append(task.build_model())
+    stacked = tasks[0].stack_models(models)
+    batch = next(iter(tasks[0].member_batches(seeds, 0)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = tasks[0].member_losses(stacked, batch)
+    losses.sum().backward()
+    full = tasks[0].member_losses(stacked, batch)
+    for r, (model, task) in enumerate(zip(models, tasks, strict=True)):
+        own = next(iter(task.train_batches(0)))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = task.loss(model, own)
+        loss.backward()
+        got, want, fp32 = losses[r].item(), loss.item(), full[r].item()
+        assert losses[r].dtype == torch.float32
+        assert abs(got - want) < abs(fp32 - want) / 2  # bf16 products, not float32 ones
+        for p, q in zip(stacked.parameters(), model.parameters(), strict=True):
+            torch.testing.assert_close(p.grad[r], q.grad, rtol=2e-2, atol=2e-3)
