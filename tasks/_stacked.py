@@ -131,10 +131,6 @@ class StackedLinear(torch.nn.Module):
             return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
         return _MemberAffine.apply(x, self.weight, self.bias)
 
-    def cross_entropy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``[R]``: each member's mean cross-entropy on ``x`` ``[R, b, in]``, ``y`` ``[R, b]`` (one node)."""
-        return _MemberAffineCrossEntropy.apply(x, self.weight, self.bias, y)
-
 
 class StackedLinearRuns:
     """Batched runs for a task with a linear model on in-memory ``self.x``/``self.y``: it defines
@@ -170,7 +166,7 @@ class StackedLinearRuns:
         """``[R]``: each member's mean loss on its minibatch (members never mix)."""
         x, y = batch
         if self.loss_is_cross_entropy and not torch.is_autocast_enabled(x.device.type):
-            return model.cross_entropy(x, y)  # type: ignore[operator]
+            return member_mlp_cross_entropy([(model.weight, model.bias)], x, y)  # type: ignore[list-item]
         logits = model(x)
         runs, b = y.shape
         return self.per_sample_loss(logits.reshape(runs * b, -1), y.reshape(-1)).view(runs, b).mean(1)
