@@ -140,5 +140,17 @@ def test_add_scaled_rounds_as_alpha_on_each_members_slices(dtype, fuses, monkeyp
         assert torch.equal(got.view(bits), w.view(bits))
 
 
-def test_addcmul_fuses_is_decided_once_per_process():
-    assert addcmul_fuses() is addcmul_fuses() and isinstance(addcmul_fuses(), bool)
+def test_addcmul_fuses_is_decided_once_per_process(monkeypatch):
+    """The probe runs once per device type; later calls reuse its answer."""
+    calls = []
+    real = torch.addcmul
+    monkeypatch.setattr(torch, "addcmul", lambda *a, **k: calls.append(1) or real(*a, **k))
+    addcmul_fuses.cache_clear()
+    try:
+        first = addcmul_fuses("cpu")
+        probes = len(calls)
+        assert probes > 0 and isinstance(first, bool)
+        assert addcmul_fuses("cpu") == first and addcmul_fuses("cpu") == first
+        assert len(calls) == probes
+    finally:
+        addcmul_fuses.cache_clear()
