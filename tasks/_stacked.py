@@ -8,7 +8,12 @@ epoch)``, the one its run alone uses), so member r sees exactly the minibatches 
 
 from __future__ import annotations
 
+import functools
+import logging
+import subprocess
+import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -68,7 +73,8 @@ class _MemberAffineCrossEntropy(torch.autograd.Function):
     """Each member's mean cross-entropy of its logits, ``[R]``, as one graph node where layer-then-loss
     has six: the aten kernels that ``F.cross_entropy`` and its backward run (``_log_softmax``,
     ``nll_loss``), called directly, so losses and gradients are that graph's bit for bit, with less of
-    the per-node bookkeeping that dominates a small model's step (benchmarks/README.md)."""
+    the per-node bookkeeping that dominates a small model's step (benchmarks/README.md). Runs where
+    ``compiled_cross_entropy_node`` cannot be built: tasks/_stacked_node.cpp is these lines in C++."""
 
     @staticmethod
     def forward(
@@ -96,6 +102,23 @@ class _MemberAffineCrossEntropy(torch.autograd.Function):
 _NLL_ARGS = (None, 0, -100)  # F.cross_entropy's: no class weights, Reduction::None, its ignore_index
 
 
+@functools.cache
+def compiled_cross_entropy_node() -> Callable[..., torch.Tensor] | None:
+    """``_MemberAffineCrossEntropy.apply`` as a C++ autograd node (tasks/_stacked_node.cpp: the same aten
+    calls, the same bits), built on first use and cached by torch; None where no C++ compiler and ninja
+    build it (then the Python node runs: the same numbers, slower)."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its no-CUDA notice on import
+    from torch.utils import cpp_extension
+
+    source = Path(__file__).with_name("_stacked_node.cpp")
+    try:
+        module = cpp_extension.load("lrbench_stacked_node", [str(source)], extra_cflags=["-O2"])
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
+        warnings.warn(f"batched cross-entropy: the Python node (no C++ build: {err})", stacklevel=2)
+        return None
+    return module.member_affine_cross_entropy
+
+
 def member_mlp_cross_entropy(
     layers: Sequence[tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor, y: torch.Tensor
 ) -> torch.Tensor:
@@ -107,7 +130,8 @@ def member_mlp_cross_entropy(
     *hidden, last = layers
     for weight, bias in hidden:
         x = torch.relu(_MemberAffine.apply(x, weight, bias))
-    return _MemberAffineCrossEntropy.apply(x, *last, y)
+    loss_node = compiled_cross_entropy_node() or _MemberAffineCrossEntropy.apply
+    return loss_node(x, *last, y)
 
 
 def _plain_loop(x: torch.Tensor, weight: torch.Tensor) -> bool:

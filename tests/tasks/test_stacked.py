@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tasks._stacked import StackedLinearRuns
+from tasks._stacked import StackedLinearRuns, _MemberAffineCrossEntropy, compiled_cross_entropy_node
 
 BATCH = 16
 # (rows, features, classes). Vowel-like: a member's weight is 11 x 9 = 99 floats and its data 42 x 9 = 378,
@@ -116,6 +116,54 @@ def test_the_one_node_loss_is_the_layer_then_loss_graph_bit_for_bit(shape, dtype
     for got, want in zip(results[:half], results[half:], strict=True):
         for a, b in zip(got, want, strict=True):
             assert a.dtype == dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES, ids=["vowel-like", "short-last-batch", "iris-like"])
+def test_the_compiled_node_is_the_python_node_bit_for_bit(shape, dtype: torch.dtype) -> None:
+    """tasks/_stacked_node.cpp builds here (a C++ compiler and ninja, as torch.compile's tests need) and
+    gives the Python node's losses and gradients; the input's only where it asks for one."""
+    compiled = compiled_cross_entropy_node()
+    assert compiled is not None
+    task = Toy(*shape)
+    task.x = task.x.to(dtype)
+    model = task.stack_models([task.build_model(s) for s in (3, 0, 5)]).to(dtype)
+    weights = torch.tensor([1.0, -0.5, 3.0], dtype=dtype)
+    for input_grad in (True, False):
+        for batch in task.member_batches([3, 0, 5], 0):
+            results = []
+            for node in (compiled, _MemberAffineCrossEntropy.apply):
+                x = batch[0].clone().requires_grad_(input_grad)
+                model.zero_grad()
+                losses = node(x, model.weight, model.bias, batch[1])
+                (losses * weights).sum().backward()
+                results.append((losses.detach(), x.grad, model.weight.grad.clone(), model.bias.grad.clone()))
+            (got_loss, got_x, *got), (want_loss, want_x, *want) = results
+            assert (got_x is None) == (not input_grad) and (want_x is None) == (not input_grad)
+            assert got_x is None or torch.equal(got_x, want_x)
+            for a, b in zip([got_loss, *got], [want_loss, *want], strict=True):
+                assert a.dtype == dtype and torch.equal(a, b)
+
+
+def test_without_a_cpp_build_the_python_node_runs_with_a_warning(monkeypatch) -> None:
+    from torch.utils import cpp_extension
+
+    def no_ninja(*args, **kwargs):
+        raise RuntimeError("Ninja is required to load C++ extensions")
+
+    monkeypatch.setattr(cpp_extension, "load", no_ninja)
+    compiled_cross_entropy_node.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="the Python node .*Ninja is required"):
+            assert compiled_cross_entropy_node() is None
+        task = Toy(*SHAPES[0])
+        task.loss_is_cross_entropy = True
+        model = task.stack_models([task.build_model(s) for s in (3, 0)])
+        batch = next(iter(task.member_batches([3, 0], 0)))
+        task.member_losses(model, batch).sum().backward()
+        assert model.weight.grad is not None
+    finally:
+        compiled_cross_entropy_node.cache_clear()
 
 
 def test_under_autocast_members_compute_as_their_runs_alone_do() -> None:
