@@ -3,7 +3,6 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-export PATH := $(abspath $(VENV))/bin:$(PATH)  # pip's ninja, for torch.utils.cpp_extension
 SEEDS ?= 3
 JOBS ?= 2
 

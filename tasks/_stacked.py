@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import subprocess
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -111,11 +113,17 @@ def compiled_cross_entropy_node() -> Callable[..., torch.Tensor] | None:
     from torch.utils import cpp_extension
 
     source = Path(__file__).with_name("_stacked_node.cpp")
+    # torch runs the `ninja` on the PATH: put this environment's own first (pip's, a dependency), so every
+    # process builds with one ninja (another reads its build log as stale and builds again)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
         module = cpp_extension.load("lrbench_stacked_node", [str(source)], extra_cflags=["-O2"])
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         warnings.warn(f"batched cross-entropy: the Python node (no C++ build: {err})", stacklevel=2)
         return None
+    finally:
+        os.environ["PATH"] = path
     return module.member_affine_cross_entropy
 
 
