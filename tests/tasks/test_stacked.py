@@ -3,6 +3,8 @@ in the group (MKL's sgemm rounds by the alignment of its operands; README, Batch
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -146,22 +148,26 @@ def test_the_compiled_node_is_the_python_node_bit_for_bit(shape, dtype: torch.dt
 
 
 def test_without_a_cpp_build_the_python_node_runs_with_a_warning(monkeypatch) -> None:
+    """The same losses through the Python node, one warning with the reason, the PATH as it was."""
     from torch.utils import cpp_extension
 
-    def no_ninja(*args, **kwargs):
+    task = Toy(*SHAPES[0])
+    task.loss_is_cross_entropy = True
+    model = task.stack_models([task.build_model(s) for s in (3, 0)])
+    batch = next(iter(task.member_batches([3, 0], 0)))
+    compiled = task.member_losses(model, batch)
+
+    def no_ninja(*args: object, **kwargs: object) -> None:
         raise RuntimeError("Ninja is required to load C++ extensions")
 
     monkeypatch.setattr(cpp_extension, "load", no_ninja)
+    path = os.environ["PATH"]
     compiled_cross_entropy_node.cache_clear()
     try:
         with pytest.warns(UserWarning, match="the Python node .*Ninja is required"):
             assert compiled_cross_entropy_node() is None
-        task = Toy(*SHAPES[0])
-        task.loss_is_cross_entropy = True
-        model = task.stack_models([task.build_model(s) for s in (3, 0)])
-        batch = next(iter(task.member_batches([3, 0], 0)))
-        task.member_losses(model, batch).sum().backward()
-        assert model.weight.grad is not None
+        assert os.environ["PATH"] == path
+        assert torch.equal(task.member_losses(model, batch), compiled)
     finally:
         compiled_cross_entropy_node.cache_clear()
 
