@@ -9,6 +9,7 @@ epoch)``, the one its run alone uses), so member r sees exactly the minibatches 
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -113,12 +114,14 @@ def compiled_cross_entropy_node() -> Callable[..., torch.Tensor] | None:
     from torch.utils import cpp_extension
 
     source = Path(__file__).with_name("_stacked_node.cpp")
+    # torch keys its build directory by this name: one per checkout, or two clones would rebuild each other's
+    name = "lrbench_stacked_node_" + hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:12]
     # torch runs the `ninja` on the PATH: put this environment's own first (pip's, a dependency), so every
     # process builds with one ninja (another reads its build log as stale and builds again)
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), path])
     try:
-        module = cpp_extension.load("lrbench_stacked_node", [str(source)], extra_cflags=["-O2"])
+        module = cpp_extension.load(name, [str(source)], extra_cflags=["-O2"])
     except (OSError, RuntimeError, subprocess.CalledProcessError) as err:
         warnings.warn(f"batched cross-entropy: the Python node (no C++ build: {err})", stacklevel=2)
         return None
